@@ -1,0 +1,21 @@
+"""Every side effect the workflows need; registered on each worker."""
+
+from oddish.activities.analysis import analyze_trial
+from oddish.activities.records import (
+    cancel_task_records,
+    fail_trial,
+    record_task_status,
+    request_slots,
+)
+from oddish.activities.trial import run_trial
+from oddish.activities.verdict import decide_verdict
+
+ALL_ACTIVITIES = [
+    analyze_trial,
+    cancel_task_records,
+    decide_verdict,
+    fail_trial,
+    record_task_status,
+    request_slots,
+    run_trial,
+]

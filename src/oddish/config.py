@@ -1,0 +1,72 @@
+"""Settings, read from the environment (prefix ``ODDISH_``) and an optional ``.env`` file."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ODDISH_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    # DATABASE_URL wins over ODDISH_DATABASE_URL, as in the original Oddish.
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "ODDISH_DATABASE_URL")
+    )
+    home: Path = Field(default=Path.home() / ".oddish", description="data of embedded services")
+
+    temporal_address: str | None = None
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "oddish"
+
+    default_model_concurrency: int = Field(default=8, ge=1)
+    # JSON object of queue key -> limit, applied to the database at worker start-up.
+    model_concurrency: dict[str, int] = Field(default_factory=dict)
+
+    tasks_dir: Path = Path("/tmp/oddish-tasks")
+    harbor_jobs_dir: Path = Path("/tmp/harbor-jobs")
+
+    # Infrastructure failures of a trial are retried this many times in all.
+    trial_max_attempts: int = Field(default=3, ge=1)
+    trial_retry_initial_interval_sec: float = 5.0
+    trial_retry_max_interval_sec: float = 300.0
+    trial_heartbeat_timeout_sec: float = Field(default=30.0, gt=0)
+    # Upper bound of one trial attempt; Harbor's own timeouts normally end it much sooner.
+    trial_start_to_close_timeout_sec: float = 24 * 3600.0
+
+    # Seconds between the slot dispatcher's sweeps when no NOTIFY arrives.
+    dispatcher_poll_interval_sec: float = 5.0
+    # A slot holder whose heartbeat is older than this is checked against Temporal and reaped
+    # when its workflow no longer runs.
+    slot_lease_sec: float = 120.0
+
+    harbor_telemetry: bool = False
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def parse_concurrency_json(raw: str | None) -> dict[str, int]:
+    """Parse ``--n-concurrent '{"model": n}'``, refusing anything but positive integer limits."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--n-concurrent is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError('--n-concurrent must be a JSON object such as {"openai/gpt-5": 4}')
+    limits: dict[str, int] = {}
+    for key, limit in value.items():
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError(f"--n-concurrent: limit of {key!r} must be a positive integer")
+        limits[str(key)] = limit
+    return limits

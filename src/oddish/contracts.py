@@ -1,0 +1,110 @@
+"""Inputs and outputs of the workflow and its activities: plain dataclasses, safe in the workflow sandbox."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrialRef:
+    trial_id: str
+    index: int
+    agent: str
+    model: str | None
+    queue_key: str
+    environment: str
+
+
+@dataclass
+class TrialRetryPolicy:
+    max_attempts: int
+    initial_interval_sec: float
+    max_interval_sec: float
+    heartbeat_timeout_sec: float
+    start_to_close_timeout_sec: float
+
+
+@dataclass
+class TaskWorkflowInput:
+    task_id: str
+    experiment_id: str
+    task_name: str
+    priority: int
+    run_analysis: bool
+    trials: list[TrialRef]
+    retry_policy: TrialRetryPolicy
+
+
+@dataclass
+class SlotRequest:
+    """Ask for a slot for each of ``trials``; the dispatcher signals ``slot_granted`` per trial."""
+
+    workflow_id: str
+    task_id: str
+    priority: int
+    trials: list[TrialRef]
+    run_number: int = 1
+
+
+@dataclass
+class SlotGrant:
+    trial_id: str
+    slot: int
+
+
+@dataclass
+class RunTrialInput:
+    task_id: str
+    trial_id: str
+    run_number: int
+    max_attempts: int
+
+
+@dataclass
+class TrialOutcome:
+    trial_id: str
+    status: str
+    outcome: str | None
+    reward: float | None
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+@dataclass
+class FailTrialInput:
+    """Record a trial as failed (and give its slot back) when every attempt of it is spent."""
+
+    trial_id: str
+    run_number: int
+    error_type: str
+    error_message: str
+
+
+@dataclass
+class TaskStatusUpdate:
+    task_id: str
+    status: str
+    error_message: str | None = None
+
+
+@dataclass
+class AnalyzeTrialInput:
+    trial_id: str
+
+
+@dataclass
+class VerdictInput:
+    task_id: str
+
+
+@dataclass
+class TaskProgress:
+    """What the workflow's ``progress`` query answers."""
+
+    task_id: str
+    status: str
+    trials_total: int
+    trials_waiting: int
+    trials_running: int
+    trials_finished: int
+    trial_statuses: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,269 @@
+"""Queries that read and write the canonical records (tasks, trials, attempts, analyses, verdicts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from oddish.db import slots
+from oddish.db.models import (
+    AnalysisModel,
+    ExperimentModel,
+    TaskModel,
+    TrialAttemptModel,
+    TrialModel,
+    VerdictModel,
+)
+from oddish.statuses import AttemptStatus, JobStatus, TaskStatus
+
+TERMINAL_TASK_STATUSES = {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}
+TERMINAL_TRIAL_STATUSES = {JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RecordNotFound(LookupError):
+    pass
+
+
+@dataclass
+class TrialResultFields:
+    """What a finished attempt recorded; copied onto the trial row when it is the final one."""
+
+    status: str
+    outcome: str | None
+    reward: float | None = None
+    rewards: dict[str, Any] | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    timings: dict[str, Any] | None = None
+    n_input_tokens: int | None = None
+    n_cache_tokens: int | None = None
+    n_output_tokens: int | None = None
+    cost_usd: float | None = None
+    harbor_trial_dir: str | None = None
+    harbor_config: dict[str, Any] | None = None
+
+
+async def ensure_experiment(session: AsyncSession, experiment_id: str, name: str) -> None:
+    if await session.get(ExperimentModel, experiment_id) is None:
+        session.add(ExperimentModel(id=experiment_id, name=name))
+        await session.flush()
+
+
+async def task_by_submission_key(session: AsyncSession, key: str) -> TaskModel | None:
+    return (
+        await session.execute(select(TaskModel).where(TaskModel.submission_key == key))
+    ).scalar_one_or_none()
+
+
+async def get_task(session: AsyncSession, task_id: str, *, with_trials: bool = False) -> TaskModel:
+    query = select(TaskModel).where(TaskModel.id == task_id)
+    if with_trials:
+        query = query.options(
+            selectinload(TaskModel.trials).selectinload(TrialModel.attempts),
+            selectinload(TaskModel.trials).selectinload(TrialModel.analysis),
+            selectinload(TaskModel.verdict),
+        )
+    task = (await session.execute(query)).scalar_one_or_none()
+    if task is None:
+        raise RecordNotFound(f"no task {task_id!r}")
+    return task
+
+
+async def get_trial(session: AsyncSession, trial_id: str) -> TrialModel:
+    trial = (
+        await session.execute(
+            select(TrialModel)
+            .where(TrialModel.id == trial_id)
+            .options(selectinload(TrialModel.task), selectinload(TrialModel.attempts))
+        )
+    ).scalar_one_or_none()
+    if trial is None:
+        raise RecordNotFound(f"no trial {trial_id!r}")
+    return trial
+
+
+async def set_task_status(
+    session: AsyncSession, task_id: str, status: str, error_message: str | None = None
+) -> None:
+    values: dict[str, Any] = {"status": status}
+    if status == TaskStatus.RUNNING:
+        values["started_at"] = now()
+    if status in TERMINAL_TASK_STATUSES:
+        values["finished_at"] = now()
+    if error_message is not None:
+        values["error_message"] = error_message
+    await session.execute(update(TaskModel).where(TaskModel.id == task_id).values(**values))
+
+
+async def mark_trials_queued(session: AsyncSession, trial_ids: list[str]) -> None:
+    await session.execute(
+        update(TrialModel)
+        .where(TrialModel.id.in_(trial_ids), TrialModel.status == JobStatus.PENDING)
+        .values(status=JobStatus.QUEUED)
+    )
+
+
+async def start_attempt(
+    session: AsyncSession, *, trial_id: str, run_number: int, temporal_attempt: int, worker: str
+) -> TrialAttemptModel:
+    """Open a new attempt row; an earlier attempt still marked running was lost with its worker."""
+    trial = await session.get(TrialModel, trial_id, with_for_update=True)
+    if trial is None:
+        raise RecordNotFound(f"no trial {trial_id!r}")
+    attempts = (
+        await session.execute(
+            select(TrialAttemptModel).where(TrialAttemptModel.trial_id == trial_id)
+        )
+    ).scalars().all()
+    for earlier in attempts:
+        if earlier.status == AttemptStatus.RUNNING:
+            earlier.status = AttemptStatus.LOST
+            earlier.finished_at = now()
+            earlier.error_type = earlier.error_type or "WorkerLost"
+            earlier.error_message = earlier.error_message or (
+                "the worker running this attempt stopped heartbeating; Temporal retried the trial"
+            )
+    attempt = TrialAttemptModel(
+        trial_id=trial_id,
+        number=max((a.number for a in attempts), default=0) + 1,
+        run_number=run_number,
+        temporal_attempt=temporal_attempt,
+        worker=worker,
+        status=AttemptStatus.RUNNING,
+        started_at=now(),
+    )
+    session.add(attempt)
+    trial.status = JobStatus.RUNNING
+    trial.started_at = trial.started_at or attempt.started_at
+    await session.flush()
+    return attempt
+
+
+async def record_retryable_attempt(
+    session: AsyncSession, *, attempt_id: int, fields: TrialResultFields
+) -> None:
+    attempt = await session.get(TrialAttemptModel, attempt_id)
+    assert attempt is not None
+    _fill_attempt(attempt, fields, AttemptStatus.INFRA_ERROR)
+    await session.execute(
+        update(TrialModel)
+        .where(TrialModel.id == attempt.trial_id)
+        .values(
+            status=JobStatus.RETRYING,
+            error_type=fields.error_type,
+            error_message=fields.error_message,
+        )
+    )
+
+
+def _fill_attempt(attempt: TrialAttemptModel, fields: TrialResultFields, status: str) -> None:
+    attempt.status = status
+    attempt.finished_at = now()
+    attempt.reward = fields.reward
+    attempt.rewards = fields.rewards
+    attempt.outcome = fields.outcome
+    attempt.error_type = fields.error_type
+    attempt.error_message = fields.error_message
+    attempt.harbor_trial_dir = fields.harbor_trial_dir
+
+
+async def finish_trial(
+    session: AsyncSession,
+    *,
+    trial_id: str,
+    attempt_id: int | None,
+    attempt_status: str,
+    fields: TrialResultFields,
+) -> None:
+    """Record a trial's final result and give its slot back, in the caller's one transaction."""
+    if attempt_id is not None:
+        attempt = await session.get(TrialAttemptModel, attempt_id)
+        assert attempt is not None
+        _fill_attempt(attempt, fields, attempt_status)
+    values: dict[str, Any] = {
+        "status": fields.status,
+        "outcome": fields.outcome,
+        "reward": fields.reward,
+        "rewards": fields.rewards,
+        "error_type": fields.error_type,
+        "error_message": fields.error_message,
+        "finished_at": now(),
+    }
+    optional = {
+        "timings": fields.timings,
+        "n_input_tokens": fields.n_input_tokens,
+        "n_cache_tokens": fields.n_cache_tokens,
+        "n_output_tokens": fields.n_output_tokens,
+        "cost_usd": fields.cost_usd,
+        "harbor_trial_dir": fields.harbor_trial_dir,
+        "harbor_config": fields.harbor_config,
+    }
+    values.update({k: v for k, v in optional.items() if v is not None})
+    await session.execute(update(TrialModel).where(TrialModel.id == trial_id).values(**values))
+    log_status = "successful" if fields.status == JobStatus.SUCCESS else (
+        "canceled" if fields.status == JobStatus.CANCELLED else "exception"
+    )
+    await slots.release(await session.connection(), trial_ids=[trial_id], log_status=log_status)
+
+
+async def save_harbor_config(session: AsyncSession, trial_id: str, config: dict[str, Any]) -> None:
+    await session.execute(
+        update(TrialModel).where(TrialModel.id == trial_id).values(harbor_config=config)
+    )
+
+
+async def save_analysis(
+    session: AsyncSession,
+    *,
+    trial_id: str,
+    classification: str,
+    summary: str,
+    details: dict[str, Any],
+    analyzer: str,
+) -> None:
+    analysis = await session.get(AnalysisModel, trial_id)
+    if analysis is None:
+        analysis = AnalysisModel(trial_id=trial_id)
+        session.add(analysis)
+    analysis.status = JobStatus.SUCCESS
+    analysis.classification = classification
+    analysis.summary = summary
+    analysis.details = details
+    analysis.analyzer = analyzer
+    analysis.finished_at = now()
+
+
+async def save_verdict(
+    session: AsyncSession, *, task_id: str, summary: str, details: dict[str, Any], decider: str
+) -> None:
+    verdict = await session.get(VerdictModel, task_id)
+    if verdict is None:
+        verdict = VerdictModel(task_id=task_id)
+        session.add(verdict)
+    verdict.status = JobStatus.SUCCESS
+    verdict.summary = summary
+    verdict.details = details
+    verdict.decider = decider
+    verdict.finished_at = now()
+
+
+async def cancel_unfinished_trials(session: AsyncSession, task_id: str) -> list[str]:
+    rows = await session.execute(
+        update(TrialModel)
+        .where(
+            TrialModel.task_id == task_id,
+            TrialModel.status.not_in([s.value for s in TERMINAL_TRIAL_STATUSES]),
+        )
+        .values(status=JobStatus.CANCELLED, finished_at=now(), outcome="cancelled")
+        .returning(TrialModel.id)
+    )
+    return [r[0] for r in rows]

@@ -1,0 +1,336 @@
+"""Queries of the slot table: PGQueuer 1.6's ``pgqueuer`` table used as a per-queue-key semaphore.
+
+A waiting trial is a ``queued`` row whose entrypoint is its queue key; a trial holding one of the
+key's slots is a ``picked`` row with ``slot`` in ``0..limit-1``. Our rows carry
+``execute_after = 'infinity'``: PGQueuer's own dequeue only takes rows with ``execute_after < now()``,
+so a PGQueuer worker sharing a key counts our holders against its limit but never runs our rows,
+while ``queue_size()`` and ``pgq dashboard`` still see them. The partial unique index on
+``(entrypoint, slot) WHERE status = 'picked'`` makes over-admission impossible even when claims race.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+NOTIFY_CHANNEL = "ch_pgqueuer"
+# Our own wake-ups (a changed limit) go on a channel of ours: PGQueuer parses every ch_pgqueuer payload.
+LIMITS_CHANNEL = "oddish_limits"
+# Marks a row as ours; rows without it belong to other PGQueuer producers and are never touched.
+OWNER_HEADER = "oddish"
+
+
+@dataclass(frozen=True)
+class SlotClaim:
+    job_id: int
+    queue_key: str
+    slot: int
+    trial_id: str
+    workflow_id: str
+
+
+@dataclass(frozen=True)
+class WaitingTrial:
+    trial_id: str
+    workflow_id: str
+    queue_key: str
+    priority: int
+
+
+def dedupe_key(trial_id: str) -> str:
+    return f"trial:{trial_id}"
+
+
+def _headers(trial_id: str, workflow_id: str, run_number: int) -> str:
+    return json.dumps(
+        {OWNER_HEADER: 1, "trial_id": trial_id, "workflow_id": workflow_id, "run": run_number}
+    )
+
+
+async def enqueue(
+    conn: AsyncConnection,
+    *,
+    trials: list[tuple[str, str]],
+    workflow_id: str,
+    priority: int,
+    run_number: int,
+) -> None:
+    """Insert a waiting row per ``(trial_id, queue_key)``; a trial already waiting or holding is left alone."""
+    if not trials:
+        return
+    await conn.execute(
+        text(
+            """
+            WITH added AS (
+                INSERT INTO pgqueuer (priority, entrypoint, dedupe_key, payload, headers,
+                                      execute_after, status)
+                VALUES (:priority, :queue_key, :dedupe_key, NULL, CAST(:headers AS jsonb),
+                        'infinity', 'queued')
+                ON CONFLICT (dedupe_key)
+                    WHERE ((status = ANY (ARRAY['queued'::pgqueuer_status,
+                                                'picked'::pgqueuer_status]))
+                           AND (dedupe_key IS NOT NULL))
+                DO NOTHING
+                RETURNING id, entrypoint, priority
+            )
+            INSERT INTO pgqueuer_log (job_id, status, entrypoint, priority)
+            SELECT id, 'queued', entrypoint, priority FROM added
+            """
+        ),
+        [
+            {
+                "priority": priority,
+                "queue_key": queue_key,
+                "dedupe_key": dedupe_key(trial_id),
+                "headers": _headers(trial_id, workflow_id, run_number),
+            }
+            for trial_id, queue_key in trials
+        ],
+    )
+
+
+async def keys_with_waiting_trials(conn: AsyncConnection) -> list[str]:
+    rows = await conn.execute(
+        text(
+            "SELECT DISTINCT entrypoint FROM pgqueuer "
+            "WHERE status = 'queued' AND headers ? :owner"
+        ),
+        {"owner": OWNER_HEADER},
+    )
+    return [r[0] for r in rows]
+
+
+async def claim(
+    conn: AsyncConnection, *, queue_key: str, default_limit: int, manager_id: uuid.UUID
+) -> list[SlotClaim]:
+    """Give free slots of ``queue_key`` to its waiting trials, highest priority first, FIFO within one.
+
+    Must run inside a transaction. Claims of one key are serialised by an advisory lock, so our
+    dispatchers never race each other; a PGQueuer worker racing us loses on the unique slot index
+    (SQLSTATE 23505), which the caller treats as "no capacity this time".
+    """
+    await conn.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext('oddish-slot:' || :key))"), {"key": queue_key}
+    )
+    rows = await conn.execute(
+        text(
+            """
+            WITH lim AS (
+                SELECT COALESCE(
+                    (SELECT max_concurrent FROM queue_limits WHERE key = :key), :default_limit
+                ) AS n
+            ),
+            -- PGQueuer counts holders by a set queue_manager_id, whatever their status: so do we.
+            -- Holders beyond a lowered limit still count, so the limit holds while they finish.
+            capacity AS (
+                SELECT GREATEST(lim.n - (
+                    SELECT count(*) FROM pgqueuer
+                    WHERE entrypoint = :key AND queue_manager_id IS NOT NULL
+                ), 0) AS free FROM lim
+            ),
+            free_slots AS (
+                SELECT s.slot, ROW_NUMBER() OVER (ORDER BY s.slot) AS rnk
+                FROM lim, GENERATE_SERIES(0, lim.n - 1) AS s(slot)
+                WHERE NOT EXISTS (
+                    SELECT FROM pgqueuer holder
+                    WHERE holder.entrypoint = :key AND holder.status = 'picked'
+                      AND holder.slot = s.slot
+                )
+                LIMIT (SELECT free FROM capacity)
+            ),
+            waiting AS (
+                SELECT id, ROW_NUMBER() OVER (ORDER BY priority DESC, id ASC) AS rnk
+                FROM (
+                    SELECT id, priority FROM pgqueuer
+                    WHERE entrypoint = :key AND status = 'queued' AND headers ? :owner
+                    ORDER BY priority DESC, id ASC
+                    LIMIT (SELECT free FROM capacity)
+                    FOR UPDATE SKIP LOCKED
+                ) w
+            ),
+            claimed AS (
+                UPDATE pgqueuer job
+                SET status = 'picked', slot = free_slots.slot, queue_manager_id = :manager,
+                    heartbeat = now(), updated = now(), attempts = job.attempts + 1
+                FROM waiting JOIN free_slots USING (rnk)
+                WHERE job.id = waiting.id
+                RETURNING job.id, job.slot, job.priority, job.entrypoint, job.headers
+            ),
+            logged AS (
+                INSERT INTO pgqueuer_log (job_id, status, entrypoint, priority)
+                SELECT id, 'picked', entrypoint, priority FROM claimed
+            )
+            SELECT id, slot, headers FROM claimed ORDER BY id
+            """
+        ),
+        {
+            "key": queue_key,
+            "default_limit": default_limit,
+            "owner": OWNER_HEADER,
+            "manager": manager_id,
+        },
+    )
+    return [
+        SlotClaim(
+            job_id=r.id,
+            queue_key=queue_key,
+            slot=r.slot,
+            trial_id=r.headers["trial_id"],
+            workflow_id=r.headers["workflow_id"],
+        )
+        for r in rows
+    ]
+
+
+async def mark_signalled(conn: AsyncConnection, job_ids: list[int]) -> None:
+    if job_ids:
+        await conn.execute(
+            text(
+                "UPDATE pgqueuer SET headers = headers || '{\"signalled\": true}'::jsonb "
+                "WHERE id = ANY(:ids)"
+            ),
+            {"ids": job_ids},
+        )
+
+
+async def unsignalled_holders(conn: AsyncConnection, *, older_than_sec: float) -> list[SlotClaim]:
+    """Holders whose owner was never told (the dispatcher that claimed them died before signalling)."""
+    rows = await conn.execute(
+        text(
+            """
+            SELECT id, entrypoint, slot, headers FROM pgqueuer
+            WHERE status = 'picked' AND headers ? :owner AND NOT (headers ? 'signalled')
+              AND updated < now() - make_interval(secs => :age)
+            """
+        ),
+        {"owner": OWNER_HEADER, "age": older_than_sec},
+    )
+    return [
+        SlotClaim(r.id, r.entrypoint, r.slot, r.headers["trial_id"], r.headers["workflow_id"])
+        for r in rows
+    ]
+
+
+async def touch(conn: AsyncConnection, trial_id: str) -> None:
+    """Heartbeat of a slot holder, so PGQueuer tools and the reaper see it alive."""
+    await conn.execute(
+        text("UPDATE pgqueuer SET heartbeat = now() WHERE dedupe_key = :dk AND status = 'picked'"),
+        {"dk": dedupe_key(trial_id)},
+    )
+
+
+async def release(conn: AsyncConnection, *, trial_ids: list[str], log_status: str) -> int:
+    """Give back (or stop waiting for) the slots of ``trial_ids``; logs them as PGQueuer would."""
+    if not trial_ids:
+        return 0
+    rows = await conn.execute(
+        text(
+            """
+            WITH gone AS (
+                DELETE FROM pgqueuer
+                WHERE dedupe_key = ANY(:dks) AND headers ? :owner
+                RETURNING id, entrypoint, priority
+            )
+            INSERT INTO pgqueuer_log (job_id, status, entrypoint, priority)
+            SELECT id, CAST(:status AS pgqueuer_status), entrypoint, priority FROM gone
+            RETURNING job_id
+            """
+        ),
+        {"dks": [dedupe_key(t) for t in trial_ids], "owner": OWNER_HEADER, "status": log_status},
+    )
+    return len(rows.fetchall())
+
+
+async def release_workflow(conn: AsyncConnection, *, workflow_id: str, log_status: str) -> int:
+    rows = await conn.execute(
+        text(
+            """
+            WITH gone AS (
+                DELETE FROM pgqueuer
+                WHERE headers ? :owner AND headers ->> 'workflow_id' = :wf
+                RETURNING id, entrypoint, priority
+            )
+            INSERT INTO pgqueuer_log (job_id, status, entrypoint, priority)
+            SELECT id, CAST(:status AS pgqueuer_status), entrypoint, priority FROM gone
+            RETURNING job_id
+            """
+        ),
+        {"wf": workflow_id, "owner": OWNER_HEADER, "status": log_status},
+    )
+    return len(rows.fetchall())
+
+
+async def stale_workflow_ids(conn: AsyncConnection, *, lease_sec: float) -> list[str]:
+    """Workflows owning rows not heard from within the lease; the reaper asks Temporal about them."""
+    rows = await conn.execute(
+        text(
+            """
+            SELECT DISTINCT headers ->> 'workflow_id' FROM pgqueuer
+            WHERE headers ? :owner
+              AND GREATEST(heartbeat, updated) < now() - make_interval(secs => :lease)
+            """
+        ),
+        {"owner": OWNER_HEADER, "lease": lease_sec},
+    )
+    return [r[0] for r in rows]
+
+
+async def holders_count(conn: AsyncConnection, queue_key: str) -> int:
+    return (
+        await conn.execute(
+            text(
+                "SELECT count(*) FROM pgqueuer "
+                "WHERE entrypoint = :k AND queue_manager_id IS NOT NULL"
+            ),
+            {"k": queue_key},
+        )
+    ).scalar_one()
+
+
+async def queue_stats(conn: AsyncConnection, default_limit: int) -> list[dict[str, Any]]:
+    """Per queue key: waiting, holding and the limit in force."""
+    rows = await conn.execute(
+        text(
+            """
+            WITH keys AS (
+                SELECT entrypoint AS key FROM pgqueuer
+                UNION SELECT key FROM queue_limits
+            )
+            SELECT keys.key,
+                   COALESCE(l.max_concurrent, :default_limit) AS limit,
+                   (SELECT count(*) FROM pgqueuer p
+                     WHERE p.entrypoint = keys.key AND p.status = 'queued') AS waiting,
+                   (SELECT count(*) FROM pgqueuer p
+                     WHERE p.entrypoint = keys.key AND p.status = 'picked') AS running
+            FROM keys LEFT JOIN queue_limits l ON l.key = keys.key
+            ORDER BY keys.key
+            """
+        ),
+        {"default_limit": default_limit},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def set_limit(conn: AsyncConnection, queue_key: str, limit: int) -> None:
+    await conn.execute(
+        text(
+            """
+            INSERT INTO queue_limits (key, max_concurrent, updated_at) VALUES (:k, :n, now())
+            ON CONFLICT (key) DO UPDATE SET max_concurrent = EXCLUDED.max_concurrent,
+                                            updated_at = now()
+            """
+        ),
+        {"k": queue_key, "n": limit},
+    )
+    # A raised limit frees capacity: wake every dispatcher.
+    await conn.execute(text(f"NOTIFY {LIMITS_CHANNEL}"))
+
+
+async def limits(conn: AsyncConnection) -> dict[str, int]:
+    rows = await conn.execute(text("SELECT key, max_concurrent FROM queue_limits ORDER BY key"))
+    return {r.key: r.max_concurrent for r in rows}

@@ -1,0 +1,119 @@
+"""Pydantic models of what users submit and what the library returns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harbor.models.agent.name import AgentName
+from harbor.models.environment_type import EnvironmentType
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from oddish.queue_keys import queue_key_for_trial
+
+LOCAL_ENVIRONMENT = "local"
+LOCAL_ENVIRONMENT_IMPORT_PATH = "oddish.environments.local:LocalEnvironment"
+MAX_TRIALS_PER_TASK = 2000
+
+
+def is_import_path(name: str) -> bool:
+    module, sep, attr = name.partition(":")
+    return bool(sep) and bool(module) and bool(attr) and " " not in name
+
+
+def validate_agent_name(agent: str) -> str:
+    if agent in AgentName.values() or is_import_path(agent):
+        return agent
+    raise ValueError(
+        f"unknown agent {agent!r}: use one of Harbor's agents "
+        f"({', '.join(sorted(AgentName.values()))}) or an import path module:Class"
+    )
+
+
+def validate_environment_name(environment: str) -> str:
+    known = {e.value for e in EnvironmentType} | {LOCAL_ENVIRONMENT}
+    if environment in known or is_import_path(environment):
+        return environment
+    raise ValueError(
+        f"unknown environment {environment!r}: use one of {', '.join(sorted(known))} "
+        "or an import path module:Class"
+    )
+
+
+class TrialSpec(BaseModel):
+    """How one trial runs: everything Harbor needs besides the task itself."""
+
+    agent: str = "oracle"
+    model: str | None = None
+    environment: str = "docker"
+    agent_env: dict[str, str] = Field(default_factory=dict)
+    agent_kwargs: dict[str, Any] = Field(default_factory=dict)
+    environment_kwargs: dict[str, Any] = Field(default_factory=dict)
+    agent_timeout_sec: float | None = Field(default=None, gt=0)
+    agent_setup_timeout_sec: float | None = Field(default=None, gt=0)
+    verifier_timeout_sec: float | None = Field(default=None, gt=0)
+    timeout_multiplier: float = Field(default=1.0, gt=0)
+    override_cpus: int | None = Field(default=None, ge=1)
+    override_memory_mb: int | None = Field(default=None, ge=1)
+    override_storage_mb: int | None = Field(default=None, ge=1)
+    override_gpus: int | None = Field(default=None, ge=0)
+    artifacts: list[str] = Field(default_factory=list)
+    force_build: bool = False
+    disable_verification: bool = False
+
+    @field_validator("agent")
+    @classmethod
+    def _known_agent(cls, agent: str) -> str:
+        return validate_agent_name(agent)
+
+    @field_validator("environment")
+    @classmethod
+    def _known_environment(cls, environment: str) -> str:
+        return validate_environment_name(environment)
+
+    @property
+    def queue_key(self) -> str:
+        return queue_key_for_trial(self.agent, self.model)
+
+
+class AgentRunConfig(TrialSpec):
+    """A trial spec run ``n_trials`` times (one entry of the original Oddish's ``configs``)."""
+
+    n_trials: int = Field(default=1, ge=1, le=MAX_TRIALS_PER_TASK)
+
+
+class TaskSubmission(BaseModel):
+    """A Harbor task directory and the trials to run on it."""
+
+    task_path: Path
+    name: str | None = None
+    experiment_id: str | None = None
+    experiment_name: str | None = None
+    configs: list[AgentRunConfig] = Field(min_length=1)
+    priority: int = 0
+    run_analysis: bool = True
+    user: str | None = None
+    # A client-chosen key: submitting again with the same key returns the first task.
+    submission_key: str | None = Field(default=None, max_length=255)
+
+    @field_validator("task_path")
+    @classmethod
+    def _task_dir(cls, path: Path) -> Path:
+        path = path.expanduser().resolve()
+        if not (path / "task.toml").is_file():
+            raise ValueError(f"{path} is not a Harbor task directory (no task.toml)")
+        return path
+
+    @model_validator(mode="after")
+    def _bounded(self) -> TaskSubmission:
+        total = sum(c.n_trials for c in self.configs)
+        if total > MAX_TRIALS_PER_TASK:
+            raise ValueError(f"{total} trials in one task; at most {MAX_TRIALS_PER_TASK}")
+        return self
+
+    def trial_specs(self) -> list[TrialSpec]:
+        specs: list[TrialSpec] = []
+        for config in self.configs:
+            spec = TrialSpec.model_validate(config.model_dump(exclude={"n_trials"}))
+            specs.extend(spec.model_copy() for _ in range(config.n_trials))
+        return specs
