@@ -3,6 +3,7 @@
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -35,6 +36,9 @@ async def run_migrations_online() -> None:
     engine = create_async_engine(_url())
     try:
         async with engine.connect() as connection:
+            # Workers starting together each upgrade; the lock makes them take turns.
+            await connection.execute(text("SELECT pg_advisory_lock(hashtext('oddish-migrations'))"))
+            await connection.commit()
             await connection.run_sync(_run_sync)
             await connection.commit()
     finally:

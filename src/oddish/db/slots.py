@@ -23,6 +23,8 @@ NOTIFY_CHANNEL = "ch_pgqueuer"
 LIMITS_CHANNEL = "oddish_limits"
 # Marks a row as ours; rows without it belong to other PGQueuer producers and are never touched.
 OWNER_HEADER = "oddish"
+# The queue_limits row that holds the limit of every key without a row of its own.
+DEFAULT_LIMIT_KEY = "*"
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,9 @@ async def claim(
             """
             WITH lim AS (
                 SELECT COALESCE(
-                    (SELECT max_concurrent FROM queue_limits WHERE key = :key), :default_limit
+                    (SELECT max_concurrent FROM queue_limits WHERE key = :key),
+                    (SELECT max_concurrent FROM queue_limits WHERE key = '*'),
+                    :default_limit
                 ) AS n
             ),
             -- PGQueuer counts holders by a set queue_manager_id, whatever their status: so do we.

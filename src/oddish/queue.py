@@ -1,0 +1,232 @@
+"""Library entry points: submit a task, read it back, read the queues. The API calls these too."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+
+from oddish import search_attributes as sa
+from oddish.config import get_settings
+from oddish.contracts import TaskWorkflowInput, TrialRef, TrialRetryPolicy
+from oddish.db import records, slots
+from oddish.db.connection import get_session
+from oddish.db.models import TaskModel, TrialModel
+from oddish.experiment import generate_experiment_name
+from oddish.ids import new_id
+from oddish.schemas import TaskSubmission
+from oddish.task_store import remove_task_dir, store_task_dir
+from oddish.workflows import TaskWorkflow, workflow_id_for_task
+
+
+def retry_policy_from_settings() -> TrialRetryPolicy:
+    s = get_settings()
+    return TrialRetryPolicy(
+        max_attempts=s.trial_max_attempts,
+        initial_interval_sec=s.trial_retry_initial_interval_sec,
+        max_interval_sec=s.trial_retry_max_interval_sec,
+        heartbeat_timeout_sec=s.trial_heartbeat_timeout_sec,
+        start_to_close_timeout_sec=s.trial_start_to_close_timeout_sec,
+    )
+
+
+def workflow_input(task: TaskModel, trials: list[TrialModel]) -> TaskWorkflowInput:
+    return TaskWorkflowInput(
+        task_id=task.id,
+        experiment_id=task.experiment_id,
+        task_name=task.name,
+        priority=task.priority,
+        run_analysis=task.run_analysis,
+        trials=[
+            TrialRef(t.id, t.index, t.agent, t.model, t.queue_key, t.environment)
+            for t in sorted(trials, key=lambda t: t.index)
+        ],
+        retry_policy=retry_policy_from_settings(),
+    )
+
+
+async def start_task_workflow(client: Client, inp: TaskWorkflowInput) -> None:
+    """Start the task's workflow; starting it again (a retried submission) is a no-op."""
+    queue_keys = sorted({t.queue_key for t in inp.trials})
+    await client.start_workflow(
+        TaskWorkflow.run,
+        inp,
+        id=workflow_id_for_task(inp.task_id),
+        task_queue=get_settings().temporal_task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        search_attributes=TypedSearchAttributes([
+            SearchAttributePair(sa.EXPERIMENT, inp.experiment_id),
+            SearchAttributePair(sa.TASK, inp.task_id),
+            SearchAttributePair(sa.STATUS, "pending"),
+            SearchAttributePair(sa.QUEUE_KEYS, queue_keys),
+        ]),
+        static_summary=f"{inp.task_name} · {len(inp.trials)} trials · {', '.join(queue_keys)}",
+    )
+
+
+async def create_task(submission: TaskSubmission, *, client: Client) -> str:
+    """Record the task and its trials, then start its workflow. Returns the task id."""
+    if submission.submission_key:
+        async with get_session() as session:
+            existing = await records.task_by_submission_key(session, submission.submission_key)
+            if existing is not None:
+                task = await records.get_task(session, existing.id, with_trials=True)
+                await start_task_workflow(client, workflow_input(task, list(task.trials)))
+                return task.id
+
+    task_id = new_id("task")
+    stored_path = store_task_dir(submission.task_path, task_id)
+    try:
+        async with get_session() as session:
+            experiment_id = submission.experiment_id or new_id("exp")
+            await records.ensure_experiment(
+                session, experiment_id,
+                submission.experiment_name or submission.experiment_id or generate_experiment_name(),
+            )
+            task = TaskModel(
+                id=task_id,
+                experiment_id=experiment_id,
+                name=submission.name or submission.task_path.name,
+                task_path=str(stored_path),
+                priority=submission.priority,
+                user=submission.user,
+                run_analysis=submission.run_analysis,
+                submission_key=submission.submission_key,
+                workflow_id=workflow_id_for_task(task_id),
+            )
+            trials = [
+                TrialModel(
+                    id=new_id("trial"),
+                    task_id=task_id,
+                    index=index,
+                    agent=spec.agent,
+                    model=spec.model,
+                    queue_key=spec.queue_key,
+                    environment=spec.environment,
+                    spec=spec.model_dump(mode="json"),
+                )
+                for index, spec in enumerate(submission.trial_specs())
+            ]
+            session.add(task)
+            session.add_all(trials)
+            await session.commit()
+    except IntegrityError:
+        remove_task_dir(task_id)
+        if submission.submission_key:
+            # The same submission raced us and won: answer with its task.
+            return await create_task(submission, client=client)
+        raise
+    except BaseException:
+        remove_task_dir(task_id)
+        raise
+    await start_task_workflow(client, workflow_input(task, trials))
+    return task_id
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def trial_dict(trial: TrialModel) -> dict[str, Any]:
+    analysis = trial.analysis
+    return {
+        "id": trial.id,
+        "index": trial.index,
+        "agent": trial.agent,
+        "model": trial.model,
+        "queue_key": trial.queue_key,
+        "environment": trial.environment,
+        "status": trial.status,
+        "outcome": trial.outcome,
+        "reward": trial.reward,
+        "rewards": trial.rewards,
+        "error_type": trial.error_type,
+        "error_message": trial.error_message,
+        "timings": trial.timings,
+        "n_input_tokens": trial.n_input_tokens,
+        "n_cache_tokens": trial.n_cache_tokens,
+        "n_output_tokens": trial.n_output_tokens,
+        "cost_usd": trial.cost_usd,
+        "harbor_trial_dir": trial.harbor_trial_dir,
+        "harbor_config": trial.harbor_config,
+        "started_at": _iso(trial.started_at),
+        "finished_at": _iso(trial.finished_at),
+        "attempts": [
+            {
+                "number": a.number,
+                "run_number": a.run_number,
+                "temporal_attempt": a.temporal_attempt,
+                "worker": a.worker,
+                "status": a.status,
+                "outcome": a.outcome,
+                "reward": a.reward,
+                "error_type": a.error_type,
+                "error_message": a.error_message,
+                "harbor_trial_dir": a.harbor_trial_dir,
+                "started_at": _iso(a.started_at),
+                "finished_at": _iso(a.finished_at),
+            }
+            for a in trial.attempts
+        ],
+        "analysis": None if analysis is None else {
+            "status": analysis.status,
+            "classification": analysis.classification,
+            "summary": analysis.summary,
+            "details": analysis.details,
+            "analyzer": analysis.analyzer,
+        },
+    }
+
+
+async def get_task_with_trials(task_id: str) -> dict[str, Any]:
+    """The task, its trials (with attempts and analyses) and its verdict. Raises RecordNotFound."""
+    async with get_session() as session:
+        task = await records.get_task(session, task_id, with_trials=True)
+        verdict = task.verdict
+        return {
+            "id": task.id,
+            "name": task.name,
+            "experiment_id": task.experiment_id,
+            "status": task.status,
+            "priority": task.priority,
+            "user": task.user,
+            "run_analysis": task.run_analysis,
+            "workflow_id": task.workflow_id,
+            "error_message": task.error_message,
+            "created_at": _iso(task.created_at),
+            "started_at": _iso(task.started_at),
+            "finished_at": _iso(task.finished_at),
+            "trials": [trial_dict(t) for t in task.trials],
+            "verdict": None if verdict is None else {
+                "status": verdict.status,
+                "summary": verdict.summary,
+                "details": verdict.details,
+                "decider": verdict.decider,
+            },
+        }
+
+
+async def get_queue_stats() -> dict[str, dict[str, int]]:
+    """Per queue key: trials waiting for a slot, trials holding one, and the limit in force."""
+    default_limit = await get_default_limit()
+    async with get_session() as session:
+        rows = await slots.queue_stats(await session.connection(), default_limit)
+    return {r["key"]: {"waiting": r["waiting"], "running": r["running"], "limit": r["limit"]}
+            for r in rows if r["key"] != slots.DEFAULT_LIMIT_KEY}
+
+
+async def get_default_limit() -> int:
+    async with get_session() as session:
+        stored = (await slots.limits(await session.connection())).get(slots.DEFAULT_LIMIT_KEY)
+    return stored or get_settings().default_model_concurrency
+
+
+async def set_queue_limit(queue_key: str, limit: int) -> None:
+    if limit < 1:
+        raise ValueError("a concurrency limit must be at least 1")
+    async with get_session() as session:
+        await slots.set_limit(await session.connection(), queue_key, limit)
+        await session.commit()

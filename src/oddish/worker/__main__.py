@@ -1,0 +1,61 @@
+"""``python -m oddish.worker``: a Temporal worker plus the slot dispatcher. Run as many as you like."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import typer
+
+from oddish.config import get_settings, parse_concurrency_json
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command(help=__doc__ + """
+
+With no DATABASE_URL / ODDISH_DATABASE_URL it starts an embedded Postgres, and with no
+ODDISH_TEMPORAL_ADDRESS an embedded Temporal dev server (Web UI on --ui-port), both keeping
+their data under --home.""")
+def main(
+    n_concurrent: str = typer.Option(
+        None, "--n-concurrent", help='per queue key limits as JSON, e.g. \'{"openai/gpt-5": 4}\''
+    ),
+    max_concurrent_activities: int = typer.Option(
+        100, min=1, help="activities (trials, analyses, records) this process runs at once"
+    ),
+    home: Path = typer.Option(None, help="data of embedded services [default: $ODDISH_HOME or ~/.oddish]"),
+    temporal_port: int = typer.Option(7233, help="port of the embedded Temporal server"),
+    ui_port: int = typer.Option(8233, help="port of the embedded Temporal Web UI"),
+) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        limits = parse_concurrency_json(n_concurrent)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--n-concurrent") from exc
+
+    from oddish.embedded import ensure_embedded_services
+    from oddish.worker.runner import run_worker
+
+    temporal = ensure_embedded_services(home or get_settings().home,
+                                        temporal_port=temporal_port, ui_port=ui_port)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(stop, n_concurrent=limits,
+                         max_concurrent_activities=max_concurrent_activities)
+
+    try:
+        asyncio.run(serve())
+    finally:
+        if temporal is not None:
+            temporal.stop()
+
+
+if __name__ == "__main__":
+    app()

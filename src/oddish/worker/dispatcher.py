@@ -1,0 +1,146 @@
+"""The slot dispatcher: hands free slots to waiting trials and tells their workflows.
+
+Each worker process runs one. Dispatchers wake on Postgres NOTIFY (the slot table's trigger fires
+on every insert and delete, so a given-back slot wakes them at once) and sweep every few seconds in
+case a notification was missed. Waiting trials cost nothing here: they are rows, not coroutines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterable
+
+import asyncpg
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from oddish.contracts import SlotGrant
+from oddish.db import slots
+from oddish.db.connection import get_engine, plain_dsn, database_url
+
+log = logging.getLogger(__name__)
+
+# A claimed row whose owner has not been told after this long is signalled again.
+RESIGNAL_AFTER_SEC = 10.0
+
+
+class SlotDispatcher:
+    def __init__(
+        self, client: Client, *, default_limit: int, poll_interval_sec: float, lease_sec: float
+    ) -> None:
+        self._client = client
+        self._default_limit = default_limit
+        self._poll_interval = poll_interval_sec
+        self._lease_sec = lease_sec
+        self.manager_id = uuid.uuid4()
+        self._wake = asyncio.Event()
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_maintenance = 0.0
+        listener: asyncpg.Connection | None = None
+        while not stop.is_set():
+            try:
+                if listener is None or listener.is_closed():
+                    listener = await self._listen()
+                if loop.time() >= next_maintenance:
+                    await self._resignal()
+                    await self._reap()
+                    next_maintenance = loop.time() + min(self._lease_sec / 4, 30.0)
+                await self.sweep()
+            except (OSError, asyncpg.PostgresError, DBAPIError) as exc:
+                log.warning("slot dispatcher: database unavailable (%s); retrying", exc)
+                listener = None
+            except RPCError as exc:
+                log.warning("slot dispatcher: Temporal unavailable (%s); retrying", exc)
+            waiter = asyncio.ensure_future(self._wake.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({waiter, stopper}, timeout=self._poll_interval,
+                               return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            self._wake.clear()
+        if listener is not None and not listener.is_closed():
+            await listener.close()
+
+    async def _listen(self) -> asyncpg.Connection:
+        conn = await asyncpg.connect(plain_dsn(database_url()))
+        await conn.add_listener(slots.NOTIFY_CHANNEL, self._on_notify)
+        await conn.add_listener(slots.LIMITS_CHANNEL, self._on_notify)
+        return conn
+
+    async def sweep(self) -> int:
+        """Claim what fits for every key with waiting trials; returns the number of grants."""
+        engine = get_engine()
+        async with engine.connect() as conn:
+            keys = await slots.keys_with_waiting_trials(conn)
+        granted = 0
+        for key in keys:
+            try:
+                async with engine.begin() as conn:
+                    claims = await slots.claim(
+                        conn, queue_key=key, default_limit=self._default_limit,
+                        manager_id=self.manager_id,
+                    )
+            except IntegrityError:
+                # A PGQueuer worker took the slot first (unique slot index): no capacity now.
+                continue
+            await self._signal(claims)
+            granted += len(claims)
+        return granted
+
+    async def _signal(self, claims: Iterable[slots.SlotClaim]) -> None:
+        claims = list(claims)
+        if not claims:
+            return
+        results = await asyncio.gather(
+            *(self._signal_one(c) for c in claims), return_exceptions=True
+        )
+        told = [c.job_id for c, ok in zip(claims, results) if ok is True]
+        gone = [c.trial_id for c, ok in zip(claims, results) if ok is False]
+        async with get_engine().begin() as conn:
+            await slots.mark_signalled(conn, told)
+            await slots.release(conn, trial_ids=gone, log_status="canceled")
+        for c, ok in zip(claims, results):
+            if isinstance(ok, BaseException):
+                log.warning("could not signal %s about trial %s: %s", c.workflow_id, c.trial_id, ok)
+
+    async def _signal_one(self, claim: slots.SlotClaim) -> bool:
+        """True when told; False when the workflow no longer runs (its slot is given back)."""
+        handle = self._client.get_workflow_handle(claim.workflow_id)
+        try:
+            await handle.signal("slot_granted", SlotGrant(claim.trial_id, claim.slot))
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return True
+
+    async def _resignal(self) -> None:
+        async with get_engine().connect() as conn:
+            pending = await slots.unsignalled_holders(conn, older_than_sec=RESIGNAL_AFTER_SEC)
+        await self._signal(pending)
+
+    async def _reap(self) -> None:
+        """Give back the slots of workflows that no longer run (terminated, say)."""
+        async with get_engine().connect() as conn:
+            workflow_ids = await slots.stale_workflow_ids(conn, lease_sec=self._lease_sec)
+        for workflow_id in workflow_ids:
+            try:
+                description = await self._client.get_workflow_handle(workflow_id).describe()
+                running = description.status == WorkflowExecutionStatus.RUNNING
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                running = False
+            if not running:
+                async with get_engine().begin() as conn:
+                    n = await slots.release_workflow(conn, workflow_id=workflow_id,
+                                                     log_status="canceled")
+                log.warning("reaped %d slot rows of %s, which no longer runs", n, workflow_id)

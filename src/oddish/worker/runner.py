@@ -1,0 +1,69 @@
+"""Wires one worker process: migrations, limits, the Temporal worker and the slot dispatcher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from datetime import timedelta
+
+from temporalio.worker import Worker
+
+from oddish.activities import ALL_ACTIVITIES
+from oddish.config import get_settings
+from oddish.db import migrations, slots
+from oddish.db.connection import dispose_engine, get_session
+from oddish.temporal_client import connect
+from oddish.worker.dispatcher import SlotDispatcher
+from oddish.workflows import ALL_WORKFLOWS
+
+log = logging.getLogger(__name__)
+
+
+async def apply_limits(overrides: dict[str, int]) -> None:
+    """Write start-up limits into Postgres, where every worker reads them."""
+    settings = get_settings()
+    async with get_session() as session:
+        conn = await session.connection()
+        stored = await slots.limits(conn)
+        # An explicit ODDISH_DEFAULT_MODEL_CONCURRENCY wins; otherwise keep what is stored.
+        if "default_model_concurrency" in settings.model_fields_set or slots.DEFAULT_LIMIT_KEY not in stored:
+            await slots.set_limit(conn, slots.DEFAULT_LIMIT_KEY, settings.default_model_concurrency)
+        for key, limit in {**settings.model_concurrency, **overrides}.items():
+            await slots.set_limit(conn, key, limit)
+        await session.commit()
+
+
+async def run_worker(
+    stop: asyncio.Event,
+    *,
+    n_concurrent: dict[str, int] | None = None,
+    max_concurrent_activities: int = 100,
+) -> None:
+    settings = get_settings()
+    if not settings.harbor_telemetry:
+        os.environ.setdefault("HARBOR_TELEMETRY", "0")
+    await migrations.upgrade()
+    await apply_limits(n_concurrent or {})
+    client = await connect()
+    dispatcher = SlotDispatcher(
+        client,
+        default_limit=settings.default_model_concurrency,
+        poll_interval_sec=settings.dispatcher_poll_interval_sec,
+        lease_sec=settings.slot_lease_sec,
+    )
+    worker = Worker(
+        client,
+        task_queue=settings.temporal_task_queue,
+        workflows=ALL_WORKFLOWS,
+        activities=ALL_ACTIVITIES,
+        max_concurrent_activities=max_concurrent_activities,
+        graceful_shutdown_timeout=timedelta(seconds=5),
+    )
+    log.info("worker on task queue %r, dispatcher %s", settings.temporal_task_queue,
+             dispatcher.manager_id)
+    dispatcher_task = asyncio.create_task(dispatcher.run(stop))
+    async with worker:
+        await stop.wait()
+    await dispatcher_task
+    await dispose_engine()

@@ -1,0 +1,32 @@
+"""Shared steps of the end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from temporalio.client import Client
+
+from oddish.queue import create_task, get_task_with_trials
+from oddish.schemas import AgentRunConfig, TaskSubmission
+from oddish.workflows import workflow_id_for_task
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "tasks"
+
+
+async def submit(client: Client, task: str, *configs: AgentRunConfig, priority: int = 0,
+                 run_analysis: bool = True, **fields: object) -> str:
+    submission = TaskSubmission(
+        task_path=EXAMPLES / task, configs=list(configs), priority=priority,
+        run_analysis=run_analysis, **fields,
+    )
+    return await create_task(submission, client=client)
+
+
+def local(agent: str = "oracle", n_trials: int = 1, **spec: object) -> AgentRunConfig:
+    return AgentRunConfig(agent=agent, environment="local", n_trials=n_trials, **spec)
+
+
+async def wait_for_task(client: Client, task_id: str, timeout: float = 300) -> dict:
+    await asyncio.wait_for(client.get_workflow_handle(workflow_id_for_task(task_id)).result(), timeout)
+    return await get_task_with_trials(task_id)
