@@ -58,6 +58,9 @@ async def run_worker(
         workflows=ALL_WORKFLOWS,
         activities=ALL_ACTIVITIES,
         max_concurrent_activities=max_concurrent_activities,
+        # Eager dispatch would run every trial on the worker that holds the workflow;
+        # through the task queue, trials spread over all workers.
+        disable_eager_activity_execution=True,
         graceful_shutdown_timeout=timedelta(seconds=5),
     )
     log.info("worker on task queue %r, dispatcher %s", settings.temporal_task_queue,

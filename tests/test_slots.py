@@ -1,0 +1,126 @@
+"""The slot table's invariants, observed through real workers and real Harbor trials."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from datetime import datetime
+
+import pytest
+from sqlalchemy import text
+from temporalio.client import Client
+
+from helpers import local, submit, wait_for_task
+from oddish.db.connection import get_session
+from oddish.queue import get_task_with_trials, set_queue_limit
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def unique_key(label: str) -> str:
+    return f"test/{label}-{secrets.token_hex(3)}"
+
+
+def intervals(task: dict) -> list[tuple[datetime, datetime]]:
+    return [
+        (datetime.fromisoformat(t["started_at"]), datetime.fromisoformat(t["finished_at"]))
+        for t in task["trials"]
+    ]
+
+
+def max_overlap(spans: list[tuple[datetime, datetime]]) -> int:
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans],
+                    key=lambda ev: (ev[0], ev[1]))
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+async def slot_rows() -> int:
+    async with get_session() as session:
+        return (await session.execute(
+            text("SELECT count(*) FROM pgqueuer WHERE headers ? 'oddish'")
+        )).scalar_one()
+
+
+async def test_limit_holds_across_two_workers_and_other_keys_run(
+    start_worker, temporal_client: Client
+) -> None:
+    limited, other = unique_key("limited"), unique_key("other")
+    limits = json.dumps({limited: 2, other: 4})
+    start_worker("--n-concurrent", limits)
+    start_worker("--n-concurrent", limits)
+    sleep = {"ODDISH_SLEEP_SECONDS": "1"}
+    limited_task = await submit(temporal_client, "sleep", local(n_trials=20, model=limited, agent_env=sleep))
+    other_task = await submit(temporal_client, "sleep", local(n_trials=8, model=other, agent_env=sleep))
+    first, second = await asyncio.gather(
+        wait_for_task(temporal_client, limited_task), wait_for_task(temporal_client, other_task)
+    )
+
+    assert all(t["status"] == "success" and t["reward"] == 1.0 for t in first["trials"])
+    spans = intervals(first)
+    assert max_overlap(spans) == 2, "never more than the limit, and the limit is used"
+    workers = {t["attempts"][0]["worker"] for t in first["trials"]}
+    assert len(workers) == 2, "both worker processes ran trials of the limited key"
+
+    # The limited key at its limit did not hold the other key back.
+    window_start, window_end = min(s for s, _ in spans), max(e for _, e in spans)
+    other_spans = intervals(second)
+    assert sum(1 for s, e in other_spans if s < window_end and e > window_start) >= 4
+    assert max_overlap(other_spans) <= 4
+    assert await slot_rows() == 0
+
+
+async def test_priority_first_then_fifo_and_freed_slot_goes_promptly(
+    start_worker, temporal_client: Client
+) -> None:
+    key = unique_key("prio")
+    # A long fallback poll: grants must come from NOTIFY, not from polling.
+    start_worker("--n-concurrent", json.dumps({key: 1}), ODDISH_DISPATCHER_POLL_INTERVAL_SEC="60")
+    sleep = {"ODDISH_SLEEP_SECONDS": "2"}
+    low = await submit(temporal_client, "sleep", local(n_trials=3, model=key, agent_env=sleep), priority=0)
+    for _ in range(300):
+        task = await get_task_with_trials(low)
+        if any(t["status"] == "running" for t in task["trials"]):
+            break
+        await asyncio.sleep(0.1)
+    high = await submit(temporal_client, "sleep", local(n_trials=1, model=key, agent_env=sleep), priority=10)
+    low_task, high_task = await asyncio.gather(
+        wait_for_task(temporal_client, low), wait_for_task(temporal_client, high)
+    )
+
+    low_starts = sorted(datetime.fromisoformat(t["started_at"]) for t in low_task["trials"])
+    high_start = datetime.fromisoformat(high_task["trials"][0]["started_at"])
+    assert low_starts[0] < high_start < low_starts[1], "the later high-priority trial went next"
+    # FIFO within a priority: low trials started in index order.
+    by_index = [datetime.fromisoformat(t["started_at"]) for t in low_task["trials"]]
+    assert by_index == sorted(by_index)
+
+    spans = sorted(intervals(low_task) + intervals(high_task))
+    assert max_overlap(spans) == 1
+    gaps = [(spans[i + 1][0] - spans[i][1]).total_seconds() for i in range(len(spans) - 1)]
+    print(f"slot hand-over gaps (s): {[round(g, 3) for g in gaps]}")
+    assert max(gaps) < 2.0, "a freed slot went to the next trial without waiting for a poll"
+
+
+async def test_limit_changes_at_run_time_without_restart(start_worker, temporal_client: Client) -> None:
+    key = unique_key("runtime")
+    start_worker("--n-concurrent", json.dumps({key: 1}))
+    task_id = await submit(temporal_client, "sleep",
+                           local(n_trials=8, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "2"}))
+    for _ in range(300):
+        task = await get_task_with_trials(task_id)
+        if any(t["status"] == "running" for t in task["trials"]):
+            break
+        await asyncio.sleep(0.1)
+    raised_at = datetime.now().astimezone()
+    await set_queue_limit(key, 3)
+    task = await wait_for_task(temporal_client, task_id)
+
+    spans = intervals(task)
+    before = [s for s in spans if s[0] < raised_at]
+    assert max_overlap(before) == 1
+    assert max_overlap(spans) == 3
