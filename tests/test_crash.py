@@ -1,0 +1,61 @@
+"""kill -9 of the worker running a trial: the trial finishes elsewhere, once, and its slot comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+
+import pytest
+from temporalio.client import Client
+
+from helpers import local, submit, wait_for_task
+from oddish.queue import get_task_with_trials
+from test_slots import slot_rows, unique_key
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def sleeping_agents() -> str:
+    return subprocess.run(["pgrep", "-af", "sleep 8"], capture_output=True, text=True).stdout.strip()
+
+
+async def test_killed_worker_trial_finishes_on_the_other_once(start_worker, temporal_client: Client) -> None:
+    key = unique_key("crash")
+    limits = json.dumps({key: 1})
+    workers = [start_worker("--n-concurrent", limits), start_worker("--n-concurrent", limits)]
+    task_id = await submit(temporal_client, "sleep",
+                           local(model=key, agent_env={"ODDISH_SLEEP_SECONDS": "8"}))
+
+    running = None
+    for _ in range(300):
+        task = await get_task_with_trials(task_id)
+        attempts = task["trials"][0]["attempts"]
+        if attempts and attempts[0]["status"] == "running":
+            running = attempts[0]
+            break
+        await asyncio.sleep(0.1)
+    assert running is not None, "the trial never started"
+    await asyncio.sleep(2)  # well inside the agent's sleep
+    pid = int(running["worker"].rsplit(":", 1)[1])
+    [victim] = [w for w in workers if w.process.pid == pid]
+    [survivor] = [w for w in workers if w is not victim]
+    killed_at = time.monotonic()
+    assert sleeping_agents(), "the agent is asleep in its sandbox"
+    victim.kill()
+    # Before the other worker takes over (heartbeat timeout), the sandbox died with its worker.
+    await asyncio.sleep(1.5)
+    assert sleeping_agents() == ""
+
+    task = await wait_for_task(temporal_client, task_id)
+    recovered_after = time.monotonic() - killed_at
+    print(f"killed worker -> trial finished on the other after {recovered_after:.1f}s")
+
+    [trial] = task["trials"]
+    assert task["status"] == "completed"
+    assert trial["status"] == "success" and trial["reward"] == 1.0
+    assert [a["status"] for a in trial["attempts"]] == ["lost", "success"]
+    assert trial["attempts"][1]["worker"].endswith(f":{survivor.process.pid}")
+    assert trial["analysis"]["classification"] == "success"
+    assert await slot_rows() == 0, "the slot came back without anyone acting"
