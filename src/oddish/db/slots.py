@@ -1,10 +1,10 @@
 """Queries of the slot table: PGQueuer 1.6's ``pgqueuer`` table used as a per-queue-key semaphore.
 
 A waiting trial is a ``queued`` row whose entrypoint is its queue key; a trial holding one of the
-key's slots is a ``picked`` row with ``slot`` in ``0..limit-1``. Our rows carry
-``execute_after = 'infinity'``: PGQueuer's own dequeue only takes rows with ``execute_after < now()``,
-so a PGQueuer worker sharing a key counts our holders against its limit but never runs our rows,
-while ``queue_size()`` and ``pgq dashboard`` still see them. The partial unique index on
+key's slots is a ``picked`` row with ``slot`` in ``0..limit-1``. Our rows carry an
+``execute_after`` in the year 9999: PGQueuer's own dequeue only takes rows with
+``execute_after < now()``, so a PGQueuer worker sharing a key counts our holders against its
+limit but never runs our rows, while ``queue_size()`` and ``pgq dashboard`` still see them. The partial unique index on
 ``(entrypoint, slot) WHERE status = 'picked'`` makes over-admission impossible even when claims race.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ NOTIFY_CHANNEL = "ch_pgqueuer"
 LIMITS_CHANNEL = "oddish_limits"
 # Marks a row as ours; rows without it belong to other PGQueuer producers and are never touched.
 OWNER_HEADER = "oddish"
+# Not 'infinity': PGQueuer subtracts now() from the earliest future execute_after.
+NEVER = datetime(9999, 12, 31, tzinfo=UTC)
 # The queue_limits row that holds the limit of every key without a row of its own.
 DEFAULT_LIMIT_KEY = "*"
 
@@ -72,7 +75,7 @@ async def enqueue(
                 INSERT INTO pgqueuer (priority, entrypoint, dedupe_key, payload, headers,
                                       execute_after, status)
                 VALUES (:priority, :queue_key, :dedupe_key, NULL, CAST(:headers AS jsonb),
-                        'infinity', 'queued')
+                        :far_future, 'queued')
                 ON CONFLICT (dedupe_key)
                     WHERE ((status = ANY (ARRAY['queued'::pgqueuer_status,
                                                 'picked'::pgqueuer_status]))
@@ -90,6 +93,7 @@ async def enqueue(
                 "queue_key": queue_key,
                 "dedupe_key": dedupe_key(trial_id),
                 "headers": _headers(trial_id, workflow_id, run_number),
+                "far_future": NEVER,
             }
             for trial_id, queue_key in trials
         ],
