@@ -14,7 +14,8 @@ from harbor.models.trial.config import (
     VerifierConfig,
 )
 
-from oddish.schemas import LOCAL_ENVIRONMENT, LOCAL_ENVIRONMENT_IMPORT_PATH, TrialSpec
+from oddish.environments import LOCAL_ENVIRONMENT_IMPORT_PATH
+from oddish.schemas import LOCAL_ENVIRONMENT, TrialSpec
 
 
 def environment_config(spec: TrialSpec) -> EnvironmentConfig:

@@ -12,7 +12,6 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from oddish.queue_keys import queue_key_for_trial
 
 LOCAL_ENVIRONMENT = "local"
-LOCAL_ENVIRONMENT_IMPORT_PATH = "oddish.environments.local:LocalEnvironment"
 MAX_TRIALS_PER_TASK = 2000
 
 
