@@ -124,3 +124,22 @@ async def test_limit_changes_at_run_time_without_restart(start_worker, temporal_
     before = [s for s in spans if s[0] < raised_at]
     assert max_overlap(before) == 1
     assert max_overlap(spans) == 3
+
+
+async def test_terminated_workflow_gives_its_slots_back(start_worker, temporal_client: Client) -> None:
+    key = unique_key("terminated")
+    start_worker("--n-concurrent", json.dumps({key: 1}), ODDISH_SLOT_LEASE_SEC="3")
+    task_id = await submit(temporal_client, "sleep",
+                           local(n_trials=3, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "60"}))
+    for _ in range(300):
+        task = await get_task_with_trials(task_id)
+        if any(t["status"] == "running" for t in task["trials"]):
+            break
+        await asyncio.sleep(0.1)
+    assert await slot_rows() == 3
+    await temporal_client.get_workflow_handle(f"task/{task_id}").terminate("operator says stop")
+    for _ in range(200):
+        if await slot_rows() == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await slot_rows() == 0, "the holder and the waiting rows were given back"

@@ -1,0 +1,1 @@
+"""The ``oddish`` command line (Typer), a client of the REST API."""
