@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def sleeping_agents() -> str:
-    return subprocess.run(["pgrep", "-af", "sleep 8"], capture_output=True, text=True).stdout.strip()
+    return subprocess.run(["pgrep", "-af", "^sleep 8$"], capture_output=True, text=True).stdout.strip()
 
 
 async def test_killed_worker_trial_finishes_on_the_other_once(start_worker, temporal_client: Client) -> None:
@@ -58,4 +58,31 @@ async def test_killed_worker_trial_finishes_on_the_other_once(start_worker, temp
     assert [a["status"] for a in trial["attempts"]] == ["lost", "success"]
     assert trial["attempts"][1]["worker"].endswith(f":{survivor.process.pid}")
     assert trial["analysis"]["classification"] == "success"
-    assert await slot_rows() == 0, "the slot came back without anyone acting"
+    assert await slot_rows(key) == 0, "the slot came back without anyone acting"
+
+
+async def test_worker_stopped_mid_trial_hands_the_trial_over(start_worker, temporal_client: Client) -> None:
+    """A rolling restart (SIGTERM) does not settle a running trial as cancelled: it runs again."""
+    key = unique_key("restart")
+    limits = json.dumps({key: 1})
+    workers = [start_worker("--n-concurrent", limits), start_worker("--n-concurrent", limits)]
+    task_id = await submit(temporal_client, "sleep",
+                           local(model=key, agent_env={"ODDISH_SLEEP_SECONDS": "8"}))
+    running = None
+    for _ in range(300):
+        attempts = (await get_task_with_trials(task_id))["trials"][0]["attempts"]
+        if attempts and attempts[0]["status"] == "running":
+            running = attempts[0]
+            break
+        await asyncio.sleep(0.1)
+    assert running is not None
+    pid = int(running["worker"].rsplit(":", 1)[1])
+    [stopping] = [w for w in workers if w.process.pid == pid]
+    stopping.stop()
+
+    task = await wait_for_task(temporal_client, task_id)
+    [trial] = task["trials"]
+    assert trial["status"] == "success" and trial["reward"] == 1.0
+    assert trial["attempts"][-1]["status"] == "success"
+    assert trial["attempts"][-1]["worker"] != running["worker"]
+    assert await slot_rows(key) == 0

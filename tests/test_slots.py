@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import subprocess
 from datetime import datetime
 
 import pytest
 from sqlalchemy import text
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 
 from helpers import local, submit, wait_for_task
 from oddish.db.connection import get_session
@@ -39,10 +40,11 @@ def max_overlap(spans: list[tuple[datetime, datetime]]) -> int:
     return peak
 
 
-async def slot_rows() -> int:
+async def slot_rows(queue_key: str) -> int:
+    """Rows of the slot table (waiting or holding) of one queue key."""
     async with get_session() as session:
         return (await session.execute(
-            text("SELECT count(*) FROM pgqueuer WHERE headers ? 'oddish'")
+            text("SELECT count(*) FROM pgqueuer WHERE entrypoint = :key"), {"key": queue_key}
         )).scalar_one()
 
 
@@ -71,7 +73,7 @@ async def test_limit_holds_across_two_workers_and_other_keys_run(
     other_spans = intervals(second)
     assert sum(1 for s, e in other_spans if s < window_end and e > window_start) >= 4
     assert max_overlap(other_spans) <= 4
-    assert await slot_rows() == 0
+    assert await slot_rows(limited) == 0 and await slot_rows(other) == 0
 
 
 async def test_priority_first_then_fifo_and_freed_slot_goes_promptly(
@@ -136,10 +138,41 @@ async def test_terminated_workflow_gives_its_slots_back(start_worker, temporal_c
         if any(t["status"] == "running" for t in task["trials"]):
             break
         await asyncio.sleep(0.1)
-    assert await slot_rows() == 3
+    assert await slot_rows(key) == 3
     await temporal_client.get_workflow_handle(f"task/{task_id}").terminate("operator says stop")
     for _ in range(200):
-        if await slot_rows() == 0:
+        task = await get_task_with_trials(task_id)
+        if await slot_rows(key) == 0 and task["status"] == "cancelled":
             break
         await asyncio.sleep(0.1)
-    assert await slot_rows() == 0, "the holder and the waiting rows were given back"
+    assert await slot_rows(key) == 0, "the holder and the waiting rows were given back"
+    assert task["status"] == "cancelled"
+    assert {t["status"] for t in task["trials"]} == {"cancelled"}
+    assert all(a["status"] != "running" for t in task["trials"] for a in t["attempts"])
+
+
+async def test_cancelled_workflow_stops_its_sandbox_and_settles_records(
+    start_worker, temporal_client: Client
+) -> None:
+    key = unique_key("cancel")
+    start_worker("--n-concurrent", json.dumps({key: 1}))
+    task_id = await submit(temporal_client, "sleep",
+                           local(n_trials=3, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "61"}))
+    for _ in range(300):
+        task = await get_task_with_trials(task_id)
+        if any(t["status"] == "running" for t in task["trials"]):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1)
+    handle = temporal_client.get_workflow_handle(f"task/{task_id}")
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await asyncio.wait_for(handle.result(), 60)
+
+    task = await get_task_with_trials(task_id)
+    assert task["status"] == "cancelled"
+    assert {t["status"] for t in task["trials"]} == {"cancelled"}
+    assert [a["status"] for t in task["trials"] for a in t["attempts"]] == ["cancelled"]
+    assert await slot_rows(key) == 0
+    leftover = subprocess.run(["pgrep", "-af", "^sleep 61$"], capture_output=True, text=True).stdout
+    assert leftover == "", "the running trial's sandbox was torn down"

@@ -6,7 +6,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     slot_lease_sec: float = 120.0
 
     harbor_telemetry: bool = False
+
+    @field_validator("model_concurrency")
+    @classmethod
+    def _positive_limits(cls, limits: dict[str, int]) -> dict[str, int]:
+        bad = {k: v for k, v in limits.items() if v < 1}
+        if bad:
+            raise ValueError(f"concurrency limits must be at least 1: {bad}")
+        return limits
 
 
 @lru_cache

@@ -7,7 +7,13 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from temporalio.client import Client
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from oddish import search_attributes as sa
 from oddish.config import get_settings
@@ -49,14 +55,23 @@ def workflow_input(task: TaskModel, trials: list[TrialModel]) -> TaskWorkflowInp
 
 
 async def start_task_workflow(client: Client, inp: TaskWorkflowInput) -> None:
-    """Start the task's workflow; starting it again (a retried submission) is a no-op."""
+    """Start the task's workflow; starting it again (a retried submission) is a no-op,
+    whether the first run is still going or has finished."""
     queue_keys = sorted({t.queue_key for t in inp.trials})
+    try:
+        await _start(client, inp, queue_keys)
+    except WorkflowAlreadyStartedError:
+        pass
+
+
+async def _start(client: Client, inp: TaskWorkflowInput, queue_keys: list[str]) -> None:
     await client.start_workflow(
         TaskWorkflow.run,
         inp,
         id=workflow_id_for_task(inp.task_id),
         task_queue=get_settings().temporal_task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         search_attributes=TypedSearchAttributes([
             SearchAttributePair(sa.EXPERIMENT, inp.experiment_id),
             SearchAttributePair(sa.TASK, inp.task_id),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -99,10 +100,17 @@ def result_fields(
     return fields
 
 
-async def _heartbeat(trial_id: str, interval: float) -> None:
+async def _heartbeat(interval: float) -> None:
     """Heartbeats from a loop of its own, so a long sandbox call never looks like a dead worker."""
     while True:
         activity.heartbeat()
+        await asyncio.sleep(interval)
+
+
+async def _touch_slot(trial_id: str, interval: float) -> None:
+    """Keeps the slot row's heartbeat fresh for PGQueuer tools; apart from Temporal's heartbeat,
+    so a slow database never makes a live trial look dead."""
+    while True:
         try:
             async with get_session() as session:
                 await slots.touch(await session.connection(), trial_id)
@@ -115,10 +123,13 @@ async def _heartbeat(trial_id: str, interval: float) -> None:
 async def _record_cancelled(trial_id: str, attempt_id: int, fields: records.TrialResultFields) -> None:
     fields.status, fields.outcome = JobStatus.CANCELLED, "cancelled"
     async with get_session() as session:
-        await records.finish_trial(
-            session, trial_id=trial_id, attempt_id=attempt_id,
-            attempt_status=AttemptStatus.CANCELLED, fields=fields,
-        )
+        try:
+            await records.finish_trial(
+                session, trial_id=trial_id, attempt_id=attempt_id,
+                attempt_status=AttemptStatus.CANCELLED, fields=fields,
+            )
+        except records.StaleAttempt:
+            return
         await session.commit()
 
 
@@ -129,7 +140,11 @@ async def run_trial(inp: RunTrialInput) -> TrialOutcome:
     async with get_session() as session:
         trial = await records.get_trial(session, inp.trial_id)
         if trial.run_number == inp.run_number and trial.status in records.TERMINAL_TRIAL_STATUSES:
-            # This run already finished; its completion just never reached Temporal.
+            # This run already finished; its completion just never reached Temporal. A slot
+            # granted again (a re-run of a finished workflow) goes straight back.
+            await slots.release(await session.connection(), trial_ids=[trial.id],
+                                log_status="successful")
+            await session.commit()
             return TrialOutcome(
                 trial_id=trial.id, status=trial.status, outcome=trial.outcome,
                 reward=trial.reward, error_type=trial.error_type,
@@ -152,34 +167,58 @@ async def run_trial(inp: RunTrialInput) -> TrialOutcome:
     error_message: str | None = None
     harbor_config: dict[str, Any] = {}
     heartbeat_interval = max(1.0, (info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 30.0) / 3)
-    heartbeat = asyncio.create_task(_heartbeat(inp.trial_id, heartbeat_interval))
+    heartbeat = asyncio.gather(_heartbeat(heartbeat_interval),
+                               _touch_slot(inp.trial_id, heartbeat_interval))
+    # Heartbeats go on until the result is written: a slow write must not look like a lost worker.
     try:
-        config = trial_config(spec, task_path=task_path, trials_dir=trials_dir, trial_name=trial_name)
-        harbor_config = config.model_dump(mode="json")
-        harbor_trial = await Trial.create(config)
-        result = await harbor_trial.run()
-        if result.exception_info is not None:
-            error_type = result.exception_info.exception_type
-            error_message = result.exception_info.exception_message
-    except asyncio.CancelledError:
-        fields = result_fields(result, error_type="CancelledError",
-                               error_message="cancelled", trial_dir=trial_dir,
-                               harbor_config=harbor_config)
-        await asyncio.shield(_record_cancelled(inp.trial_id, attempt_id, fields))
-        raise
-    except Exception as exc:
-        error_type, error_message = type(exc).__name__, str(exc)
-        if error_type in CONFIGURATION_ERRORS:
-            error_message = f"the trial could not be set up: {error_message}"
+        try:
+            config = trial_config(spec, task_path=task_path, trials_dir=trials_dir,
+                                  trial_name=trial_name)
+            harbor_config = config.model_dump(mode="json")
+            harbor_trial = await Trial.create(config)
+            result = await harbor_trial.run()
+            if result.exception_info is not None:
+                error_type = result.exception_info.exception_type
+                error_message = result.exception_info.exception_message
+        except asyncio.CancelledError:
+            details = activity.cancellation_details()
+            # Only a cancel the user asked for settles the trial. A worker shutting down, or an
+            # attempt Temporal has already given up on, leaves it to the next attempt.
+            if details is not None and details.cancel_requested:
+                fields = result_fields(result, error_type="CancelledError",
+                                       error_message="cancelled", trial_dir=trial_dir,
+                                       harbor_config=harbor_config)
+                await asyncio.shield(_record_cancelled(inp.trial_id, attempt_id, fields))
+            raise
+        except Exception as exc:
+            error_type, error_message = type(exc).__name__, str(exc)
+            if error_type in CONFIGURATION_ERRORS:
+                error_message = f"the trial could not be set up: {error_message}"
+
+        fields = result_fields(result, error_type=error_type, error_message=error_message,
+                               trial_dir=trial_dir, harbor_config=harbor_config)
+        retryable = (classify(error_type, fields.rewards).retryable
+                     and error_type not in CONFIGURATION_ERRORS)
+        return await _record_result(inp, attempt_id, fields, retryable=retryable,
+                                    error_type=error_type, error_message=error_message)
+    except records.StaleAttempt as exc:
+        # Temporal has moved on to a newer attempt; whatever this one reports is ignored.
+        raise ApplicationError(str(exc), type="StaleAttempt", non_retryable=True) from exc
     finally:
         heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
 
-    fields = result_fields(result, error_type=error_type, error_message=error_message,
-                           trial_dir=trial_dir, harbor_config=harbor_config)
-    retryable = classify(error_type, fields.rewards).retryable and error_type not in CONFIGURATION_ERRORS
+
+async def _record_result(
+    inp: RunTrialInput, attempt_id: int, fields: records.TrialResultFields, *,
+    retryable: bool, error_type: str | None, error_message: str | None,
+) -> TrialOutcome:
     async with get_session() as session:
-        if retryable and info.attempt < inp.max_attempts:
-            await records.record_retryable_attempt(session, attempt_id=attempt_id, fields=fields)
+        if retryable and activity.info().attempt < inp.max_attempts:
+            await records.record_retryable_attempt(
+                session, trial_id=inp.trial_id, attempt_id=attempt_id, fields=fields
+            )
             await session.commit()
             raise ApplicationError(f"{error_type}: {error_message}", type=error_type)
         attempt_status = {

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -31,6 +31,24 @@ def now() -> datetime:
 
 class RecordNotFound(LookupError):
     pass
+
+
+class StaleAttempt(RuntimeError):
+    """A newer attempt of the trial has started (or the trial was settled) since this one began."""
+
+
+async def _current_attempt(session: AsyncSession, trial_id: str, attempt_id: int) -> TrialAttemptModel:
+    """The attempt, if it is still its trial's running, latest attempt; the trial row is locked."""
+    await session.get(TrialModel, trial_id, with_for_update=True, populate_existing=True)
+    attempt = await session.get(TrialAttemptModel, attempt_id, populate_existing=True)
+    latest = (
+        await session.execute(
+            select(func.max(TrialAttemptModel.number)).where(TrialAttemptModel.trial_id == trial_id)
+        )
+    ).scalar_one()
+    if attempt is None or attempt.status != AttemptStatus.RUNNING or attempt.number != latest:
+        raise StaleAttempt(f"attempt {attempt_id} of trial {trial_id} is no longer current")
+    return attempt
 
 
 @dataclass
@@ -130,7 +148,8 @@ async def start_attempt(
             earlier.finished_at = now()
             earlier.error_type = earlier.error_type or "WorkerLost"
             earlier.error_message = earlier.error_message or (
-                "the worker running this attempt stopped heartbeating; Temporal retried the trial"
+                "this attempt ended without a result (its worker stopped or was lost); "
+                "Temporal ran the trial again"
             )
     attempt = TrialAttemptModel(
         trial_id=trial_id,
@@ -149,10 +168,9 @@ async def start_attempt(
 
 
 async def record_retryable_attempt(
-    session: AsyncSession, *, attempt_id: int, fields: TrialResultFields
+    session: AsyncSession, *, trial_id: str, attempt_id: int, fields: TrialResultFields
 ) -> None:
-    attempt = await session.get(TrialAttemptModel, attempt_id)
-    assert attempt is not None
+    attempt = await _current_attempt(session, trial_id, attempt_id)
     _fill_attempt(attempt, fields, AttemptStatus.INFRA_ERROR)
     await session.execute(
         update(TrialModel)
@@ -184,10 +202,13 @@ async def finish_trial(
     attempt_status: str,
     fields: TrialResultFields,
 ) -> None:
-    """Record a trial's final result and give its slot back, in the caller's one transaction."""
+    """Record a trial's final result and give its slot back, in the caller's one transaction.
+
+    Raises StaleAttempt, writing nothing, when ``attempt_id`` is no longer the trial's current
+    attempt: a superseded attempt must neither overwrite the result nor free the slot.
+    """
     if attempt_id is not None:
-        attempt = await session.get(TrialAttemptModel, attempt_id)
-        assert attempt is not None
+        attempt = await _current_attempt(session, trial_id, attempt_id)
         _fill_attempt(attempt, fields, attempt_status)
     values: dict[str, Any] = {
         "status": fields.status,
@@ -257,6 +278,14 @@ async def save_verdict(
 
 
 async def cancel_unfinished_trials(session: AsyncSession, task_id: str) -> list[str]:
+    await session.execute(
+        update(TrialAttemptModel)
+        .where(
+            TrialAttemptModel.trial_id.in_(select(TrialModel.id).where(TrialModel.task_id == task_id)),
+            TrialAttemptModel.status == AttemptStatus.RUNNING,
+        )
+        .values(status=AttemptStatus.CANCELLED, finished_at=now())
+    )
     rows = await session.execute(
         update(TrialModel)
         .where(
@@ -267,3 +296,13 @@ async def cancel_unfinished_trials(session: AsyncSession, task_id: str) -> list[
         .returning(TrialModel.id)
     )
     return [r[0] for r in rows]
+
+
+async def settle_abandoned_task(session: AsyncSession, task_id: str) -> None:
+    """The task's workflow ended without finishing it (terminated, say): close its records."""
+    task = await session.get(TaskModel, task_id)
+    if task is None or task.status in TERMINAL_TASK_STATUSES:
+        return
+    await cancel_unfinished_trials(session, task_id)
+    await set_task_status(session, task_id, TaskStatus.CANCELLED,
+                          "the task's workflow ended before the task finished")

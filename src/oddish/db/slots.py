@@ -288,6 +288,17 @@ async def stale_workflow_ids(conn: AsyncConnection, *, lease_sec: float) -> list
     return [r[0] for r in rows]
 
 
+async def touch_workflow(conn: AsyncConnection, workflow_id: str) -> None:
+    """The reaper found the workflow alive: its rows need no second look for another lease."""
+    await conn.execute(
+        text(
+            "UPDATE pgqueuer SET heartbeat = now() "
+            "WHERE headers ? :owner AND headers ->> 'workflow_id' = :wf"
+        ),
+        {"owner": OWNER_HEADER, "wf": workflow_id},
+    )
+
+
 async def holders_count(conn: AsyncConnection, queue_key: str) -> int:
     return (
         await conn.execute(

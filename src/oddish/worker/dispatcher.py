@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -18,8 +18,9 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from oddish.contracts import SlotGrant
-from oddish.db import slots
-from oddish.db.connection import get_engine, plain_dsn, database_url
+from oddish.db import records, slots
+from oddish.db.connection import database_url, get_engine, get_session, plain_dsn
+from oddish.workflows.ids import task_id_of_workflow
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +50,15 @@ class SlotDispatcher:
             try:
                 if listener is None or listener.is_closed():
                     listener = await self._listen()
-                if loop.time() >= next_maintenance:
-                    await self._resignal()
-                    await self._reap()
-                    next_maintenance = loop.time() + min(self._lease_sec / 4, 30.0)
-                await self.sweep()
-            except (OSError, asyncpg.PostgresError, DBAPIError) as exc:
-                log.warning("slot dispatcher: database unavailable (%s); retrying", exc)
+            except Exception as exc:
+                log.warning("slot dispatcher: cannot LISTEN (%s); polling meanwhile", exc)
                 listener = None
-            except RPCError as exc:
-                log.warning("slot dispatcher: Temporal unavailable (%s); retrying", exc)
+            if loop.time() >= next_maintenance:
+                # Even when maintenance fails it waits its turn: granting slots comes first.
+                next_maintenance = loop.time() + min(self._lease_sec / 4, 30.0)
+                await self._guarded(self._resignal)
+                await self._guarded(self._reap)
+            await self._guarded(self.sweep)
             waiter = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(stop.wait())
             await asyncio.wait({waiter, stopper}, timeout=self._poll_interval,
@@ -68,6 +68,17 @@ class SlotDispatcher:
             self._wake.clear()
         if listener is not None and not listener.is_closed():
             await listener.close()
+
+    async def _guarded(self, step: Callable[[], Awaitable[object]]) -> None:
+        """Run one step; a failure is logged and retried on the next round, never fatal."""
+        try:
+            await step()
+        except (OSError, asyncpg.PostgresError, DBAPIError) as exc:
+            log.warning("slot dispatcher: database unavailable (%s); retrying", exc)
+        except RPCError as exc:
+            log.warning("slot dispatcher: Temporal unavailable (%s); retrying", exc)
+        except Exception:
+            log.exception("slot dispatcher: %s failed; retrying", getattr(step, "__name__", step))
 
     async def _listen(self) -> asyncpg.Connection:
         conn = await asyncpg.connect(plain_dsn(database_url()))
@@ -139,8 +150,15 @@ class SlotDispatcher:
                 if exc.status != RPCStatusCode.NOT_FOUND:
                     raise
                 running = False
-            if not running:
-                async with get_engine().begin() as conn:
+            async with get_session() as session:
+                conn = await session.connection()
+                if running:
+                    await slots.touch_workflow(conn, workflow_id)
+                else:
                     n = await slots.release_workflow(conn, workflow_id=workflow_id,
                                                      log_status="canceled")
-                log.warning("reaped %d slot rows of %s, which no longer runs", n, workflow_id)
+                    task_id = task_id_of_workflow(workflow_id)
+                    if task_id is not None:
+                        await records.settle_abandoned_task(session, task_id)
+                    log.warning("reaped %d slot rows of %s, which no longer runs", n, workflow_id)
+                await session.commit()

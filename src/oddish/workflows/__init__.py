@@ -1,4 +1,5 @@
-from oddish.workflows.task_workflow import TaskWorkflow, workflow_id_for_task
+from oddish.workflows.ids import workflow_id_for_task
+from oddish.workflows.task_workflow import TaskWorkflow
 
 ALL_WORKFLOWS = [TaskWorkflow]
 

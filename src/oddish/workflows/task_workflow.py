@@ -11,7 +11,8 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+from temporalio.workflow import ActivityCancellationType
 
 from oddish import search_attributes as sa
 from oddish.contracts import (
@@ -36,10 +37,6 @@ ANALYSIS_TIMEOUT = timedelta(minutes=30)
 ANALYSIS_RETRY = RetryPolicy(maximum_attempts=5)
 
 
-def workflow_id_for_task(task_id: str) -> str:
-    return f"task/{task_id}"
-
-
 def _error_text(err: BaseException) -> tuple[str, str]:
     cause = err.cause if isinstance(err, ActivityError) and err.cause else err
     if isinstance(cause, ApplicationError) and cause.type:
@@ -54,6 +51,7 @@ class TaskWorkflow:
         self._status: str = TaskStatus.PENDING
         self._granted: set[str] = set()
         self._trial_status: dict[str, str] = {}
+        self._trial_tasks: dict[str, asyncio.Task[TrialOutcome]] = {}
 
     @workflow.signal(name="slot_granted")
     def slot_granted(self, grant: SlotGrant) -> None:
@@ -80,7 +78,14 @@ class TaskWorkflow:
         self._trial_status = {t.trial_id: JobStatus.PENDING.value for t in inp.trials}
         try:
             return await self._pipeline(inp)
-        except asyncio.CancelledError:
+        except BaseException as err:
+            if not is_cancelled_exception(err):
+                raise
+            # Trials run as tasks of their own: cancel them, and let them tear their sandboxes
+            # down before their slots are given back.
+            for trial_task in self._trial_tasks.values():
+                trial_task.cancel()
+            await asyncio.gather(*self._trial_tasks.values(), return_exceptions=True)
             await self._set_status(inp.task_id, TaskStatus.CANCELLED, activity="cancel_task_records")
             raise
 
@@ -98,7 +103,7 @@ class TaskWorkflow:
         )
         for trial in inp.trials:
             self._trial_status[trial.trial_id] = JobStatus.QUEUED
-        outcomes = await asyncio.gather(*(self._run_trial(inp, t) for t in inp.trials))
+        outcomes = await self._run_trials_as_granted(inp)
 
         if inp.run_analysis:
             try:
@@ -119,14 +124,25 @@ class TaskWorkflow:
                     summary="verdict",
                 )
             except ActivityError as err:
+                if is_cancelled_exception(err):
+                    raise
                 error_type, message = _error_text(err)
                 await self._set_status(inp.task_id, TaskStatus.FAILED, f"{error_type}: {message}")
                 return TaskStatus.FAILED
         await self._set_status(inp.task_id, TaskStatus.COMPLETED)
         return TaskStatus.COMPLETED
 
+    async def _run_trials_as_granted(self, inp: TaskWorkflowInput) -> list[TrialOutcome]:
+        """Start each trial when its slot arrives; a waiting trial costs no coroutine, only a row."""
+        waiting = {t.trial_id: t for t in inp.trials}
+        while waiting:
+            await workflow.wait_condition(lambda: not self._granted.isdisjoint(waiting))
+            for trial_id in sorted(self._granted.intersection(waiting)):
+                trial = waiting.pop(trial_id)
+                self._trial_tasks[trial_id] = asyncio.create_task(self._run_trial(inp, trial))
+        return list(await asyncio.gather(*(self._trial_tasks[t.trial_id] for t in inp.trials)))
+
     async def _run_trial(self, inp: TaskWorkflowInput, trial: TrialRef) -> TrialOutcome:
-        await workflow.wait_condition(lambda: trial.trial_id in self._granted)
         self._trial_status[trial.trial_id] = JobStatus.RUNNING
         policy = inp.retry_policy
         try:
@@ -143,8 +159,12 @@ class TaskWorkflow:
                     maximum_attempts=policy.max_attempts,
                 ),
                 summary=f"trial {trial.index} · {trial.agent} · {trial.queue_key}",
+                # A cancelled trial holds its slot until its sandbox is gone.
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
         except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
             # Every attempt is spent and none recorded a result (e.g. each worker died).
             error_type, message = _error_text(err)
             outcome = await workflow.execute_activity(
