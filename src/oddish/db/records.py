@@ -236,12 +236,6 @@ async def finish_trial(
     await slots.release(await session.connection(), trial_ids=[trial_id], log_status=log_status)
 
 
-async def save_harbor_config(session: AsyncSession, trial_id: str, config: dict[str, Any]) -> None:
-    await session.execute(
-        update(TrialModel).where(TrialModel.id == trial_id).values(harbor_config=config)
-    )
-
-
 async def save_analysis(
     session: AsyncSession,
     *,

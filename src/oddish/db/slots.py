@@ -299,18 +299,6 @@ async def touch_workflow(conn: AsyncConnection, workflow_id: str) -> None:
     )
 
 
-async def holders_count(conn: AsyncConnection, queue_key: str) -> int:
-    return (
-        await conn.execute(
-            text(
-                "SELECT count(*) FROM pgqueuer "
-                "WHERE entrypoint = :k AND queue_manager_id IS NOT NULL"
-            ),
-            {"k": queue_key},
-        )
-    ).scalar_one()
-
-
 async def queue_stats(conn: AsyncConnection, default_limit: int) -> list[dict[str, Any]]:
     """Per queue key: waiting, holding and the limit in force."""
     rows = await conn.execute(
