@@ -48,6 +48,9 @@ class Settings(BaseSettings):
 
     harbor_telemetry: bool = False
 
+    # When set, every API route but /health needs "Authorization: Bearer <key>".
+    api_key: str | None = None
+
     @field_validator("model_concurrency")
     @classmethod
     def _positive_limits(cls, limits: dict[str, int]) -> dict[str, int]:

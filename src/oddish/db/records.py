@@ -101,7 +101,8 @@ async def get_trial(session: AsyncSession, trial_id: str) -> TrialModel:
         await session.execute(
             select(TrialModel)
             .where(TrialModel.id == trial_id)
-            .options(selectinload(TrialModel.task), selectinload(TrialModel.attempts))
+            .options(selectinload(TrialModel.task), selectinload(TrialModel.attempts),
+                     selectinload(TrialModel.analysis))
         )
     ).scalar_one_or_none()
     if trial is None:
@@ -300,3 +301,61 @@ async def settle_abandoned_task(session: AsyncSession, task_id: str) -> None:
     await cancel_unfinished_trials(session, task_id)
     await set_task_status(session, task_id, TaskStatus.CANCELLED,
                           "the task's workflow ended before the task finished")
+
+
+async def list_tasks(
+    session: AsyncSession, *, status: str | None, experiment_id: str | None, user: str | None,
+    limit: int, offset: int,
+) -> tuple[list[TaskModel], int]:
+    """A page of tasks, newest first, and the total matching the filters."""
+    query = select(TaskModel)
+    if status:
+        query = query.where(TaskModel.status == status)
+    if experiment_id:
+        query = query.where(TaskModel.experiment_id == experiment_id)
+    if user:
+        query = query.where(TaskModel.user == user)
+    total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
+    page = await session.execute(
+        query.options(selectinload(TaskModel.trials))
+        .order_by(TaskModel.created_at.desc(), TaskModel.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(page.scalars().all()), total
+
+
+async def list_experiments(session: AsyncSession) -> list[tuple[ExperimentModel, int]]:
+    rows = await session.execute(
+        select(ExperimentModel, func.count(TaskModel.id))
+        .outerjoin(TaskModel, TaskModel.experiment_id == ExperimentModel.id)
+        .group_by(ExperimentModel.id)
+        .order_by(ExperimentModel.created_at.desc())
+    )
+    return [(experiment, count) for experiment, count in rows.all()]
+
+
+async def get_experiment(session: AsyncSession, experiment_id: str) -> ExperimentModel:
+    experiment = (
+        await session.execute(
+            select(ExperimentModel)
+            .where(ExperimentModel.id == experiment_id)
+            .options(selectinload(ExperimentModel.tasks).selectinload(TaskModel.trials))
+        )
+    ).scalar_one_or_none()
+    if experiment is None:
+        raise RecordNotFound(f"no experiment {experiment_id!r}")
+    return experiment
+
+
+async def get_trial_by_index(session: AsyncSession, task_id: str, index: int) -> TrialModel:
+    trial = (
+        await session.execute(
+            select(TrialModel)
+            .where(TrialModel.task_id == task_id, TrialModel.index == index)
+            .options(selectinload(TrialModel.attempts), selectinload(TrialModel.analysis))
+        )
+    ).scalar_one_or_none()
+    if trial is None:
+        raise RecordNotFound(f"no trial {index} in task {task_id!r}")
+    return trial
