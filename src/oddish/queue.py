@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ from oddish.db.connection import get_session
 from oddish.db.models import TaskModel, TrialModel
 from oddish.experiment import generate_experiment_name
 from oddish.ids import new_id
+from oddish.trial_stats import group_by_agent_model, group_stats
 from oddish.schemas import TaskSubmission
 from oddish.task_store import remove_task_dir, store_task_dir
 from oddish.workflows import TaskWorkflow, workflow_id_for_task
@@ -149,6 +151,7 @@ def trial_dict(trial: TrialModel) -> dict[str, Any]:
     analysis = trial.analysis
     return {
         "id": trial.id,
+        "task_id": trial.task_id,
         "index": trial.index,
         "agent": trial.agent,
         "model": trial.model,
@@ -194,6 +197,73 @@ def trial_dict(trial: TrialModel) -> dict[str, Any]:
             "analyzer": analysis.analyzer,
         },
     }
+
+
+def task_summary(task: TaskModel) -> dict[str, Any]:
+    """A task without its trials' details (for lists)."""
+    return {
+        "id": task.id,
+        "name": task.name,
+        "experiment_id": task.experiment_id,
+        "status": task.status,
+        "priority": task.priority,
+        "user": task.user,
+        "created_at": _iso(task.created_at),
+        "finished_at": _iso(task.finished_at),
+        "trials_count": len(task.trials),
+        "trial_status_counts": dict(Counter(t.status for t in task.trials)),
+    }
+
+
+async def list_tasks(
+    *, status: str | None = None, experiment_id: str | None = None, user: str | None = None,
+    limit: int = 50, offset: int = 0,
+) -> dict[str, Any]:
+    """One page of tasks, newest first; ``next_offset`` is None on the last page."""
+    async with get_session() as session:
+        tasks, total = await records.list_tasks(
+            session, status=status, experiment_id=experiment_id, user=user,
+            limit=limit, offset=offset,
+        )
+    return {
+        "tasks": [task_summary(t) for t in tasks],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "next_offset": offset + limit if offset + limit < total else None,
+    }
+
+
+async def list_experiments() -> list[dict[str, Any]]:
+    async with get_session() as session:
+        rows = await records.list_experiments(session)
+    return [{"id": e.id, "name": e.name, "created_at": _iso(e.created_at), "tasks_count": n}
+            for e, n in rows]
+
+
+async def get_experiment(experiment_id: str) -> dict[str, Any]:
+    """The experiment, its tasks, and per agent/model: trials, pass rate, mean reward, statuses."""
+    async with get_session() as session:
+        experiment = await records.get_experiment(session, experiment_id)
+        trials = [t for task in experiment.tasks for t in task.trials]
+        return {
+            "id": experiment.id,
+            "name": experiment.name,
+            "created_at": _iso(experiment.created_at),
+            "tasks": [task_summary(t) for t in experiment.tasks],
+            "overall": group_stats(trials),
+            "by_agent_model": group_by_agent_model(trials),
+        }
+
+
+async def get_trial(trial_id: str) -> dict[str, Any]:
+    async with get_session() as session:
+        return trial_dict(await records.get_trial(session, trial_id))
+
+
+async def get_trial_by_index(task_id: str, index: int) -> dict[str, Any]:
+    async with get_session() as session:
+        return trial_dict(await records.get_trial_by_index(session, task_id, index))
 
 
 async def get_task_with_trials(task_id: str) -> dict[str, Any]:

@@ -1,0 +1,48 @@
+"""``python -m oddish.api``: the REST API, with a worker in the same process unless --no-workers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+import uvicorn
+
+from oddish.config import get_settings, parse_concurrency_json
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command(help=__doc__ + """
+
+With no DATABASE_URL / ODDISH_DATABASE_URL or ODDISH_TEMPORAL_ADDRESS it starts the embedded
+Postgres and Temporal dev server, as the worker does. OpenAPI docs are served at /docs.""")
+def main(
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8000, help="port to listen on"),
+    n_concurrent: str = typer.Option(
+        None, "--n-concurrent", help='per queue key limits as JSON, e.g. \'{"openai/gpt-5": 4}\''
+    ),
+    workers: bool = typer.Option(True, "--workers/--no-workers",
+                                 help="run a worker in this process (default) or not"),
+    home: Path = typer.Option(None, help="data of embedded services [default: ~/.oddish]"),
+) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        limits = parse_concurrency_json(n_concurrent)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--n-concurrent") from exc
+
+    from oddish.api.app import create_app
+    from oddish.embedded import ensure_embedded_services
+
+    temporal = ensure_embedded_services(home or get_settings().home)
+    try:
+        uvicorn.run(create_app(run_workers=workers, n_concurrent=limits), host=host, port=port)
+    finally:
+        if temporal is not None:
+            temporal.stop()
+
+
+if __name__ == "__main__":
+    app()
