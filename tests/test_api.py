@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,7 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from helpers import local, submit, wait_for_task
+from helpers import EXAMPLES, local, submit, wait_for_task
 from oddish.embedded import free_port
 
 pytestmark = pytest.mark.timeout(600)
@@ -41,7 +43,8 @@ def serve_api(env: dict[str, str], log_path: Path, *args: str) -> tuple[subproce
 
 @pytest.fixture
 def api(oddish_env: dict[str, str], task_queue: str, work_dir: Path, migrated: None) -> Iterator[str]:
-    env = {**os.environ, **oddish_env, "ODDISH_TEMPORAL_TASK_QUEUE": task_queue}
+    env = {**os.environ, **oddish_env, "ODDISH_TEMPORAL_TASK_QUEUE": task_queue,
+           "ODDISH_UPLOAD_MAX_BYTES": str(2 * 1024 * 1024)}
     process, url = serve_api(env, work_dir / f"api-{task_queue}.log", "--no-workers")
     yield url
     process.terminate()
@@ -121,3 +124,92 @@ def test_api_key_guards_every_route_but_health(
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def task_archive(task_dir: Path, *, extra: dict[str, bytes] | None = None, folder: str = "") -> bytes:
+    """A gzipped tar of ``task_dir`` (optionally under one folder), with extra raw members."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(task_dir.rglob("*")):
+            if path.is_file():
+                tar.add(path, arcname=f"{folder}{path.relative_to(task_dir)}")
+        for name, data in (extra or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def symlink_archive() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("task.toml")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info)
+    return buffer.getvalue()
+
+
+async def test_upload_then_sweep_runs_the_task(api: str, start_worker, temporal_client: Client) -> None:
+    start_worker()
+    archive = task_archive(EXAMPLES / "hello-pass", folder="hello-pass/")
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        first = (await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive)})).json()
+        again = (await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive)})).json()
+        assert first["upload_id"] == again["upload_id"] and again["reused"] is True
+        assert first["name"] == "hello-pass"
+
+        created = await http.post("/tasks/sweep", json={
+            "upload_id": first["upload_id"],
+            "configs": [{"agent": "oracle", "n_trials": 2}, {"agent": "nop", "n_trials": 1}],
+            "harbor": {"environment": "local"},
+        })
+        assert created.status_code == 200, created.text
+        body = created.json()
+        assert body["trials_count"] == 3 and body["url"].endswith(f"/tasks/{body['id']}")
+        task = await wait_for_task(temporal_client, body["id"])
+        assert task["name"] == "hello-pass"
+        assert sorted(t["reward"] for t in task["trials"]) == [0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("archive", "status", "words"),
+    [
+        (lambda: task_archive(EXAMPLES / "hello-pass", extra={"../evil": b"x"}), 400, "'..'"),
+        (lambda: task_archive(EXAMPLES / "hello-pass", extra={"/tmp/evil": b"x"}), 400, "absolute"),
+        (symlink_archive, 400, "link"),
+        (lambda: b"this is not a tarball", 400, "gzip"),
+        (lambda: task_archive(EXAMPLES / "hello-pass" / "tests"), 422, "task.toml"),
+        (lambda: b"\0" * (3 * 1024 * 1024), 413, "limit"),
+    ],
+)
+async def test_bad_uploads_are_refused_and_write_nothing(
+    api: str, work_dir: Path, archive, status: int, words: str
+) -> None:
+    uploads = work_dir / "tasks" / "uploads"
+    before = sorted(uploads.iterdir()) if uploads.exists() else []
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        response = await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive())})
+    assert response.status_code == status, response.text
+    assert words in response.json()["detail"]
+    assert (sorted(uploads.iterdir()) if uploads.exists() else []) == before
+    assert not (work_dir / "tasks" / "evil").exists() and not Path("/tmp/evil").exists()
+    assert not any((work_dir / "tasks" / "incoming").glob("*"))
+
+
+async def test_bad_sweeps_are_refused(api: str) -> None:
+    archive = task_archive(EXAMPLES / "hello-pass")
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        upload_id = (await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive)})).json()["upload_id"]
+        cases = [
+            ({"upload_id": "f" * 64, "configs": [{}]}, 404, "no uploaded task"),
+            ({"upload_id": "../../etc", "configs": [{}]}, 404, "no uploaded task"),
+            ({"upload_id": upload_id, "configs": [{"agent": "nobody"}]}, 422, "unknown agent"),
+            ({"upload_id": upload_id, "configs": [{}], "harbor": {"environment": "moon"}}, 422,
+             "unknown environment"),
+            ({"upload_id": upload_id, "configs": [{"n_trials": 0}]}, 422, "greater than or equal"),
+            ({"upload_id": upload_id, "configs": []}, 422, "at least 1"),
+        ]
+        for body, status, words in cases:
+            response = await http.post("/tasks/sweep", json=body)
+            assert response.status_code == status, (body, response.text)
+            assert words in response.text, (body, response.text)

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
 
     # When set, every API route but /health needs "Authorization: Bearer <key>".
     api_key: str | None = None
+    upload_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    upload_max_unpacked_bytes: int = Field(default=500 * 1024 * 1024, ge=1)
 
     @field_validator("model_concurrency")
     @classmethod

@@ -8,14 +8,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import text
 
 from oddish import queue
+from oddish.api.archive import ArchiveError
 from oddish.api.auth import require_api_key
+from oddish.api.sweeps import SweepRequest
+from oddish.api.uploads import store_upload, upload_name, upload_path
 from oddish.api.trial_files import read_logs, read_result
+from oddish.config import get_settings
 from oddish.db import migrations
 from oddish.db.connection import dispose_engine, get_session
 from oddish.db.records import RecordNotFound
@@ -29,8 +34,34 @@ class LimitUpdate(BaseModel):
     limit: int = Field(ge=1, le=10_000, description="trials of this queue key that may run at once")
 
 
+# Room for the multipart envelope around the archive.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+async def refuse_oversized_body(request: Request) -> None:
+    """Refuse an upload its Content-Length already shows too big, before it is read at all."""
+    limit = get_settings().upload_max_bytes
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit + MULTIPART_OVERHEAD_BYTES:
+        raise HTTPException(413, detail=f"upload of {int(length)} bytes; the limit is {limit} bytes")
+
+
 def build_router() -> APIRouter:
     router = APIRouter(dependencies=[Depends(require_api_key)])
+
+    @router.post("/tasks/upload", summary="Upload a task: a gzipped tar of one task directory",
+                 dependencies=[Depends(refuse_oversized_body)])
+    async def upload_task(file: UploadFile = File(description="task.tar.gz")) -> dict[str, Any]:
+        return await asyncio.to_thread(store_upload, file.file)
+
+    @router.post("/tasks/sweep", summary="Create a task of an uploaded version and run its trials")
+    async def create_sweep(body: SweepRequest, request: Request) -> dict[str, Any]:
+        path = upload_path(body.upload_id)
+        submission = body.submission(path, upload_name(body.upload_id))
+        task_id = await queue.create_task(submission, client=request.app.state.temporal)
+        task = await queue.get_task_with_trials(task_id)
+        return {"id": task_id, "experiment": task["experiment_id"],
+                "trials_count": len(task["trials"]), "url": str(request.url_for("get_task", task_id=task_id))}
 
     @router.get("/tasks", summary="List tasks, newest first, one page at a time")
     async def list_tasks(
@@ -115,6 +146,16 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
     @app.exception_handler(RecordNotFound)
     async def not_found(_: Request, exc: RecordNotFound) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(ArchiveError)
+    async def bad_archive(_: Request, exc: ArchiveError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
+
+    @app.exception_handler(ValidationError)
+    async def invalid(_: Request, exc: ValidationError) -> JSONResponse:
+        # Raised while building a submission from an accepted body: still the client's input.
+        errors = exc.errors(include_url=False, include_context=False)
+        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
 
     @app.get("/health", summary="Liveness of the API and its database")
     async def health() -> dict[str, Any]:

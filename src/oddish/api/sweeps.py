@@ -1,0 +1,81 @@
+"""Bodies of ``POST /tasks/sweep``, in the original Oddish's shape, mapped onto a TaskSubmission."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from oddish.schemas import MAX_TRIALS_PER_TASK, AgentRunConfig, TaskSubmission
+
+
+class AgentSettings(BaseModel):
+    env: dict[str, str] = Field(default_factory=dict, description="agent environment variables")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="agent keyword arguments")
+    timeout_sec: float | None = Field(default=None, gt=0)
+    setup_timeout_sec: float | None = Field(default=None, gt=0)
+
+
+class SweepConfig(BaseModel):
+    agent: str = "oracle"
+    model: str | None = None
+    n_trials: int = Field(default=1, ge=1, le=MAX_TRIALS_PER_TASK)
+    agent_config: AgentSettings = Field(default_factory=AgentSettings)
+
+
+class VerifierSettings(BaseModel):
+    timeout_sec: float | None = Field(default=None, gt=0)
+    disable: bool = False
+
+
+class HarborSettings(BaseModel):
+    environment: str = "docker"
+    environment_kwargs: dict[str, Any] = Field(default_factory=dict)
+    verifier: VerifierSettings = Field(default_factory=VerifierSettings)
+    artifacts: list[str] = Field(default_factory=list)
+    override_cpus: int | None = Field(default=None, ge=1)
+    override_memory_mb: int | None = Field(default=None, ge=1)
+    override_gpus: int | None = Field(default=None, ge=0)
+    force_build: bool = False
+
+
+class SweepRequest(BaseModel):
+    upload_id: str = Field(description="what POST /tasks/upload answered")
+    name: str | None = None
+    configs: list[SweepConfig] = Field(min_length=1)
+    harbor: HarborSettings = Field(default_factory=HarborSettings)
+    priority: int = 0
+    experiment_id: str | None = None
+    experiment_name: str | None = None
+    run_analysis: bool = True
+    user: str | None = None
+    submission_key: str | None = Field(default=None, max_length=255,
+                                       description="resending the same key returns the same task")
+
+    def submission(self, task_path: Any, default_name: str) -> TaskSubmission:
+        """Raises pydantic.ValidationError for unknown agents or environments, too many trials."""
+        h = self.harbor
+        return TaskSubmission(
+            task_path=task_path,
+            name=self.name or default_name,
+            experiment_id=self.experiment_id,
+            experiment_name=self.experiment_name,
+            priority=self.priority,
+            run_analysis=self.run_analysis,
+            user=self.user,
+            submission_key=self.submission_key,
+            configs=[
+                AgentRunConfig(
+                    agent=c.agent, model=c.model, n_trials=c.n_trials, environment=h.environment,
+                    agent_env=c.agent_config.env, agent_kwargs=c.agent_config.kwargs,
+                    agent_timeout_sec=c.agent_config.timeout_sec,
+                    agent_setup_timeout_sec=c.agent_config.setup_timeout_sec,
+                    environment_kwargs=h.environment_kwargs,
+                    verifier_timeout_sec=h.verifier.timeout_sec,
+                    disable_verification=h.verifier.disable, artifacts=h.artifacts,
+                    override_cpus=h.override_cpus, override_memory_mb=h.override_memory_mb,
+                    override_gpus=h.override_gpus, force_build=h.force_build,
+                )
+                for c in self.configs
+            ],
+        )
