@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import subprocess
@@ -213,3 +214,47 @@ async def test_bad_sweeps_are_refused(api: str) -> None:
             response = await http.post("/tasks/sweep", json=body)
             assert response.status_code == status, (body, response.text)
             assert words in response.text, (body, response.text)
+
+
+async def test_cancel_delete_and_rename(api: str, start_worker, temporal_client: Client, work_dir: Path) -> None:
+    start_worker()
+    sleepy = local(n_trials=2, agent_env={"ODDISH_SLEEP_SECONDS": "59"})
+    experiment = f"control-{time.monotonic_ns()}"
+    running = await submit(temporal_client, "sleep", sleepy, experiment_id=experiment)
+    done = await submit(temporal_client, "hello-pass", local(), experiment_id=experiment)
+    await wait_for_task(temporal_client, done)
+    async with httpx.AsyncClient(base_url=api, timeout=180) as http:
+        for _ in range(300):
+            task = (await http.get(f"/tasks/{running}")).json()
+            if any(t["status"] == "running" for t in task["trials"]):
+                break
+            await asyncio.sleep(0.1)
+        started = time.monotonic()
+        assert (await http.post(f"/tasks/{running}/cancel")).json()["status"] == "cancelling"
+        for _ in range(300):
+            task = (await http.get(f"/tasks/{running}")).json()
+            if task["status"] == "cancelled":
+                break
+            await asyncio.sleep(0.1)
+        print(f"cancel -> task cancelled in {time.monotonic() - started:.1f}s")
+        assert task["status"] == "cancelled"
+        assert {t["status"] for t in task["trials"]} == {"cancelled"}
+        assert (await http.post(f"/tasks/{done}/cancel")).json()["status"] == "completed"
+
+        renamed = await http.patch(f"/experiments/{experiment}", json={"name": "renamed run"})
+        assert renamed.json()["name"] == "renamed run"
+        assert (await http.patch(f"/experiments/{experiment}", json={"name": ""})).status_code == 422
+
+        assert (await http.delete(f"/tasks/{done}")).json()["deleted"] is True
+        assert (await http.get(f"/tasks/{done}")).status_code == 404
+        assert not (work_dir / "tasks" / done).exists()
+        assert not (work_dir / "harbor-jobs" / done).exists()
+
+        deleted = (await http.delete(f"/experiments/{experiment}")).json()
+        assert deleted["tasks_deleted"] == 1
+        assert (await http.get(f"/experiments/{experiment}")).status_code == 404
+        assert (await http.get(f"/tasks/{running}")).status_code == 404
+        for method, path in (("DELETE", "/tasks/nope"), ("DELETE", "/experiments/nope"),
+                             ("POST", "/tasks/nope/cancel"), ("PATCH", "/experiments/nope")):
+            response = await http.request(method, path, json={"name": "x"})
+            assert response.status_code == 404, (method, path, response.text)

@@ -256,6 +256,12 @@ async def get_experiment(experiment_id: str) -> dict[str, Any]:
         }
 
 
+async def rename_experiment(experiment_id: str, name: str) -> None:
+    async with get_session() as session:
+        await records.rename_experiment(session, experiment_id, name)
+        await session.commit()
+
+
 async def get_trial(trial_id: str) -> dict[str, Any]:
     async with get_session() as session:
         return trial_dict(await records.get_trial(session, trial_id))

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import text
 
-from oddish import queue
+from oddish import queue, task_control
 from oddish.api.archive import ArchiveError
 from oddish.api.auth import require_api_key
 from oddish.api.sweeps import SweepRequest
@@ -28,6 +28,10 @@ from oddish.statuses import TaskStatus
 from oddish.temporal_client import connect
 
 log = logging.getLogger(__name__)
+
+
+class ExperimentUpdate(BaseModel):
+    name: str = Field(min_length=1, max_length=255)
 
 
 class LimitUpdate(BaseModel):
@@ -94,6 +98,28 @@ def build_router() -> APIRouter:
     async def get_trial_logs(trial_id: str) -> dict[str, Any]:
         trial = await queue.get_trial(trial_id)
         return {"trial_id": trial_id, "files": await asyncio.to_thread(read_logs, trial)}
+
+    @router.post("/tasks/{task_id}/cancel", summary="Stop a task: its sandboxes, slots and trials")
+    async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
+        status = await task_control.cancel_task(task_id, client=request.app.state.temporal)
+        return {"id": task_id, "status": status}
+
+    @router.delete("/tasks/{task_id}", summary="Stop a task, then delete it and its files")
+    async def delete_task(task_id: str, request: Request) -> dict[str, Any]:
+        await queue.get_task_with_trials(task_id)  # 404 before anything is stopped
+        await task_control.delete_task(task_id, client=request.app.state.temporal)
+        return {"id": task_id, "deleted": True}
+
+    @router.delete("/experiments/{experiment_id}",
+                   summary="Stop an experiment's tasks, then delete them and the experiment")
+    async def delete_experiment(experiment_id: str, request: Request) -> dict[str, Any]:
+        n = await task_control.delete_experiment(experiment_id, client=request.app.state.temporal)
+        return {"id": experiment_id, "deleted": True, "tasks_deleted": n}
+
+    @router.patch("/experiments/{experiment_id}", summary="Rename an experiment")
+    async def rename_experiment(experiment_id: str, update: ExperimentUpdate) -> dict[str, Any]:
+        await queue.rename_experiment(experiment_id, update.name)
+        return await queue.get_experiment(experiment_id)
 
     @router.get("/experiments", summary="List experiments")
     async def list_experiments() -> list[dict[str, Any]]:

@@ -359,3 +359,24 @@ async def get_trial_by_index(session: AsyncSession, task_id: str, index: int) ->
     if trial is None:
         raise RecordNotFound(f"no trial {index} in task {task_id!r}")
     return trial
+
+
+async def delete_task(session: AsyncSession, task_id: str) -> None:
+    task = await session.get(TaskModel, task_id)
+    if task is None:
+        raise RecordNotFound(f"no task {task_id!r}")
+    await session.delete(task)
+
+
+async def delete_experiment(session: AsyncSession, experiment_id: str) -> None:
+    experiment = await session.get(ExperimentModel, experiment_id)
+    if experiment is None:
+        raise RecordNotFound(f"no experiment {experiment_id!r}")
+    await session.delete(experiment)
+
+
+async def rename_experiment(session: AsyncSession, experiment_id: str, name: str) -> None:
+    experiment = await session.get(ExperimentModel, experiment_id)
+    if experiment is None:
+        raise RecordNotFound(f"no experiment {experiment_id!r}")
+    experiment.name = name

@@ -1,0 +1,82 @@
+"""Stopping and deleting tasks: running work is stopped first, then rows and stored files go."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from oddish.config import get_settings
+from oddish.db import records, slots
+from oddish.db.connection import get_session
+from oddish.task_store import remove_task_dir
+from oddish.workflows import workflow_id_for_task
+
+# How long a delete waits for a cancelled task's sandboxes to be torn down.
+STOP_TIMEOUT_SEC = 120.0
+
+
+async def _workflow_running(client: Client, task_id: str) -> bool:
+    try:
+        description = await client.get_workflow_handle(workflow_id_for_task(task_id)).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return description.status == WorkflowExecutionStatus.RUNNING
+
+
+async def cancel_task(task_id: str, *, client: Client) -> str:
+    """Ask the task's workflow to stop; returns the task's status now (``cancelling`` if running)."""
+    async with get_session() as session:
+        task = await records.get_task(session, task_id)
+        if task.status in records.TERMINAL_TASK_STATUSES:
+            return task.status
+    if not await _workflow_running(client, task_id):
+        async with get_session() as session:
+            await records.settle_abandoned_task(session, task_id)
+            await session.commit()
+        return "cancelled"
+    await client.get_workflow_handle(workflow_id_for_task(task_id)).cancel()
+    return "cancelling"
+
+
+async def _stop_and_wait(task_id: str, client: Client) -> None:
+    await cancel_task(task_id, client=client)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STOP_TIMEOUT_SEC
+    while await _workflow_running(client, task_id):
+        if loop.time() > deadline:
+            await client.get_workflow_handle(workflow_id_for_task(task_id)).terminate(
+                "deleted: did not stop in time"
+            )
+            break
+        await asyncio.sleep(0.5)
+
+
+async def delete_task(task_id: str, *, client: Client) -> None:
+    """Stop the task's running work, then delete its rows, its stored copy and its Harbor output."""
+    await _stop_and_wait(task_id, client)
+    async with get_session() as session:
+        await slots.release_workflow(await session.connection(),
+                                     workflow_id=workflow_id_for_task(task_id), log_status="deleted")
+        await records.delete_task(session, task_id)
+        await session.commit()
+    remove_task_dir(task_id)
+    shutil.rmtree(get_settings().harbor_jobs_dir / task_id, ignore_errors=True)
+
+
+async def delete_experiment(experiment_id: str, *, client: Client) -> int:
+    """Delete every task of the experiment (stopping running ones first), then the experiment."""
+    async with get_session() as session:
+        experiment = await records.get_experiment(session, experiment_id)
+        task_ids = [t.id for t in experiment.tasks]
+    await asyncio.gather(*(_stop_and_wait(t, client) for t in task_ids))
+    for task_id in task_ids:
+        await delete_task(task_id, client=client)
+    async with get_session() as session:
+        await records.delete_experiment(session, experiment_id)
+        await session.commit()
+    return len(task_ids)
