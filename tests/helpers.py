@@ -30,3 +30,13 @@ def local(agent: str = "oracle", n_trials: int = 1, **spec: object) -> AgentRunC
 async def wait_for_task(client: Client, task_id: str, timeout: float = 300) -> dict:
     await asyncio.wait_for(client.get_workflow_handle(workflow_id_for_task(task_id)).result(), timeout)
     return await get_task_with_trials(task_id)
+
+
+async def wait_until_running(task_id: str, timeout: float = 30) -> dict:
+    """The task as soon as one of its trials runs."""
+    for _ in range(int(timeout * 10)):
+        task = await get_task_with_trials(task_id)
+        if any(t["status"] == "running" for t in task["trials"]):
+            return task
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no trial of {task_id} started within {timeout}s")

@@ -10,8 +10,7 @@ import time
 import pytest
 from temporalio.client import Client
 
-from helpers import local, submit, wait_for_task
-from oddish.queue import get_task_with_trials
+from helpers import local, submit, wait_for_task, wait_until_running
 from test_slots import slot_rows, unique_key
 
 pytestmark = pytest.mark.timeout(600)
@@ -28,15 +27,7 @@ async def test_killed_worker_trial_finishes_on_the_other_once(start_worker, temp
     task_id = await submit(temporal_client, "sleep",
                            local(model=key, agent_env={"ODDISH_SLEEP_SECONDS": "8"}))
 
-    running = None
-    for _ in range(300):
-        task = await get_task_with_trials(task_id)
-        attempts = task["trials"][0]["attempts"]
-        if attempts and attempts[0]["status"] == "running":
-            running = attempts[0]
-            break
-        await asyncio.sleep(0.1)
-    assert running is not None, "the trial never started"
+    running = (await wait_until_running(task_id))["trials"][0]["attempts"][0]
     await asyncio.sleep(2)  # well inside the agent's sleep
     pid = int(running["worker"].rsplit(":", 1)[1])
     [victim] = [w for w in workers if w.process.pid == pid]
@@ -68,14 +59,7 @@ async def test_worker_stopped_mid_trial_hands_the_trial_over(start_worker, tempo
     workers = [start_worker("--n-concurrent", limits), start_worker("--n-concurrent", limits)]
     task_id = await submit(temporal_client, "sleep",
                            local(model=key, agent_env={"ODDISH_SLEEP_SECONDS": "8"}))
-    running = None
-    for _ in range(300):
-        attempts = (await get_task_with_trials(task_id))["trials"][0]["attempts"]
-        if attempts and attempts[0]["status"] == "running":
-            running = attempts[0]
-            break
-        await asyncio.sleep(0.1)
-    assert running is not None
+    running = (await wait_until_running(task_id))["trials"][0]["attempts"][0]
     pid = int(running["worker"].rsplit(":", 1)[1])
     [stopping] = [w for w in workers if w.process.pid == pid]
     stopping.stop()

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from temporalio.client import Client, WorkflowFailureError
 
-from helpers import local, submit, wait_for_task
+from helpers import local, submit, wait_for_task, wait_until_running
 from oddish.db.connection import get_session
 from oddish.queue import get_task_with_trials, set_queue_limit
 
@@ -84,11 +84,7 @@ async def test_priority_first_then_fifo_and_freed_slot_goes_promptly(
     start_worker("--n-concurrent", json.dumps({key: 1}), ODDISH_DISPATCHER_POLL_INTERVAL_SEC="60")
     sleep = {"ODDISH_SLEEP_SECONDS": "2"}
     low = await submit(temporal_client, "sleep", local(n_trials=3, model=key, agent_env=sleep), priority=0)
-    for _ in range(300):
-        task = await get_task_with_trials(low)
-        if any(t["status"] == "running" for t in task["trials"]):
-            break
-        await asyncio.sleep(0.1)
+    await wait_until_running(low)
     high = await submit(temporal_client, "sleep", local(n_trials=1, model=key, agent_env=sleep), priority=10)
     low_task, high_task = await asyncio.gather(
         wait_for_task(temporal_client, low), wait_for_task(temporal_client, high)
@@ -113,11 +109,7 @@ async def test_limit_changes_at_run_time_without_restart(start_worker, temporal_
     start_worker("--n-concurrent", json.dumps({key: 1}))
     task_id = await submit(temporal_client, "sleep",
                            local(n_trials=8, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "2"}))
-    for _ in range(300):
-        task = await get_task_with_trials(task_id)
-        if any(t["status"] == "running" for t in task["trials"]):
-            break
-        await asyncio.sleep(0.1)
+    await wait_until_running(task_id)
     raised_at = datetime.now().astimezone()
     await set_queue_limit(key, 3)
     task = await wait_for_task(temporal_client, task_id)
@@ -133,11 +125,7 @@ async def test_terminated_workflow_gives_its_slots_back(start_worker, temporal_c
     start_worker("--n-concurrent", json.dumps({key: 1}), ODDISH_SLOT_LEASE_SEC="3")
     task_id = await submit(temporal_client, "sleep",
                            local(n_trials=3, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "60"}))
-    for _ in range(300):
-        task = await get_task_with_trials(task_id)
-        if any(t["status"] == "running" for t in task["trials"]):
-            break
-        await asyncio.sleep(0.1)
+    await wait_until_running(task_id)
     assert await slot_rows(key) == 3
     await temporal_client.get_workflow_handle(f"task/{task_id}").terminate("operator says stop")
     for _ in range(200):
@@ -158,11 +146,7 @@ async def test_cancelled_workflow_stops_its_sandbox_and_settles_records(
     start_worker("--n-concurrent", json.dumps({key: 1}))
     task_id = await submit(temporal_client, "sleep",
                            local(n_trials=3, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "61"}))
-    for _ in range(300):
-        task = await get_task_with_trials(task_id)
-        if any(t["status"] == "running" for t in task["trials"]):
-            break
-        await asyncio.sleep(0.1)
+    await wait_until_running(task_id)
     await asyncio.sleep(1)
     handle = temporal_client.get_workflow_handle(f"task/{task_id}")
     await handle.cancel()

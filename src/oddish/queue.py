@@ -199,8 +199,7 @@ def trial_dict(trial: TrialModel) -> dict[str, Any]:
     }
 
 
-def task_summary(task: TaskModel) -> dict[str, Any]:
-    """A task without its trials' details (for lists)."""
+def _task_fields(task: TaskModel) -> dict[str, Any]:
     return {
         "id": task.id,
         "name": task.name,
@@ -210,6 +209,13 @@ def task_summary(task: TaskModel) -> dict[str, Any]:
         "user": task.user,
         "created_at": _iso(task.created_at),
         "finished_at": _iso(task.finished_at),
+    }
+
+
+def task_summary(task: TaskModel) -> dict[str, Any]:
+    """A task without its trials' details (for lists)."""
+    return {
+        **_task_fields(task),
         "trials_count": len(task.trials),
         "trial_status_counts": dict(Counter(t.status for t in task.trials)),
     }
@@ -278,18 +284,11 @@ async def get_task_with_trials(task_id: str) -> dict[str, Any]:
         task = await records.get_task(session, task_id, with_trials=True)
         verdict = task.verdict
         return {
-            "id": task.id,
-            "name": task.name,
-            "experiment_id": task.experiment_id,
-            "status": task.status,
-            "priority": task.priority,
-            "user": task.user,
+            **_task_fields(task),
             "run_analysis": task.run_analysis,
             "workflow_id": task.workflow_id,
             "error_message": task.error_message,
-            "created_at": _iso(task.created_at),
             "started_at": _iso(task.started_at),
-            "finished_at": _iso(task.finished_at),
             "trials": [trial_dict(t) for t in task.trials],
             "verdict": None if verdict is None else {
                 "status": verdict.status,

@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 import uvicorn
 
-from oddish.config import get_settings, parse_concurrency_json
+from oddish.config import get_settings
+from oddish.options import N_CONCURRENT_HELP, limits_option
 
 app = typer.Typer(add_completion=False)
 
@@ -20,18 +21,13 @@ Postgres and Temporal dev server, as the worker does. OpenAPI docs are served at
 def main(
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(8000, help="port to listen on"),
-    n_concurrent: str = typer.Option(
-        None, "--n-concurrent", help='per queue key limits as JSON, e.g. \'{"openai/gpt-5": 4}\''
-    ),
+    n_concurrent: str = typer.Option(None, "--n-concurrent", help=N_CONCURRENT_HELP),
     workers: bool = typer.Option(True, "--workers/--no-workers",
                                  help="run a worker in this process (default) or not"),
     home: Path = typer.Option(None, help="data of embedded services [default: ~/.oddish]"),
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        limits = parse_concurrency_json(n_concurrent)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--n-concurrent") from exc
+    limits = limits_option(n_concurrent)
 
     from oddish.api.app import create_app
     from oddish.embedded import ensure_embedded_services

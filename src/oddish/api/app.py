@@ -154,7 +154,8 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
         if run_workers:
             from oddish.worker.runner import run_worker
 
-            worker = asyncio.create_task(run_worker(stop, n_concurrent=n_concurrent))
+            worker = asyncio.create_task(run_worker(stop, n_concurrent=n_concurrent,
+                                                migrate=False))
         try:
             yield
         finally:

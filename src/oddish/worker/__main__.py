@@ -9,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-from oddish.config import get_settings, parse_concurrency_json
+from oddish.config import get_settings
+from oddish.options import N_CONCURRENT_HELP, limits_option
 
 app = typer.Typer(add_completion=False)
 
@@ -20,9 +21,7 @@ With no DATABASE_URL / ODDISH_DATABASE_URL it starts an embedded Postgres, and w
 ODDISH_TEMPORAL_ADDRESS an embedded Temporal dev server (Web UI on --ui-port), both keeping
 their data under --home.""")
 def main(
-    n_concurrent: str = typer.Option(
-        None, "--n-concurrent", help='per queue key limits as JSON, e.g. \'{"openai/gpt-5": 4}\''
-    ),
+    n_concurrent: str = typer.Option(None, "--n-concurrent", help=N_CONCURRENT_HELP),
     max_concurrent_activities: int = typer.Option(
         100, min=1, help="activities (trials, analyses, records) this process runs at once"
     ),
@@ -31,10 +30,7 @@ def main(
     ui_port: int = typer.Option(8233, help="port of the embedded Temporal Web UI"),
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        limits = parse_concurrency_json(n_concurrent)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--n-concurrent") from exc
+    limits = limits_option(n_concurrent)
 
     from oddish.embedded import ensure_embedded_services
     from oddish.worker.runner import run_worker

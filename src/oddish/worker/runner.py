@@ -39,11 +39,13 @@ async def run_worker(
     *,
     n_concurrent: dict[str, int] | None = None,
     max_concurrent_activities: int = 100,
+    migrate: bool = True,
 ) -> None:
     settings = get_settings()
     if not settings.harbor_telemetry:
         os.environ.setdefault("HARBOR_TELEMETRY", "0")
-    await migrations.upgrade()
+    if migrate:
+        await migrations.upgrade()
     await apply_limits(n_concurrent or {})
     client = await connect()
     dispatcher = SlotDispatcher(
