@@ -33,6 +33,10 @@ class TaskWorkflowInput:
     run_analysis: bool
     trials: list[TrialRef]
     retry_policy: TrialRetryPolicy
+    # A re-run of a finished workflow: the run number each trial to run again gets, and the
+    # final status of the trials left as they were (whose results stand).
+    run_numbers: dict[str, int] = field(default_factory=dict)
+    settled: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -50,6 +54,20 @@ class SlotRequest:
 class SlotGrant:
     trial_id: str
     slot: int
+    run_number: int = 1
+
+
+@dataclass
+class RetryTrialsRequest:
+    """The ``retry_trials`` update: run these failed or cancelled trials again."""
+
+    trial_ids: list[str]
+
+
+@dataclass
+class RetryTrialsResult:
+    task_id: str
+    retried: list[str]
 
 
 @dataclass

@@ -41,7 +41,11 @@ def retry_policy_from_settings() -> TrialRetryPolicy:
     )
 
 
-def workflow_input(task: TaskModel, trials: list[TrialModel]) -> TaskWorkflowInput:
+def workflow_input(
+    task: TaskModel, trials: list[TrialModel], *, rerun: set[str] | None = None
+) -> TaskWorkflowInput:
+    """The workflow's input; with ``rerun``, a new run for those trials, the others settled."""
+    rerun_trials = [t for t in trials if rerun is not None and t.id in rerun]
     return TaskWorkflowInput(
         task_id=task.id,
         experiment_id=task.experiment_id,
@@ -53,27 +57,33 @@ def workflow_input(task: TaskModel, trials: list[TrialModel]) -> TaskWorkflowInp
             for t in sorted(trials, key=lambda t: t.index)
         ],
         retry_policy=retry_policy_from_settings(),
+        run_numbers={t.id: t.run_number + 1 for t in rerun_trials},
+        settled={} if rerun is None else {t.id: t.status for t in trials if t.id not in rerun},
     )
 
 
 async def start_task_workflow(client: Client, inp: TaskWorkflowInput) -> None:
     """Start the task's workflow; starting it again (a retried submission) is a no-op,
     whether the first run is still going or has finished."""
-    queue_keys = sorted({t.queue_key for t in inp.trials})
     try:
-        await _start(client, inp, queue_keys)
+        await start_workflow_run(client, inp, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
     except WorkflowAlreadyStartedError:
         pass
 
 
-async def _start(client: Client, inp: TaskWorkflowInput, queue_keys: list[str]) -> None:
+async def start_workflow_run(
+    client: Client, inp: TaskWorkflowInput, *, id_reuse_policy: WorkflowIDReusePolicy
+) -> None:
+    """Start a run of the task's workflow; raises WorkflowAlreadyStartedError when one runs
+    (or, with REJECT_DUPLICATE, has ever run)."""
+    queue_keys = sorted({t.queue_key for t in inp.trials})
     await client.start_workflow(
         TaskWorkflow.run,
         inp,
         id=workflow_id_for_task(inp.task_id),
         task_queue=get_settings().temporal_task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        id_reuse_policy=id_reuse_policy,
         search_attributes=TypedSearchAttributes([
             SearchAttributePair(sa.EXPERIMENT, inp.experiment_id),
             SearchAttributePair(sa.TASK, inp.task_id),
@@ -295,6 +305,7 @@ async def get_task_with_trials(task_id: str) -> dict[str, Any]:
                 "summary": verdict.summary,
                 "details": verdict.details,
                 "decider": verdict.decider,
+                "finished_at": _iso(verdict.finished_at),
             },
         }
 

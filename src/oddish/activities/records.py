@@ -21,14 +21,16 @@ async def record_task_status(update: TaskStatusUpdate) -> None:
 async def request_slots(request: SlotRequest) -> None:
     """Put the trials in line for their queue keys' slots; the dispatcher signals each grant."""
     async with get_session() as session:
+        waiting = set(await records.queue_trials_for_run(
+            session, [t.trial_id for t in request.trials], request.run_number
+        ))
         await slots.enqueue(
             await session.connection(),
-            trials=[(t.trial_id, t.queue_key) for t in request.trials],
+            trials=[(t.trial_id, t.queue_key) for t in request.trials if t.trial_id in waiting],
             workflow_id=request.workflow_id,
             priority=request.priority,
             run_number=request.run_number,
         )
-        await records.mark_trials_queued(session, [t.trial_id for t in request.trials])
         await session.commit()
 
 

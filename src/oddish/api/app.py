@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import text
 
-from oddish import queue, task_control
+from oddish import queue, task_control, task_retry
 from oddish.api.archive import ArchiveError
 from oddish.api.auth import require_api_key
 from oddish.api.sweeps import SweepRequest
@@ -104,6 +104,24 @@ def build_router() -> APIRouter:
         status = await task_control.cancel_task(task_id, client=request.app.state.temporal)
         return {"id": task_id, "status": status}
 
+    @router.post("/tasks/{task_id}/retry",
+                 summary="Run a task's failed and cancelled trials again, then redo its verdict")
+    async def retry_task(task_id: str, request: Request) -> dict[str, Any]:
+        retried = await task_retry.retry_task(task_id, client=request.app.state.temporal)
+        return {"task_id": task_id, "retried": retried}
+
+    @router.post("/trials/{trial_id}/retry", summary="Run a failed or cancelled trial again")
+    async def retry_trial(trial_id: str, request: Request) -> dict[str, Any]:
+        task_id, retried = await task_retry.retry_trial(trial_id, client=request.app.state.temporal)
+        return {"task_id": task_id, "retried": retried}
+
+    @router.post("/experiments/{experiment_id}/retry",
+                 summary="Run the failed and cancelled trials of every task of an experiment again")
+    async def retry_experiment(experiment_id: str, request: Request) -> dict[str, Any]:
+        done = await task_retry.retry_experiment(experiment_id, client=request.app.state.temporal)
+        return {"experiment_id": experiment_id,
+                "tasks": [{"task_id": t, "retried": r} for t, r in done]}
+
     @router.delete("/tasks/{task_id}", summary="Stop a task, then delete it and its files")
     async def delete_task(task_id: str, request: Request) -> dict[str, Any]:
         await queue.get_task_with_trials(task_id)  # 404 before anything is stopped
@@ -173,6 +191,10 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
     @app.exception_handler(RecordNotFound)
     async def not_found(_: Request, exc: RecordNotFound) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(task_retry.RetryRefused)
+    async def retry_refused(_: Request, exc: task_retry.RetryRefused) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
 
     @app.exception_handler(ArchiveError)
     async def bad_archive(_: Request, exc: ArchiveError) -> JSONResponse:

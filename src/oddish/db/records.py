@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -115,7 +115,10 @@ async def set_task_status(
 ) -> None:
     values: dict[str, Any] = {"status": status}
     if status == TaskStatus.RUNNING:
-        values["started_at"] = now()
+        # A retried task runs again: it keeps its first start and is no longer finished.
+        values["started_at"] = func.coalesce(TaskModel.started_at, now())
+        values["finished_at"] = None
+        values["error_message"] = None
     if status in TERMINAL_TASK_STATUSES:
         values["finished_at"] = now()
     if error_message is not None:
@@ -123,12 +126,38 @@ async def set_task_status(
     await session.execute(update(TaskModel).where(TaskModel.id == task_id).values(**values))
 
 
-async def mark_trials_queued(session: AsyncSession, trial_ids: list[str]) -> None:
+async def queue_trials_for_run(
+    session: AsyncSession, trial_ids: list[str], run_number: int
+) -> list[str]:
+    """Put trials in line for run ``run_number``; returns those now waiting for a slot in it.
+
+    A new trial, or a failed or cancelled one of an earlier run, becomes ``queued`` with its
+    previous result cleared (its attempts stay). A trial already running or finished in this run
+    is left out, so a repeated request never puts a finished trial in line again.
+    """
     await session.execute(
         update(TrialModel)
-        .where(TrialModel.id.in_(trial_ids), TrialModel.status == JobStatus.PENDING)
-        .values(status=JobStatus.QUEUED)
+        .where(
+            TrialModel.id.in_(trial_ids),
+            (TrialModel.status == JobStatus.PENDING)
+            | ((TrialModel.run_number < run_number)
+               & TrialModel.status.in_([JobStatus.FAILED, JobStatus.CANCELLED])),
+        )
+        .values(
+            status=JobStatus.QUEUED, run_number=run_number, outcome=None, reward=None,
+            rewards=None, error_type=None, error_message=None, finished_at=None,
+        )
     )
+    waiting = list((await session.execute(
+        select(TrialModel.id).where(
+            TrialModel.id.in_(trial_ids),
+            TrialModel.status == JobStatus.QUEUED,
+            TrialModel.run_number == run_number,
+        )
+    )).scalars().all())
+    # The analysis of an earlier run no longer describes the trial; it is redone after this run.
+    await session.execute(delete(AnalysisModel).where(AnalysisModel.trial_id.in_(waiting)))
+    return waiting
 
 
 async def start_attempt(

@@ -37,6 +37,7 @@ class SlotClaim:
     slot: int
     trial_id: str
     workflow_id: str
+    run_number: int = 1
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ async def claim(
             slot=r.slot,
             trial_id=r.headers["trial_id"],
             workflow_id=r.headers["workflow_id"],
+            run_number=r.headers.get("run", 1),
         )
         for r in rows
     ]
@@ -219,7 +221,8 @@ async def unsignalled_holders(conn: AsyncConnection, *, older_than_sec: float) -
         {"owner": OWNER_HEADER, "age": older_than_sec},
     )
     return [
-        SlotClaim(r.id, r.entrypoint, r.slot, r.headers["trial_id"], r.headers["workflow_id"])
+        SlotClaim(r.id, r.entrypoint, r.slot, r.headers["trial_id"], r.headers["workflow_id"],
+                  r.headers.get("run", 1))
         for r in rows
     ]
 

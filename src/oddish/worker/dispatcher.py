@@ -126,7 +126,7 @@ class SlotDispatcher:
         """True when told; False when the workflow no longer runs (its slot is given back)."""
         handle = self._client.get_workflow_handle(claim.workflow_id)
         try:
-            await handle.signal("slot_granted", SlotGrant(claim.trial_id, claim.slot))
+            await handle.signal("slot_granted", SlotGrant(claim.trial_id, claim.slot, claim.run_number))
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 return False

@@ -18,6 +18,8 @@ from oddish import search_attributes as sa
 from oddish.contracts import (
     AnalyzeTrialInput,
     FailTrialInput,
+    RetryTrialsRequest,
+    RetryTrialsResult,
     RunTrialInput,
     SlotGrant,
     SlotRequest,
@@ -35,6 +37,8 @@ RECORD_TIMEOUT = timedelta(seconds=60)
 RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 ANALYSIS_TIMEOUT = timedelta(minutes=30)
 ANALYSIS_RETRY = RetryPolicy(maximum_attempts=5)
+# The error type of a retry refused because the workflow is completing; a new run takes it.
+TASK_FINISHING = "TaskFinishing"
 
 
 def _error_text(err: BaseException) -> tuple[str, str]:
@@ -49,13 +53,24 @@ class TaskWorkflow:
     def __init__(self) -> None:
         self._task_id = ""
         self._status: str = TaskStatus.PENDING
-        self._granted: set[str] = set()
+        self._trials: dict[str, TrialRef] = {}
+        self._run_numbers: dict[str, int] = {}
+        # The run number each trial's latest slot grant was for.
+        self._grants: dict[str, int] = {}
+        # Trials in line for a slot, not started yet.
+        self._waiting: dict[str, TrialRef] = {}
         self._trial_status: dict[str, str] = {}
         self._trial_tasks: dict[str, asyncio.Task[TrialOutcome]] = {}
+        # Trials finished since the last analysis, in the order they finished.
+        self._to_analyze: list[str] = []
+        self._priority = 0
+        self._analysis_error: str | None = None
+        # Set once the last round is over: a retry from then on goes to a new run.
+        self._finishing = False
 
     @workflow.signal(name="slot_granted")
     def slot_granted(self, grant: SlotGrant) -> None:
-        self._granted.add(grant.trial_id)
+        self._grants[grant.trial_id] = grant.run_number
 
     @workflow.query(name="progress")
     def progress(self) -> TaskProgress:
@@ -72,10 +87,47 @@ class TaskWorkflow:
             trial_statuses=dict(self._trial_status),
         )
 
+    @workflow.update(name="retry_trials")
+    async def retry_trials(self, request: RetryTrialsRequest) -> RetryTrialsResult:
+        """Run failed trials of this (still running) workflow again, each as a new attempt."""
+        by_run: dict[int, list[TrialRef]] = {}
+        for trial_id in request.trial_ids:
+            self._run_numbers[trial_id] += 1
+            self._enqueue_locally(trial_id)
+            by_run.setdefault(self._run_numbers[trial_id], []).append(self._trials[trial_id])
+        for run_number, trials in sorted(by_run.items()):
+            await self._request_slots(trials, run_number)
+        return RetryTrialsResult(self._task_id, list(request.trial_ids))
+
+    @retry_trials.validator
+    def _validate_retry(self, request: RetryTrialsRequest) -> None:
+        if self._finishing:
+            raise ApplicationError("the task is finishing; retry it once it has finished",
+                                   type=TASK_FINISHING)
+        if not request.trial_ids:
+            raise ValueError("no trials to retry")
+        unknown = [t for t in request.trial_ids if t not in self._trials]
+        if unknown:
+            raise ValueError(f"trials not in task {self._task_id}: {', '.join(unknown)}")
+        busy = [t for t in request.trial_ids
+                if self._trial_status[t] not in (JobStatus.FAILED, JobStatus.CANCELLED)]
+        if busy:
+            raise ValueError(
+                "only failed or cancelled trials can be retried; "
+                + ", ".join(f"{t} is {self._trial_status[t]}" for t in busy)
+            )
+        if len(set(request.trial_ids)) != len(request.trial_ids):
+            raise ValueError("a trial is listed twice")
+
     @workflow.run
     async def run(self, inp: TaskWorkflowInput) -> str:
         self._task_id = inp.task_id
-        self._trial_status = {t.trial_id: JobStatus.PENDING.value for t in inp.trials}
+        self._priority = inp.priority
+        self._trials = {t.trial_id: t for t in inp.trials}
+        self._run_numbers = {t.trial_id: inp.run_numbers.get(t.trial_id, 1) for t in inp.trials}
+        self._trial_status = {
+            t.trial_id: inp.settled.get(t.trial_id, JobStatus.PENDING.value) for t in inp.trials
+        }
         try:
             return await self._pipeline(inp)
         except BaseException as err:
@@ -90,65 +142,101 @@ class TaskWorkflow:
             raise
 
     async def _pipeline(self, inp: TaskWorkflowInput) -> str:
+        """Rounds of: trials in line run, then analyses and the verdict. A retry that arrives
+        meanwhile puts trials back in line, and the round repeats for them."""
         await self._set_status(inp.task_id, TaskStatus.RUNNING)
+        first = [t for t in inp.trials if t.trial_id not in inp.settled]
+        for trial in first:
+            self._enqueue_locally(trial.trial_id)
+        by_run: dict[int, list[TrialRef]] = {}
+        for trial in first:
+            by_run.setdefault(self._run_numbers[trial.trial_id], []).append(trial)
+        for run_number, trials in sorted(by_run.items()):
+            await self._request_slots(trials, run_number)
+
+        final = TaskStatus.COMPLETED
+        while True:
+            if self._status != TaskStatus.RUNNING:
+                await self._set_status(inp.task_id, TaskStatus.RUNNING)
+            await self._run_trials_as_granted(inp)
+            final = await self._analyse_and_decide(inp) if inp.run_analysis else TaskStatus.COMPLETED
+            # A retry accepted meanwhile may still be putting its trials in line.
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            if not self._waiting:
+                break
+        self._finishing = True
+        await self._set_status(inp.task_id, final, self._analysis_error)
+        return final
+
+    def _enqueue_locally(self, trial_id: str) -> None:
+        self._waiting[trial_id] = self._trials[trial_id]
+        self._trial_status[trial_id] = JobStatus.QUEUED
+
+    async def _request_slots(self, trials: list[TrialRef], run_number: int) -> None:
         await workflow.execute_activity(
             "request_slots",
             SlotRequest(
-                workflow_id=workflow.info().workflow_id, task_id=inp.task_id,
-                priority=inp.priority, trials=inp.trials,
+                workflow_id=workflow.info().workflow_id, task_id=self._task_id,
+                priority=self._priority, trials=trials, run_number=run_number,
             ),
             start_to_close_timeout=RECORD_TIMEOUT,
             retry_policy=RECORD_RETRY,
-            summary=f"queue {len(inp.trials)} trials",
+            summary=f"queue {len(trials)} trials" + (f" (run {run_number})" if run_number > 1 else ""),
         )
-        for trial in inp.trials:
-            self._trial_status[trial.trial_id] = JobStatus.QUEUED
-        outcomes = await self._run_trials_as_granted(inp)
 
-        if inp.run_analysis:
-            try:
-                await self._set_status(inp.task_id, TaskStatus.ANALYZING)
-                await asyncio.gather(*(
-                    workflow.execute_activity(
-                        "analyze_trial", AnalyzeTrialInput(o.trial_id),
-                        start_to_close_timeout=ANALYSIS_TIMEOUT, retry_policy=ANALYSIS_RETRY,
-                        summary=f"analyse trial {t.index}",
-                    )
-                    for t, o in zip(inp.trials, outcomes)
-                    if o.status != JobStatus.CANCELLED
-                ))
-                await self._set_status(inp.task_id, TaskStatus.VERDICT_PENDING)
-                await workflow.execute_activity(
-                    "decide_verdict", VerdictInput(inp.task_id),
-                    start_to_close_timeout=ANALYSIS_TIMEOUT, retry_policy=ANALYSIS_RETRY,
-                    summary="verdict",
+    def _trials_running(self) -> bool:
+        return any(not t.done() for t in self._trial_tasks.values())
+
+    def _granted(self) -> list[str]:
+        return sorted(t for t in self._waiting if self._grants.get(t) == self._run_numbers[t])
+
+    async def _run_trials_as_granted(self, inp: TaskWorkflowInput) -> None:
+        """Start each trial when its slot arrives; a waiting trial costs no coroutine, only a row."""
+        while self._waiting or self._trials_running():
+            await workflow.wait_condition(
+                lambda: bool(self._granted()) or not (self._waiting or self._trials_running())
+            )
+            for trial_id in self._granted():
+                trial = self._waiting.pop(trial_id)
+                self._trial_tasks[trial_id] = asyncio.create_task(
+                    self._run_trial(inp, trial, self._run_numbers[trial_id])
                 )
-            except ActivityError as err:
-                if is_cancelled_exception(err):
-                    raise
-                error_type, message = _error_text(err)
-                await self._set_status(inp.task_id, TaskStatus.FAILED, f"{error_type}: {message}")
-                return TaskStatus.FAILED
-        await self._set_status(inp.task_id, TaskStatus.COMPLETED)
+
+    async def _analyse_and_decide(self, inp: TaskWorkflowInput) -> TaskStatus:
+        finished, self._to_analyze = self._to_analyze, []
+        self._analysis_error = None
+        try:
+            await self._set_status(inp.task_id, TaskStatus.ANALYZING)
+            await asyncio.gather(*(
+                workflow.execute_activity(
+                    "analyze_trial", AnalyzeTrialInput(trial_id),
+                    start_to_close_timeout=ANALYSIS_TIMEOUT, retry_policy=ANALYSIS_RETRY,
+                    summary=f"analyse trial {self._trials[trial_id].index}",
+                )
+                for trial_id in finished
+                if self._trial_status[trial_id] != JobStatus.CANCELLED
+            ))
+            await self._set_status(inp.task_id, TaskStatus.VERDICT_PENDING)
+            await workflow.execute_activity(
+                "decide_verdict", VerdictInput(inp.task_id),
+                start_to_close_timeout=ANALYSIS_TIMEOUT, retry_policy=ANALYSIS_RETRY,
+                summary="verdict",
+            )
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            error_type, message = _error_text(err)
+            self._analysis_error = f"{error_type}: {message}"
+            return TaskStatus.FAILED
         return TaskStatus.COMPLETED
 
-    async def _run_trials_as_granted(self, inp: TaskWorkflowInput) -> list[TrialOutcome]:
-        """Start each trial when its slot arrives; a waiting trial costs no coroutine, only a row."""
-        waiting = {t.trial_id: t for t in inp.trials}
-        while waiting:
-            await workflow.wait_condition(lambda: not self._granted.isdisjoint(waiting))
-            for trial_id in sorted(self._granted.intersection(waiting)):
-                trial = waiting.pop(trial_id)
-                self._trial_tasks[trial_id] = asyncio.create_task(self._run_trial(inp, trial))
-        return list(await asyncio.gather(*(self._trial_tasks[t.trial_id] for t in inp.trials)))
-
-    async def _run_trial(self, inp: TaskWorkflowInput, trial: TrialRef) -> TrialOutcome:
+    async def _run_trial(self, inp: TaskWorkflowInput, trial: TrialRef, run_number: int) -> TrialOutcome:
         self._trial_status[trial.trial_id] = JobStatus.RUNNING
         policy = inp.retry_policy
         try:
             outcome: TrialOutcome = await workflow.execute_activity(
                 "run_trial",
-                RunTrialInput(inp.task_id, trial.trial_id, run_number=1,
+                RunTrialInput(inp.task_id, trial.trial_id, run_number=run_number,
                               max_attempts=policy.max_attempts),
                 result_type=TrialOutcome,
                 start_to_close_timeout=timedelta(seconds=policy.start_to_close_timeout_sec),
@@ -158,7 +246,8 @@ class TaskWorkflow:
                     maximum_interval=timedelta(seconds=policy.max_interval_sec),
                     maximum_attempts=policy.max_attempts,
                 ),
-                summary=f"trial {trial.index} · {trial.agent} · {trial.queue_key}",
+                summary=f"trial {trial.index} · {trial.agent} · {trial.queue_key}"
+                + (f" · run {run_number}" if run_number > 1 else ""),
                 # A cancelled trial holds its slot until its sandbox is gone.
                 cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
@@ -169,13 +258,14 @@ class TaskWorkflow:
             error_type, message = _error_text(err)
             outcome = await workflow.execute_activity(
                 "fail_trial",
-                FailTrialInput(trial.trial_id, 1, error_type, message),
+                FailTrialInput(trial.trial_id, run_number, error_type, message),
                 result_type=TrialOutcome,
                 start_to_close_timeout=RECORD_TIMEOUT,
                 retry_policy=RECORD_RETRY,
                 summary=f"trial {trial.index} failed",
             )
         self._trial_status[trial.trial_id] = outcome.status
+        self._to_analyze.append(trial.trial_id)
         return outcome
 
     async def _set_status(

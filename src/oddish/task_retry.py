@@ -1,0 +1,112 @@
+"""Running failed trials again: an Update to a workflow still running, a new run of a finished one."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from oddish.contracts import RetryTrialsRequest, RetryTrialsResult
+from oddish.db import records
+from oddish.db.connection import get_session
+from oddish.queue import start_workflow_run, workflow_input
+from oddish.statuses import JobStatus
+from oddish.workflows import workflow_id_for_task
+from oddish.workflows.task_workflow import TASK_FINISHING
+
+RETRYABLE_TRIAL_STATUSES = {JobStatus.FAILED, JobStatus.CANCELLED}
+# A workflow between its last round and its end refuses Updates; by then it is about to close.
+FINISHING_WAIT_SEC = 0.5
+MAX_ROUNDS = 40
+
+
+class RetryRefused(ValueError):
+    """Nothing to retry: the trials are not failed or cancelled, or are being retried already."""
+
+
+async def retry_task(task_id: str, *, client: Client, trial_ids: list[str] | None = None) -> list[str]:
+    """Run the task's failed or cancelled trials (or those of ``trial_ids``) again.
+
+    Returns the retried trial ids. Raises RecordNotFound for unknown ids and RetryRefused when
+    there is nothing to retry.
+    """
+    for _ in range(MAX_ROUNDS):
+        async with get_session() as session:
+            task = await records.get_task(session, task_id, with_trials=True)
+        trials = {t.id: t for t in task.trials}
+        if trial_ids is None:
+            chosen = [t.id for t in task.trials if t.status in RETRYABLE_TRIAL_STATUSES]
+            if not chosen:
+                raise RetryRefused(f"task {task_id} has no failed or cancelled trials")
+        else:
+            chosen = list(dict.fromkeys(trial_ids))
+            unknown = [t for t in chosen if t not in trials]
+            if unknown:
+                raise records.RecordNotFound(f"no trial {unknown[0]!r} in task {task_id!r}")
+            busy = [t for t in chosen if trials[t].status not in RETRYABLE_TRIAL_STATUSES]
+            if busy:
+                raise RetryRefused(
+                    "only failed or cancelled trials can be retried; "
+                    + ", ".join(f"{t} is {trials[t].status}" for t in busy)
+                )
+
+        handle = client.get_workflow_handle(workflow_id_for_task(task_id))
+        try:
+            running = (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            running = False
+
+        if not running:
+            inp = workflow_input(task, list(task.trials), rerun=set(chosen))
+            try:
+                await start_workflow_run(
+                    client, inp, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE
+                )
+                return chosen
+            except WorkflowAlreadyStartedError:
+                continue  # another retry started a run first: ask that run instead
+
+        try:
+            result = await handle.execute_update(
+                "retry_trials", RetryTrialsRequest(chosen), result_type=RetryTrialsResult
+            )
+            return result.retried
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApplicationError) and cause.type == TASK_FINISHING:
+                await asyncio.sleep(FINISHING_WAIT_SEC)
+                continue
+            raise RetryRefused(cause.message if cause is not None else str(exc)) from exc
+        except RPCError as exc:
+            # The run closed between describe and update: the next round starts a new one.
+            if exc.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+                raise
+    raise RetryRefused(f"task {task_id} kept changing state; try the retry again")
+
+
+async def retry_trial(trial_id: str, *, client: Client) -> tuple[str, list[str]]:
+    async with get_session() as session:
+        trial = await records.get_trial(session, trial_id)
+    return trial.task_id, await retry_task(trial.task_id, client=client, trial_ids=[trial_id])
+
+
+async def retry_experiment(experiment_id: str, *, client: Client) -> list[tuple[str, list[str]]]:
+    """Retry every task of the experiment that has failed or cancelled trials."""
+    async with get_session() as session:
+        experiment = await records.get_experiment(session, experiment_id)
+        task_ids = [t.id for t in experiment.tasks
+                    if any(tr.status in RETRYABLE_TRIAL_STATUSES for tr in t.trials)]
+    if not task_ids:
+        raise RetryRefused(f"experiment {experiment_id} has no failed or cancelled trials")
+    retried = []
+    for task_id in task_ids:
+        try:
+            retried.append((task_id, await retry_task(task_id, client=client)))
+        except RetryRefused:
+            continue  # its failed trials were retried meanwhile
+    return retried
