@@ -16,7 +16,7 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from helpers import EXAMPLES, local, submit, wait_for_task
+from helpers import EXAMPLES, local, submit, wait_for_task, wait_until_running
 from oddish.embedded import free_port
 
 pytestmark = pytest.mark.timeout(600)
@@ -241,6 +241,16 @@ async def test_cancel_delete_and_rename(api: str, start_worker, temporal_client:
         assert {t["status"] for t in task["trials"]} == {"cancelled"}
         assert (await http.post(f"/tasks/{done}/cancel")).json()["status"] == "completed"
 
+        refused = await http.post(f"/tasks/{done}/retry")
+        assert refused.status_code == 409 and "no failed or cancelled" in refused.json()["detail"]
+        done_trial = (await http.get(f"/tasks/{done}")).json()["trials"][0]["id"]
+        refused = await http.post(f"/trials/{done_trial}/retry")
+        assert refused.status_code == 409 and "success" in refused.json()["detail"]
+        retried = (await http.post(f"/experiments/{experiment}/retry")).json()
+        assert [t["task_id"] for t in retried["tasks"]] == [running]
+        assert sorted(retried["tasks"][0]["retried"]) == sorted(t["id"] for t in task["trials"])
+        await wait_until_running(running, timeout=60)
+
         renamed = await http.patch(f"/experiments/{experiment}", json={"name": "renamed run"})
         assert renamed.json()["name"] == "renamed run"
         assert (await http.patch(f"/experiments/{experiment}", json={"name": ""})).status_code == 422
@@ -255,6 +265,8 @@ async def test_cancel_delete_and_rename(api: str, start_worker, temporal_client:
         assert (await http.get(f"/experiments/{experiment}")).status_code == 404
         assert (await http.get(f"/tasks/{running}")).status_code == 404
         for method, path in (("DELETE", "/tasks/nope"), ("DELETE", "/experiments/nope"),
-                             ("POST", "/tasks/nope/cancel"), ("PATCH", "/experiments/nope")):
+                             ("POST", "/tasks/nope/cancel"), ("PATCH", "/experiments/nope"),
+                             ("POST", "/tasks/nope/retry"), ("POST", "/trials/nope/retry"),
+                             ("POST", "/experiments/nope/retry")):
             response = await http.request(method, path, json={"name": "x"})
             assert response.status_code == 404, (method, path, response.text)
