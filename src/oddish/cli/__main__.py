@@ -1,0 +1,3 @@
+from oddish.cli import main
+
+main()

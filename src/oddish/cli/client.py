@@ -1,0 +1,112 @@
+"""The REST API client: ``ODDISH_API_URL`` and ``ODDISH_API_KEY``, and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import time
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import httpx
+
+from oddish.cli.output import fail
+
+DEFAULT_API_URL = "http://localhost:8000"
+# Transport failures worth sending a request again for; a refused connection is not one of them
+# (the API is down, and saying so at once beats making the user wait).
+RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError)
+ATTEMPTS = 3
+
+
+def api_url() -> str:
+    return os.environ.get("ODDISH_API_URL", "").strip().rstrip("/") or DEFAULT_API_URL
+
+
+def path_of(*parts: str) -> str:
+    """A URL path from ids and keys, each quoted (queue keys keep their slashes)."""
+    return "/" + "/".join(quote(part, safe="/") for part in parts)
+
+
+def error_detail(response: httpx.Response) -> str:
+    """The API's reason for a failed request, on one line."""
+    try:
+        detail = response.json().get("detail", response.text)
+    except (ValueError, AttributeError):
+        detail = response.text.strip() or response.reason_phrase
+    if isinstance(detail, list):  # FastAPI's validation errors: where, and what is wrong
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in item.get('loc', ()) if p != 'body')}: {item.get('msg')}"
+            if isinstance(item, dict) else str(item)
+            for item in detail
+        )
+    return " ".join(str(detail).split())[:2000]
+
+
+class ApiError(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        self.status_code = response.status_code
+        self.detail = error_detail(response)
+        super().__init__(f"{self.detail} (HTTP {self.status_code})")
+
+
+class ApiClient:
+    """Calls the API; any failure prints one line on stderr and exits with code 1."""
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None) -> None:
+        self.base_url = base_url or api_url()
+        key = api_key if api_key is not None else os.environ.get("ODDISH_API_KEY", "")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=60.0)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, *, retry: bool | None = None,
+                raise_api_errors: bool = False, **kwargs: Any) -> Any:
+        """The JSON answer of a request.
+
+        ``retry`` (default: for GET and PUT) sends the request again after a timeout or a dropped
+        connection; only requests that cannot do anything twice may be retried. With
+        ``raise_api_errors`` an error answer raises ApiError instead of exiting.
+        """
+        attempts = ATTEMPTS if (retry if retry is not None else method in ("GET", "PUT")) else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)
+                break
+            except httpx.ConnectError:
+                fail(f"cannot reach the oddish API at {self.base_url}; start it with `oddish up` "
+                     "or point ODDISH_API_URL at a running one")
+            except RETRYABLE_ERRORS as exc:
+                if attempt == attempts:
+                    fail(f"the oddish API at {self.base_url} did not answer {method} {path}: "
+                         f"{type(exc).__name__} after {attempts} attempts")
+                time.sleep(attempt)
+            except httpx.HTTPError as exc:
+                fail(f"request to the oddish API at {self.base_url} failed: {exc}")
+        if response.is_success:
+            return response.json()
+        if raise_api_errors:
+            raise ApiError(response)
+        fail(f"{error_detail(response)} (HTTP {response.status_code} from {method} {path})")
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def get_all_tasks(self, *, experiment: str | None = None) -> list[dict[str, Any]]:
+        """Every task summary (of an experiment), all pages: newest first."""
+        tasks: list[dict[str, Any]] = []
+        offset: int | None = 0
+        while offset is not None:
+            params: dict[str, Any] = {"limit": 500, "offset": offset}
+            if experiment:
+                params["experiment"] = experiment
+            page = self.get("/tasks", params=params)
+            tasks += page["tasks"]
+            offset = page["next_offset"]
+        return tasks
