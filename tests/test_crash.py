@@ -10,7 +10,7 @@ import time
 import pytest
 from temporalio.client import Client
 
-from helpers import local, submit, wait_for_task, wait_until_running
+from helpers import check_history, local, submit, wait_for_task, wait_until_running
 from test_slots import slot_rows, unique_key
 
 pytestmark = pytest.mark.timeout(600)
@@ -50,6 +50,7 @@ async def test_killed_worker_trial_finishes_on_the_other_once(start_worker, temp
     assert trial["attempts"][1]["worker"].endswith(f":{survivor.process.pid}")
     assert trial["analysis"]["classification"] == "success"
     assert await slot_rows(key) == 0, "the slot came back without anyone acting"
+    await check_history(temporal_client, task_id, "worker-killed")
 
 
 async def test_worker_stopped_mid_trial_hands_the_trial_over(start_worker, temporal_client: Client) -> None:

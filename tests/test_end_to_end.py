@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from temporalio.client import Client
 
-from helpers import local, submit, wait_for_task
+from helpers import check_history, local, submit, wait_for_task
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -32,6 +32,7 @@ async def test_example_tasks_end_to_end(start_worker, temporal_client: Client) -
         *(wait_for_task(temporal_client, task_id) for task_id in task_ids.values())
     )))
 
+    await check_history(temporal_client, task_ids["partial-credit"], "completed")
     for name, task in tasks.items():
         assert task["status"] == "completed", task
         assert len(task["trials"]) == 4

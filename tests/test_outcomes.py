@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from helpers import EXAMPLES, local, wait_for_task
+from helpers import EXAMPLES, check_history, local, wait_for_task
 from oddish.queue import create_task
 from oddish.schemas import AgentRunConfig, TaskSubmission
 
@@ -27,10 +27,13 @@ def task_variant(tmp_path: Path, source: str, replacements: dict[str, str]) -> P
     return target
 
 
-async def run(client: Client, task_path: Path, config: AgentRunConfig) -> dict:
+async def run(client: Client, task_path: Path, config: AgentRunConfig,
+              history: str | None = None) -> dict:
     task_id = await create_task(TaskSubmission(task_path=task_path, configs=[config]), client=client)
     task = await wait_for_task(client, task_id)
     assert task["status"] == "completed"
+    if history:
+        await check_history(client, task_id, history)
     [trial] = task["trials"]
     return trial
 
@@ -71,7 +74,7 @@ async def test_unstartable_environment_is_retried_then_failed(
     start_worker(PYTHONPATH=str(TESTS_DIR), ODDISH_TRIAL_MAX_ATTEMPTS="3")
     trial = await run(temporal_client, EXAMPLES / "hello-pass", AgentRunConfig(
         agent="oracle", environment="unstartable_environment:UnstartableEnvironment",
-    ))
+    ), history="failed-trials")
     assert trial["status"] == "failed"
     assert trial["outcome"] == "infrastructure_error"
     assert trial["error_type"] == "ConnectionError"

@@ -9,7 +9,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from helpers import local, submit, wait_for_task
+from helpers import check_history, local, submit, wait_for_task
 from oddish import task_retry
 from oddish.queue import get_task_with_trials
 from oddish.replay import replay_task
@@ -81,6 +81,7 @@ async def test_retry_of_a_finished_task_reruns_only_its_two_failed_trials(
     assert (await handle.describe()).run_id != first_run
     report = await replay_task(task_id, temporal_client)
     assert len(report.runs) == 2 and report.deterministic, report.message
+    await check_history(temporal_client, task_id, "retry-finished")
 
     with pytest.raises(task_retry.RetryRefused, match="no failed or cancelled trials"):
         await task_retry.retry_task(task_id, client=temporal_client)
@@ -134,6 +135,7 @@ async def test_retry_of_a_running_task_is_an_update_of_its_workflow(
     assert await slot_rows(key) == 0
     report = await replay_task(task_id, temporal_client)
     assert report.deterministic, report.message
+    await check_history(temporal_client, task_id, "retry-running")
 
 
 async def test_retry_of_a_cancelled_task_runs_its_cancelled_trials(

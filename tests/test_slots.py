@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from temporalio.client import Client, WorkflowFailureError
 
-from helpers import local, submit, wait_for_task, wait_until_running
+from helpers import check_history, local, submit, wait_for_task, wait_until_running
 from oddish.db.connection import get_session
 from oddish.queue import get_task_with_trials, set_queue_limit
 
@@ -160,3 +160,4 @@ async def test_cancelled_workflow_stops_its_sandbox_and_settles_records(
     assert await slot_rows(key) == 0
     leftover = subprocess.run(["pgrep", "-af", "^sleep 61$"], capture_output=True, text=True).stdout
     assert leftover == "", "the running trial's sandbox was torn down"
+    await check_history(temporal_client, task_id, "cancelled")

@@ -1,0 +1,29 @@
+"""Recorded histories of every kind of task run replay against the installed workflow code.
+
+A workflow change that would make a running workflow take a different path fails here: put it
+behind ``workflow.patched``. Record new histories with ODDISH_RECORD_HISTORIES=1 (see README).
+"""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.client import WorkflowHistory
+
+from helpers import HISTORIES
+from oddish.replay import replay_history
+
+RECORDED = sorted(HISTORIES.glob("*.json"))
+# What the recorded histories must cover: each path the workflow can take.
+SCENARIOS = {"completed", "failed-trials", "cancelled", "worker-killed", "retry-finished",
+             "retry-running"}
+
+
+def test_every_scenario_has_a_recorded_history() -> None:
+    recorded = {path.name.rsplit("-run", 1)[0] for path in RECORDED}
+    assert SCENARIOS <= recorded, f"missing: {SCENARIOS - recorded}"
+
+
+@pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
+async def test_recorded_history_replays(path) -> None:
+    history = WorkflowHistory.from_json(f"task/{path.stem}", path.read_text())
+    assert await replay_history(history) is None
