@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 
 import typer
@@ -33,6 +34,9 @@ def main(
     from oddish.embedded import ensure_embedded_services
 
     temporal = ensure_embedded_services(home or get_settings().home)
+    # uvicorn shuts down on SIGTERM, then raises it again under the handler it found: with the
+    # default one the process would die before stopping the Temporal server and Postgres it owns.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         uvicorn.run(create_app(run_workers=workers, n_concurrent=limits), host=host, port=port)
     finally:

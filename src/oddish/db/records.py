@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -330,6 +330,19 @@ async def settle_abandoned_task(session: AsyncSession, task_id: str) -> None:
     await cancel_unfinished_trials(session, task_id)
     await set_task_status(session, task_id, TaskStatus.CANCELLED,
                           "the task's workflow ended before the task finished")
+
+
+async def pending_tasks(session: AsyncSession, *, older_than_sec: float, limit: int) -> list[TaskModel]:
+    """Tasks still ``pending`` (no workflow has recorded anything) after ``older_than_sec``."""
+    rows = await session.execute(
+        select(TaskModel)
+        .where(TaskModel.status == TaskStatus.PENDING,
+               TaskModel.created_at < func.now() - timedelta(seconds=older_than_sec))
+        .options(selectinload(TaskModel.trials))
+        .order_by(TaskModel.created_at)
+        .limit(limit)
+    )
+    return list(rows.scalars().all())
 
 
 async def list_tasks(

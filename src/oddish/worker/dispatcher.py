@@ -20,6 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from oddish.contracts import SlotGrant
 from oddish.db import records, slots
 from oddish.db.connection import database_url, get_engine, get_session, plain_dsn
+from oddish.worker.unstarted import start_unstarted_tasks
 from oddish.workflows.ids import task_id_of_workflow
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class SlotDispatcher:
                 next_maintenance = loop.time() + min(self._lease_sec / 4, 30.0)
                 await self._guarded(self._resignal)
                 await self._guarded(self._reap)
+                await self._guarded(self._start_unstarted)
             await self._guarded(self.sweep)
             waiter = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(stop.wait())
@@ -137,6 +139,10 @@ class SlotDispatcher:
         async with get_engine().connect() as conn:
             pending = await slots.unsignalled_holders(conn, older_than_sec=RESIGNAL_AFTER_SEC)
         await self._signal(pending)
+
+    async def _start_unstarted(self) -> None:
+        # The slot lease is how long anything here may go unheard before it counts as dead.
+        await start_unstarted_tasks(self._client, older_than_sec=self._lease_sec)
 
     async def _reap(self) -> None:
         """Give back the slots of workflows that no longer run (terminated, say)."""

@@ -1,0 +1,73 @@
+"""A submitter killed between recording a task and starting its workflow loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from helpers import EXAMPLES, wait_for_task
+from oddish.db import records
+from oddish.db.connection import get_session
+from oddish.workflows import workflow_id_for_task
+
+# Records the task, then dies the way a killed API process would: before the workflow starts.
+KILLED_SUBMITTER = textwrap.dedent("""
+    import asyncio, os, sys
+    from oddish import queue
+    from oddish.schemas import AgentRunConfig, TaskSubmission
+    from oddish.temporal_client import connect
+
+    async def die(*_args, **_kwargs):
+        os._exit(9)
+
+    async def main():
+        queue.start_task_workflow = die
+        submission = TaskSubmission(
+            task_path=sys.argv[1], submission_key=sys.argv[2],
+            configs=[AgentRunConfig(agent="oracle", environment="local", n_trials=2)])
+        await queue.create_task(submission, client=await connect())
+
+    asyncio.run(main())
+""")
+
+
+async def pending_task_by_key(key: str) -> str:
+    async with get_session() as session:
+        task = await records.task_by_submission_key(session, key)
+        assert task is not None, "the task's rows were committed before the process died"
+        assert task.status == "pending"
+        return task.id
+
+
+async def test_task_of_a_submitter_killed_before_starting_it_runs(
+    oddish_env: dict[str, str], task_queue: str, start_worker, temporal_client: Client
+) -> None:
+    key = f"killed-{os.urandom(4).hex()}"
+    env = {**os.environ, **oddish_env, "ODDISH_TEMPORAL_TASK_QUEUE": task_queue}
+    died = subprocess.run([sys.executable, "-c", KILLED_SUBMITTER, str(EXAMPLES / "hello-pass"), key],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert died.returncode == 9, died.stderr
+    task_id = await pending_task_by_key(key)
+
+    # A worker notices the task nobody started once it is older than the lease, and starts it.
+    start_worker(ODDISH_SLOT_LEASE_SEC="6")
+    started = asyncio.get_running_loop().time()
+    handle = temporal_client.get_workflow_handle(workflow_id_for_task(task_id))
+    for _ in range(600):
+        try:
+            await handle.describe()
+            break
+        except RPCError:
+            await asyncio.sleep(0.1)
+    task = await wait_for_task(temporal_client, task_id, timeout=120)
+    print(f"unstarted task picked up and finished {asyncio.get_running_loop().time() - started:.1f}s "
+          "after a worker came up")
+    assert task["status"] == "completed"
+    assert [t["status"] for t in task["trials"]] == ["success", "success"]
+    assert all(len(t["attempts"]) == 1 for t in task["trials"])
