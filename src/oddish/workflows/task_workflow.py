@@ -90,13 +90,9 @@ class TaskWorkflow:
     @workflow.update(name="retry_trials")
     async def retry_trials(self, request: RetryTrialsRequest) -> RetryTrialsResult:
         """Run failed trials of this (still running) workflow again, each as a new attempt."""
-        by_run: dict[int, list[TrialRef]] = {}
         for trial_id in request.trial_ids:
             self._run_numbers[trial_id] += 1
-            self._enqueue_locally(trial_id)
-            by_run.setdefault(self._run_numbers[trial_id], []).append(self._trials[trial_id])
-        for run_number, trials in sorted(by_run.items()):
-            await self._request_slots(trials, run_number)
+        await self._queue([self._trials[t] for t in request.trial_ids])
         return RetryTrialsResult(self._task_id, list(request.trial_ids))
 
     @retry_trials.validator
@@ -145,14 +141,7 @@ class TaskWorkflow:
         """Rounds of: trials in line run, then analyses and the verdict. A retry that arrives
         meanwhile puts trials back in line, and the round repeats for them."""
         await self._set_status(inp.task_id, TaskStatus.RUNNING)
-        first = [t for t in inp.trials if t.trial_id not in inp.settled]
-        for trial in first:
-            self._enqueue_locally(trial.trial_id)
-        by_run: dict[int, list[TrialRef]] = {}
-        for trial in first:
-            by_run.setdefault(self._run_numbers[trial.trial_id], []).append(trial)
-        for run_number, trials in sorted(by_run.items()):
-            await self._request_slots(trials, run_number)
+        await self._queue([t for t in inp.trials if t.trial_id not in inp.settled])
 
         final = TaskStatus.COMPLETED
         while True:
@@ -168,9 +157,16 @@ class TaskWorkflow:
         await self._set_status(inp.task_id, final, self._analysis_error)
         return final
 
-    def _enqueue_locally(self, trial_id: str) -> None:
-        self._waiting[trial_id] = self._trials[trial_id]
-        self._trial_status[trial_id] = JobStatus.QUEUED
+    async def _queue(self, trials: list[TrialRef]) -> None:
+        """Put trials in line for a slot, each for its current run number."""
+        by_run: dict[int, list[TrialRef]] = {}
+        for trial in trials:
+            # Marked waiting before any await, so the trial loop cannot finish without them.
+            self._waiting[trial.trial_id] = trial
+            self._trial_status[trial.trial_id] = JobStatus.QUEUED
+            by_run.setdefault(self._run_numbers[trial.trial_id], []).append(trial)
+        for run_number, same_run in sorted(by_run.items()):
+            await self._request_slots(same_run, run_number)
 
     async def _request_slots(self, trials: list[TrialRef], run_number: int) -> None:
         await workflow.execute_activity(
