@@ -32,6 +32,12 @@ CONFIGURATION_ERRORS = {"ValueError", "ValidationError", "FileNotFoundError", "I
                         "ModuleNotFoundError", "NotImplementedError", "TypeError"}
 
 
+# A cancel reaches a running trial only in the answer to one of its heartbeats, so heartbeats go
+# out at least this often (the worker's heartbeat throttle is set to match): a cancelled trial's
+# sandbox is torn down within a few seconds, not within most of the heartbeat timeout.
+MAX_HEARTBEAT_INTERVAL_SEC = 2.0
+
+
 def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -166,9 +172,12 @@ async def run_trial(inp: RunTrialInput) -> TrialOutcome:
     error_type: str | None = None
     error_message: str | None = None
     harbor_config: dict[str, Any] = {}
-    heartbeat_interval = max(1.0, (info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 30.0) / 3)
+    timeout_sec = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 30.0
+    heartbeat_interval = max(0.2, min(MAX_HEARTBEAT_INTERVAL_SEC, timeout_sec / 3))
+    # The slot row only needs to stay well inside the slot lease.
+    touch_interval = max(1.0, timeout_sec / 3)
     heartbeat = asyncio.gather(_heartbeat(heartbeat_interval),
-                               _touch_slot(inp.trial_id, heartbeat_interval))
+                               _touch_slot(inp.trial_id, touch_interval))
     # Heartbeats go on until the result is written: a slow write must not look like a lost worker.
     try:
         try:

@@ -10,6 +10,7 @@ from datetime import timedelta
 from temporalio.worker import Worker
 
 from oddish.activities import ALL_ACTIVITIES
+from oddish.activities.trial import MAX_HEARTBEAT_INTERVAL_SEC
 from oddish.config import get_settings
 from oddish.db import migrations, slots
 from oddish.db.connection import dispose_engine, get_session
@@ -64,6 +65,9 @@ async def run_worker(
         # through the task queue, trials spread over all workers.
         disable_eager_activity_execution=True,
         graceful_shutdown_timeout=timedelta(seconds=5),
+        # By default heartbeats are held back for 80% of the heartbeat timeout (24 s of 30 s), and
+        # a cancel only reaches a trial in the answer to one: send them as the trial beats.
+        max_heartbeat_throttle_interval=timedelta(seconds=MAX_HEARTBEAT_INTERVAL_SEC),
     )
     log.info("worker on task queue %r, dispatcher %s", settings.temporal_task_queue,
              dispatcher.manager_id)
