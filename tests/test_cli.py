@@ -121,6 +121,11 @@ def test_run_json_then_watch_and_status(api: str) -> None:
     shown = oddish(api, "status", ids[0])
     assert shown.returncode == 0 and "trials of" in shown.stdout and "completed" in shown.stdout
 
+    replayed = ok_json(api, "replay", ids[0], "--json")
+    assert replayed["deterministic"] is True and replayed["task_id"] == ids[0]
+    unknown = oddish(api, "replay", "task-nope")
+    assert unknown.returncode == 1 and "no workflow history" in unknown.stderr
+
 
 def test_sweep_file_runs_two_agents_on_two_tasks(api: str, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep.yaml"

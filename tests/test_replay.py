@@ -27,3 +27,12 @@ def test_every_scenario_has_a_recorded_history() -> None:
 async def test_recorded_history_replays(path) -> None:
     history = WorkflowHistory.from_json(f"task/{path.stem}", path.read_text())
     assert await replay_history(history) is None
+
+
+async def test_a_history_the_code_would_not_make_fails_to_replay() -> None:
+    """The check can fail: a recorded step the code never takes is caught."""
+    recorded = (HISTORIES / "completed-run1.json").read_text()
+    assert '"record_task_status"' in recorded
+    tampered = recorded.replace('"record_task_status"', '"record_task_state"', 1)
+    failure = await replay_history(WorkflowHistory.from_json("task/tampered", tampered))
+    assert failure is not None and "record_task_state" in failure

@@ -44,6 +44,9 @@ def up(
 
 def replay(
     task_id: str = typer.Argument(..., help="a task id (task-...)"),
+    temporal_address: str = typer.Option(
+        "localhost:7233", "--temporal-address", envvar="ODDISH_TEMPORAL_ADDRESS",
+        help="the Temporal server the task's workflow ran on (host:port)"),
     json_output: bool = typer.Option(False, "--json", help="print JSON only"),
 ) -> None:
     """Check a task's recorded workflow history replays on this version of the code.
@@ -52,11 +55,24 @@ def replay(
     that a workflow change needs `workflow.patched` before it is deployed next to running tasks.
     """
     replay_task = load("oddish.replay", "replay").replay_task
+
+    async def replay_on_server() -> Any:
+        from oddish.temporal_client import connect
+
+        return await replay_task(task_id, await connect(temporal_address))
+
     try:
-        result: Any = asyncio.run(replay_task(task_id))
-    except Exception as exc:  # the replay reads Temporal and the database: say what failed
+        result: Any = asyncio.run(replay_on_server())
+    except RuntimeError as exc:
+        if "connect" not in str(exc):
+            raise
+        fail(f"cannot reach Temporal at {temporal_address}; pass --temporal-address or set "
+             "ODDISH_TEMPORAL_ADDRESS")
+    except Exception as exc:  # the replay reads Temporal: say what failed
         fail(f"replay of {task_id} failed: {type(exc).__name__}: {exc}")
     read = result.get if isinstance(result, dict) else lambda name: getattr(result, name, None)
+    if not read("runs"):
+        fail(str(read("message")))
     deterministic, message = bool(read("deterministic")), str(read("message") or "")
     if json_output:
         print_json({"task_id": task_id, "deterministic": deterministic, "message": message})
