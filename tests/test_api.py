@@ -17,6 +17,7 @@ import pytest
 from temporalio.client import Client
 
 from helpers import EXAMPLES, local, submit, wait_for_task, wait_until_running
+from oddish.config import get_settings
 from oddish.embedded import free_port
 
 pytestmark = pytest.mark.timeout(600)
@@ -60,6 +61,9 @@ async def test_reads_of_a_finished_task(api: str, start_worker, temporal_client:
         task = (await http.get(f"/tasks/{task_id}")).json()
         assert task["status"] == "completed" and len(task["trials"]) == 2
         assert task["verdict"]["details"]["overall"]["mean_reward"] == pytest.approx(0.5)
+
+        [listed] = (await http.get("/tasks", params={"experiment": task["experiment_id"]})).json()["tasks"]
+        assert listed["trials_finished"] == 2 and listed["mean_reward"] == pytest.approx(0.5)
 
         trial = (await http.get(f"/tasks/{task_id}/trials/1")).json()
         assert trial["index"] == 1 and trial["reward"] == pytest.approx(0.5)
@@ -162,10 +166,12 @@ async def test_upload_then_sweep_runs_the_task(api: str, start_worker, temporal_
         created = await http.post("/tasks/sweep", json={
             "upload_id": first["upload_id"],
             "configs": [{"agent": "oracle", "n_trials": 2}, {"agent": "nop", "n_trials": 1}],
-            "harbor": {"environment": "local"},
+            "harbor": {"environment": "local", "docker_image": "python:3.12-slim"},
         })
         assert created.status_code == 200, created.text
         body = created.json()
+        stored = get_settings().tasks_dir / body["id"] / "task.toml"
+        assert 'docker_image = "python:3.12-slim"' in stored.read_text()
         assert body["trials_count"] == 3 and body["url"].endswith(f"/tasks/{body['id']}")
         task = await wait_for_task(temporal_client, body["id"])
         assert task["name"] == "hello-pass"

@@ -105,7 +105,7 @@ async def create_task(submission: TaskSubmission, *, client: Client) -> str:
                 return task.id
 
     task_id = new_id("task")
-    stored_path = store_task_dir(submission.task_path, task_id)
+    stored_path = store_task_dir(submission.task_path, task_id, docker_image=submission.docker_image)
     try:
         async with get_session() as session:
             experiment_id = submission.experiment_id or new_id("exp")
@@ -223,11 +223,14 @@ def _task_fields(task: TaskModel) -> dict[str, Any]:
 
 
 def task_summary(task: TaskModel) -> dict[str, Any]:
-    """A task without its trials' details (for lists)."""
+    """A task without its trials' details (for lists); the mean reward is of finished trials."""
+    finished = [t for t in task.trials if t.status in records.TERMINAL_TRIAL_STATUSES]
     return {
         **_task_fields(task),
         "trials_count": len(task.trials),
+        "trials_finished": len(finished),
         "trial_status_counts": dict(Counter(t.status for t in task.trials)),
+        "mean_reward": group_stats(finished)["mean_reward"],
     }
 
 

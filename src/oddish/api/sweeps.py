@@ -37,6 +37,8 @@ class HarborSettings(BaseModel):
     override_memory_mb: int | None = Field(default=None, ge=1)
     override_gpus: int | None = Field(default=None, ge=0)
     force_build: bool = False
+    docker_image: str | None = Field(default=None, min_length=1,
+                                     description="a pre-built image in place of the task's own")
 
 
 class SweepRequest(BaseModel):
@@ -64,6 +66,7 @@ class SweepRequest(BaseModel):
             run_analysis=self.run_analysis,
             user=self.user,
             submission_key=self.submission_key,
+            docker_image=h.docker_image,
             configs=[
                 AgentRunConfig(
                     agent=c.agent, model=c.model, n_trials=c.n_trials, environment=h.environment,
