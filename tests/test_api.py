@@ -203,6 +203,31 @@ async def test_bad_uploads_are_refused_and_write_nothing(
     assert not any((work_dir / "tasks" / "incoming").glob("*"))
 
 
+async def test_chunked_upload_without_length_is_refused_as_it_arrives(api: str, work_dir: Path) -> None:
+    boundary = "oddish-test-boundary"
+    sent = 0
+
+    async def body():  # no Content-Length: httpx sends it chunked
+        nonlocal sent
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+               'filename="t.tar.gz"\r\nContent-Type: application/gzip\r\n\r\n').encode()
+        for _ in range(64):
+            sent += 256 * 1024
+            yield b"\0" * (256 * 1024)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        try:
+            response = await http.post(
+                "/tasks/upload", content=body(),
+                headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        except httpx.RemoteProtocolError:
+            pytest.fail("the server hung up instead of answering 413")
+    assert response.status_code == 413, response.text
+    assert "limit" in response.json()["detail"]
+    assert not any((work_dir / "tasks" / "incoming").glob("*"))
+
+
 async def test_bad_sweeps_are_refused(api: str) -> None:
     archive = task_archive(EXAMPLES / "hello-pass")
     async with httpx.AsyncClient(base_url=api, timeout=30) as http:

@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from oddish import queue, task_control, task_retry
 from oddish.api.archive import ArchiveError
+from oddish.api.body_limit import BodySizeLimit
 from oddish.api.auth import require_api_key
 from oddish.api.sweeps import SweepRequest
 from oddish.api.uploads import store_upload, upload_name, upload_path
@@ -187,6 +188,8 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
         description="Durable evaluation scheduler for Harbor agent tasks.",
         lifespan=lifespan,
     )
+    app.add_middleware(BodySizeLimit, paths={"/tasks/upload"},
+                       max_bytes=get_settings().upload_max_bytes + MULTIPART_OVERHEAD_BYTES)
 
     @app.exception_handler(RecordNotFound)
     async def not_found(_: Request, exc: RecordNotFound) -> JSONResponse:
