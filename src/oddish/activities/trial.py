@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from temporalio.exceptions import ApplicationError
 from oddish.config import get_settings
 from oddish.contracts import RunTrialInput, TrialOutcome
 from oddish.db import records, slots
-from oddish.db.connection import get_session
+from oddish.db.connection import database_unreachable, get_session, until_database_answers
 from oddish.harbor_config import trial_config
 from oddish.outcomes import classify
 from oddish.schemas import TrialSpec
@@ -128,21 +129,34 @@ async def _touch_slot(trial_id: str, interval: float) -> None:
 
 async def _record_cancelled(trial_id: str, attempt_id: int, fields: records.TrialResultFields) -> None:
     fields.status, fields.outcome = JobStatus.CANCELLED, "cancelled"
-    async with get_session() as session:
-        try:
-            await records.finish_trial(
-                session, trial_id=trial_id, attempt_id=attempt_id,
-                attempt_status=AttemptStatus.CANCELLED, fields=fields,
-            )
-        except records.StaleAttempt:
-            return
-        await session.commit()
+    try:
+        async with get_session() as session:
+            try:
+                await records.finish_trial(
+                    session, trial_id=trial_id, attempt_id=attempt_id,
+                    attempt_status=AttemptStatus.CANCELLED, fields=fields,
+                )
+            except records.StaleAttempt:
+                return
+            await session.commit()
+    except Exception as exc:
+        if not database_unreachable(exc):
+            raise
+        # The cancelled workflow's own clean-up (cancel_task_records) settles the records.
+        log.warning("trial %s cancelled; database unreachable, records left to the workflow: %s",
+                    trial_id, exc)
 
 
-@activity.defn(name="run_trial")
-async def run_trial(inp: RunTrialInput) -> TrialOutcome:
-    info = activity.info()
-    settings = get_settings()
+@dataclass(frozen=True)
+class _Started:
+    spec: TrialSpec
+    task_path: Path
+    attempt_id: int
+    attempt_number: int
+
+
+async def _start(inp: RunTrialInput, info: activity.Info) -> TrialOutcome | _Started:
+    """Open the attempt; or, when this run of the trial already finished, its recorded outcome."""
     async with get_session() as session:
         trial = await records.get_trial(session, inp.trial_id)
         if trial.run_number == inp.run_number and trial.status in records.TERMINAL_TRIAL_STATUSES:
@@ -162,27 +176,51 @@ async def run_trial(inp: RunTrialInput) -> TrialOutcome:
             session, trial_id=inp.trial_id, run_number=inp.run_number,
             temporal_attempt=info.attempt, worker=worker_identity(),
         )
-        attempt_id, attempt_number = attempt.id, attempt.number
+        started = _Started(spec, task_path, attempt.id, attempt.number)
         await session.commit()
+    return started
 
-    trials_dir = settings.harbor_jobs_dir / inp.task_id / inp.trial_id
-    trial_name = f"attempt-{attempt_number}"
+
+@activity.defn(name="run_trial")
+async def run_trial(inp: RunTrialInput) -> TrialOutcome:
+    info = activity.info()
+    timeout_sec = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 30.0
+    heartbeat_interval = max(0.2, min(MAX_HEARTBEAT_INTERVAL_SEC, timeout_sec / 3))
+    # Heartbeats go on from the first read until the result is written: neither a slow write nor
+    # a database restart must look like a lost worker.
+    heartbeat = asyncio.ensure_future(_heartbeat(heartbeat_interval))
+    try:
+        return await _run_trial(inp, info, touch_interval=max(1.0, timeout_sec / 3))
+    except records.StaleAttempt as exc:
+        # Temporal has moved on to a newer attempt; whatever this one reports is ignored.
+        raise ApplicationError(str(exc), type="StaleAttempt", non_retryable=True) from exc
+    finally:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+
+
+async def _run_trial(inp: RunTrialInput, info: activity.Info, *, touch_interval: float) -> TrialOutcome:
+    # A Postgres restart must not spend the trial's attempts (before it starts) nor lose its
+    # result (after it ran, maybe for hours): both steps wait for the database to answer.
+    started = await until_database_answers(lambda: _start(inp, info),
+                                           what=f"trial {inp.trial_id}: opening its attempt")
+    if isinstance(started, TrialOutcome):
+        return started
+    attempt_id = started.attempt_id
+    trials_dir = get_settings().harbor_jobs_dir / inp.task_id / inp.trial_id
+    trial_name = f"attempt-{started.attempt_number}"
     trial_dir = trials_dir / trial_name
     result: TrialResult | None = None
     error_type: str | None = None
     error_message: str | None = None
     harbor_config: dict[str, Any] = {}
-    timeout_sec = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 30.0
-    heartbeat_interval = max(0.2, min(MAX_HEARTBEAT_INTERVAL_SEC, timeout_sec / 3))
     # The slot row only needs to stay well inside the slot lease.
-    touch_interval = max(1.0, timeout_sec / 3)
-    heartbeat = asyncio.gather(_heartbeat(heartbeat_interval),
-                               _touch_slot(inp.trial_id, touch_interval))
-    # Heartbeats go on until the result is written: a slow write must not look like a lost worker.
+    touch = asyncio.ensure_future(_touch_slot(inp.trial_id, touch_interval))
     try:
         try:
-            config = trial_config(spec, task_path=task_path, trials_dir=trials_dir,
-                                  trial_name=trial_name)
+            config = trial_config(started.spec, task_path=started.task_path,
+                                  trials_dir=trials_dir, trial_name=trial_name)
             harbor_config = config.model_dump(mode="json")
             harbor_trial = await Trial.create(config)
             result = await harbor_trial.run()
@@ -208,15 +246,15 @@ async def run_trial(inp: RunTrialInput) -> TrialOutcome:
                                trial_dir=trial_dir, harbor_config=harbor_config)
         retryable = (classify(error_type, fields.rewards).retryable
                      and error_type not in CONFIGURATION_ERRORS)
-        return await _record_result(inp, attempt_id, fields, retryable=retryable,
-                                    error_type=error_type, error_message=error_message)
-    except records.StaleAttempt as exc:
-        # Temporal has moved on to a newer attempt; whatever this one reports is ignored.
-        raise ApplicationError(str(exc), type="StaleAttempt", non_retryable=True) from exc
+        return await until_database_answers(
+            lambda: _record_result(inp, attempt_id, fields, retryable=retryable,
+                                   error_type=error_type, error_message=error_message),
+            what=f"trial {inp.trial_id}: recording its result",
+        )
     finally:
-        heartbeat.cancel()
+        touch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
+            await touch
 
 
 async def _record_result(

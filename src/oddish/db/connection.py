@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
+import asyncpg
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from oddish.config import get_settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _engine: AsyncEngine | None = None
 _sessionmaker: async_sessionmaker[AsyncSession] | None = None
@@ -65,3 +73,43 @@ async def dispose_engine() -> None:
         await _engine.dispose()
     _engine = None
     _sessionmaker = None
+
+
+# The server is down, restarting or dropped the connection: nothing is wrong with the statement.
+_UNREACHABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) says the database cannot be reached right now."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, _UNREACHABLE):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+async def until_database_answers(
+    step: Callable[[], Awaitable[T]], *, what: str, max_delay_sec: float = 5.0
+) -> T:
+    """Run ``step`` (one transaction), again and again while the database cannot be reached.
+
+    For work whose result must not be lost to a Postgres restart: a trial that ran for hours
+    waits for the database rather than failing. Any other error is raised at once.
+    """
+    delay = 0.2
+    while True:
+        try:
+            return await step()
+        except Exception as exc:
+            if not database_unreachable(exc):
+                raise
+            log.warning("%s: database unreachable (%s: %s); retrying in %.1fs",
+                        what, type(exc).__name__, exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay_sec)
