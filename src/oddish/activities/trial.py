@@ -7,14 +7,18 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from harbor.models.trial.result import TrialResult
 from harbor.trial.trial import Trial
 from temporalio import activity
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from oddish.config import get_settings
 from oddish.contracts import RunTrialInput, TrialOutcome
@@ -114,17 +118,37 @@ async def _heartbeat(interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-async def _touch_slot(trial_id: str, interval: float) -> None:
-    """Keeps the slot row's heartbeat fresh for PGQueuer tools; apart from Temporal's heartbeat,
-    so a slow database never makes a live trial look dead."""
+async def _touch_slot(trial_id: str, attempt_id: int, interval: float,
+                      superseded: asyncio.Event) -> None:
+    """Keeps the slot row's heartbeat fresh, for PGQueuer tools and for a later attempt asking
+    whether this one still runs; apart from Temporal's heartbeat, so a slow database never makes
+    a live trial look dead. Sets ``superseded`` once the attempt is no longer the running one
+    (a later attempt took over, or the task was cancelled or reaped)."""
     while True:
         try:
             async with get_session() as session:
                 await slots.touch(await session.connection(), trial_id)
+                running = await records.attempt_running(session, attempt_id)
                 await session.commit()
+            if not running:
+                superseded.set()
+                return
         except Exception as exc:  # a database blip must not kill a running trial
             log.warning("slot heartbeat of trial %s failed: %s", trial_id, exc)
         await asyncio.sleep(interval)
+
+
+async def _record_lost(attempt_id: int, details: Any) -> None:
+    """This attempt stopped without a result; the next one starts without waiting for it."""
+    reason = ("its worker shut down" if details is not None and details.worker_shutdown
+              else "it was stopped") + "; Temporal runs the trial again"
+    try:
+        async with get_session() as session:
+            await records.mark_attempt_lost(session, attempt_id=attempt_id,
+                                            reason=f"this attempt ended without a result: {reason}")
+            await session.commit()
+    except Exception as exc:  # the next attempt then waits until this one looks dead
+        log.warning("could not mark attempt %d lost: %s", attempt_id, exc)
 
 
 async def _record_cancelled(trial_id: str, attempt_id: int, fields: records.TrialResultFields) -> None:
@@ -148,6 +172,14 @@ async def _record_cancelled(trial_id: str, attempt_id: int, fields: records.Tria
 
 
 @dataclass(frozen=True)
+class _Busy:
+    """An earlier attempt of the trial still runs (Temporal gave up on it, its worker did not)."""
+
+    attempt_number: int
+    worker: str | None
+
+
+@dataclass(frozen=True)
 class _Started:
     spec: TrialSpec
     task_path: Path
@@ -155,8 +187,10 @@ class _Started:
     attempt_number: int
 
 
-async def _start(inp: RunTrialInput, info: activity.Info) -> TrialOutcome | _Started:
-    """Open the attempt; or, when this run of the trial already finished, its recorded outcome."""
+async def _start(inp: RunTrialInput, info: activity.Info, *,
+                 alive_within_sec: float) -> TrialOutcome | _Busy | _Started:
+    """Open the attempt; or, when this run of the trial already finished, its recorded outcome;
+    or, when an earlier attempt is still running (its slot row touched lately), say so."""
     async with get_session() as session:
         trial = await records.get_trial(session, inp.trial_id)
         if trial.run_number == inp.run_number and trial.status in records.TERMINAL_TRIAL_STATUSES:
@@ -170,6 +204,10 @@ async def _start(inp: RunTrialInput, info: activity.Info) -> TrialOutcome | _Sta
                 reward=trial.reward, error_type=trial.error_type,
                 error_message=trial.error_message,
             )
+        running = [a for a in trial.attempts if a.status == AttemptStatus.RUNNING]
+        if running and await slots.heard_from_within(await session.connection(), trial.id,
+                                                     alive_within_sec):
+            return _Busy(running[-1].number, running[-1].worker)
         spec = TrialSpec.model_validate(trial.spec)
         task_path = Path(trial.task.task_path)
         attempt = await records.start_attempt(
@@ -190,7 +228,7 @@ async def run_trial(inp: RunTrialInput) -> TrialOutcome:
     # a database restart must look like a lost worker.
     heartbeat = asyncio.ensure_future(_heartbeat(heartbeat_interval))
     try:
-        return await _run_trial(inp, info, touch_interval=max(1.0, timeout_sec / 3))
+        return await _run_trial(inp, info, touch_interval=max(0.5, timeout_sec / 4))
     except records.StaleAttempt as exc:
         # Temporal has moved on to a newer attempt; whatever this one reports is ignored.
         raise ApplicationError(str(exc), type="StaleAttempt", non_retryable=True) from exc
@@ -200,11 +238,113 @@ async def run_trial(inp: RunTrialInput) -> TrialOutcome:
             await heartbeat
 
 
+async def _open_attempt(inp: RunTrialInput, info: activity.Info, *,
+                        alive_within_sec: float) -> TrialOutcome | _Started:
+    """Open this attempt, once no earlier one still runs. An earlier attempt that Temporal gave
+    up on while its worker lived (Temporal was unreachable for longer than the heartbeat
+    timeout, say) goes on running; rather than start the trial over, this one waits for its
+    result. A dead attempt stops touching its slot row and is taken over within
+    ``alive_within_sec``."""
+    waiting_since: float | None = None
+    while True:
+        # A Postgres restart must not spend the trial's attempts: wait for it to answer.
+        opened = await until_database_answers(
+            lambda: _start(inp, info, alive_within_sec=alive_within_sec),
+            what=f"trial {inp.trial_id}: opening its attempt")
+        if not isinstance(opened, _Busy):
+            if waiting_since is not None:
+                log.info("trial %s: waited %.1fs for the earlier attempt", inp.trial_id,
+                         time.monotonic() - waiting_since)
+            return opened
+        if waiting_since is None:
+            waiting_since = time.monotonic()
+            log.warning("trial %s: attempt %d still runs on %s; waiting for its result",
+                        inp.trial_id, opened.attempt_number, opened.worker)
+        await asyncio.sleep(1.0)
+
+
+async def _harbor_run(config: Any) -> TrialResult:
+    harbor_trial = await Trial.create(config)
+    return await harbor_trial.run()
+
+
+async def _workflow_still_runs(info: activity.Info) -> bool:
+    """Whether the attempt's workflow runs; True when Temporal cannot be asked (it is down)."""
+    try:
+        handle = activity.client().get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
+        description = await asyncio.wait_for(
+            handle.describe(rpc_timeout=timedelta(seconds=5)), timeout=10)
+    except RPCError as exc:
+        return exc.status != RPCStatusCode.NOT_FOUND
+    except (TimeoutError, RuntimeError):
+        return True
+    return description.status == WorkflowExecutionStatus.RUNNING
+
+
+async def _carry_on(info: activity.Info) -> bool:
+    """On a cancel: whether the Harbor trial goes on all the same. Only when Temporal gave up on
+    this attempt (a heartbeat timeout, or the server no longer knows it) while its workflow still
+    runs: the next attempt then waits for this one's result instead of starting over. A cancel
+    asked for, a worker shutting down, a terminated workflow stop the trial."""
+    details = activity.cancellation_details()
+    if details is None or not (details.timed_out or details.not_found):
+        return False
+    if details.cancel_requested or details.worker_shutdown or details.paused or details.reset:
+        return False
+    return await _workflow_still_runs(info)
+
+
+async def _stop(run: asyncio.Future[TrialResult]) -> None:
+    """Cancel the Harbor run and wait for its teardown (the sandbox goes)."""
+    run.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await run
+
+
+async def _await_run(run: asyncio.Future[TrialResult], superseded: asyncio.Event,
+                     info: activity.Info, trial_id: str) -> TrialResult:
+    """The Harbor run's result. A cancel stops it (raising CancelledError) unless the trial
+    carries on; a run carrying on stops when its worker shuts down; a superseded run stops at
+    once (raising StaleAttempt), so a trial never runs twice at once for long."""
+    gone = asyncio.ensure_future(superseded.wait())
+    shutdown: asyncio.Future[None] | None = None
+    try:
+        while True:
+            waiters: set[asyncio.Future[Any]] = {run, gone}
+            if shutdown is not None:
+                waiters.add(shutdown)
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                try:
+                    carry_on = shutdown is None and await _carry_on(info)
+                except asyncio.CancelledError:
+                    carry_on = False
+                if carry_on:
+                    current = asyncio.current_task()
+                    if current is not None:
+                        current.uncancel()
+                    shutdown = asyncio.ensure_future(activity.wait_for_worker_shutdown())
+                    log.warning("trial %s: Temporal gave up on this attempt (%s) but its workflow "
+                                "runs: the trial carries on and the next attempt takes its result",
+                                trial_id, activity.cancellation_details())
+                    continue
+                await _stop(run)
+                raise
+            if run.done():
+                return run.result()
+            await _stop(run)
+            if superseded.is_set():
+                raise records.StaleAttempt(f"a later attempt of trial {trial_id} took over")
+            raise asyncio.CancelledError("the worker is shutting down")
+    finally:
+        gone.cancel()
+        if shutdown is not None:
+            shutdown.cancel()
+
+
 async def _run_trial(inp: RunTrialInput, info: activity.Info, *, touch_interval: float) -> TrialOutcome:
-    # A Postgres restart must not spend the trial's attempts (before it starts) nor lose its
-    # result (after it ran, maybe for hours): both steps wait for the database to answer.
-    started = await until_database_answers(lambda: _start(inp, info),
-                                           what=f"trial {inp.trial_id}: opening its attempt")
+    started = await _open_attempt(inp, info, alive_within_sec=2 * touch_interval)
     if isinstance(started, TrialOutcome):
         return started
     attempt_id = started.attempt_id
@@ -215,27 +355,32 @@ async def _run_trial(inp: RunTrialInput, info: activity.Info, *, touch_interval:
     error_type: str | None = None
     error_message: str | None = None
     harbor_config: dict[str, Any] = {}
-    # The slot row only needs to stay well inside the slot lease.
-    touch = asyncio.ensure_future(_touch_slot(inp.trial_id, touch_interval))
+    superseded = asyncio.Event()
+    touch = asyncio.ensure_future(_touch_slot(inp.trial_id, attempt_id, touch_interval, superseded))
     try:
         try:
             config = trial_config(started.spec, task_path=started.task_path,
                                   trials_dir=trials_dir, trial_name=trial_name)
             harbor_config = config.model_dump(mode="json")
-            harbor_trial = await Trial.create(config)
-            result = await harbor_trial.run()
+            run = asyncio.ensure_future(_harbor_run(config))
+            result = await _await_run(run, superseded, info, inp.trial_id)
             if result.exception_info is not None:
                 error_type = result.exception_info.exception_type
                 error_message = result.exception_info.exception_message
         except asyncio.CancelledError:
             details = activity.cancellation_details()
             # Only a cancel the user asked for settles the trial. A worker shutting down, or an
-            # attempt Temporal has already given up on, leaves it to the next attempt.
+            # attempt Temporal has already given up on, leaves it to the next attempt, which
+            # need not wait for this one.
             if details is not None and details.cancel_requested:
                 fields = result_fields(result, error_type="CancelledError",
                                        error_message="cancelled", trial_dir=trial_dir,
                                        harbor_config=harbor_config)
                 await asyncio.shield(_record_cancelled(inp.trial_id, attempt_id, fields))
+            else:
+                await asyncio.shield(_record_lost(attempt_id, details))
+            raise
+        except records.StaleAttempt:
             raise
         except Exception as exc:
             error_type, error_message = type(exc).__name__, str(exc)
@@ -246,6 +391,7 @@ async def _run_trial(inp: RunTrialInput, info: activity.Info, *, touch_interval:
                                trial_dir=trial_dir, harbor_config=harbor_config)
         retryable = (classify(error_type, fields.rewards).retryable
                      and error_type not in CONFIGURATION_ERRORS)
+        # The result must not be lost to a Postgres restart: wait for it to answer.
         return await until_database_answers(
             lambda: _record_result(inp, attempt_id, fields, retryable=retryable,
                                    error_type=error_type, error_message=error_message),

@@ -197,6 +197,26 @@ async def start_attempt(
     return attempt
 
 
+async def attempt_running(session: AsyncSession, attempt_id: int) -> bool:
+    """Whether the attempt is still its trial's running one (no later attempt, cancel or reaper
+    has settled it)."""
+    status = (await session.execute(
+        select(TrialAttemptModel.status).where(TrialAttemptModel.id == attempt_id)
+    )).scalar_one_or_none()
+    return status == AttemptStatus.RUNNING
+
+
+async def mark_attempt_lost(session: AsyncSession, *, attempt_id: int, reason: str) -> None:
+    """An attempt that stopped without a result (its worker shut down): the next one need not
+    wait for it."""
+    await session.execute(
+        update(TrialAttemptModel)
+        .where(TrialAttemptModel.id == attempt_id, TrialAttemptModel.status == AttemptStatus.RUNNING)
+        .values(status=AttemptStatus.LOST, finished_at=now(), error_type="WorkerLost",
+                error_message=reason)
+    )
+
+
 async def record_retryable_attempt(
     session: AsyncSession, *, trial_id: str, attempt_id: int, fields: TrialResultFields
 ) -> None:

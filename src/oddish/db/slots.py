@@ -235,6 +235,18 @@ async def touch(conn: AsyncConnection, trial_id: str) -> None:
     )
 
 
+async def heard_from_within(conn: AsyncConnection, trial_id: str, seconds: float) -> bool:
+    """Whether the trial's slot holder was touched in the last ``seconds`` (its attempt runs)."""
+    row = await conn.execute(
+        text(
+            "SELECT EXISTS (SELECT FROM pgqueuer WHERE dedupe_key = :dk AND status = 'picked' "
+            "AND heartbeat > now() - make_interval(secs => :s))"
+        ),
+        {"dk": dedupe_key(trial_id), "s": seconds},
+    )
+    return bool(row.scalar_one())
+
+
 async def release(conn: AsyncConnection, *, trial_ids: list[str], log_status: str) -> int:
     """Give back (or stop waiting for) the slots of ``trial_ids``; logs them as PGQueuer would."""
     if not trial_ids:
