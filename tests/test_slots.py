@@ -6,6 +6,7 @@ import asyncio
 import json
 import secrets
 import subprocess
+import time
 from datetime import datetime
 
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy import text
 from temporalio.client import Client, WorkflowFailureError
 
 from helpers import check_history, local, submit, wait_for_task, wait_until_running
+from oddish.activities.trial import MAX_HEARTBEAT_INTERVAL_SEC
 from oddish.db.connection import get_session
 from oddish.queue import get_task_with_trials, set_queue_limit
 
@@ -38,6 +40,10 @@ def max_overlap(spans: list[tuple[datetime, datetime]]) -> int:
         running += delta
         peak = max(peak, running)
     return peak
+
+
+def sleeping_sandboxes(seconds: int) -> str:
+    return subprocess.run(["pgrep", "-af", f"^sleep {seconds}$"], capture_output=True, text=True).stdout.strip()
 
 
 async def slot_rows(queue_key: str) -> int:
@@ -121,19 +127,36 @@ async def test_limit_changes_at_run_time_without_restart(start_worker, temporal_
 
 
 async def test_terminated_workflow_gives_its_slots_back(start_worker, temporal_client: Client) -> None:
-    key = unique_key("terminated")
-    start_worker("--n-concurrent", json.dumps({key: 1}), ODDISH_SLOT_LEASE_SEC="3")
+    key, lease, poll = unique_key("terminated"), 3.0, 2.0
+    start_worker("--n-concurrent", json.dumps({key: 1}), ODDISH_SLOT_LEASE_SEC=str(lease),
+                 ODDISH_DISPATCHER_POLL_INTERVAL_SEC=str(poll))
     task_id = await submit(temporal_client, "sleep",
                            local(n_trials=3, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "60"}))
     await wait_until_running(task_id)
+    for _ in range(300):
+        if sleeping_sandboxes(60):
+            break
+        await asyncio.sleep(0.1)
+    assert sleeping_sandboxes(60), "the running trial's agent is asleep in its sandbox"
     assert await slot_rows(key) == 3
+    terminated = time.monotonic()
     await temporal_client.get_workflow_handle(f"task/{task_id}").terminate("operator says stop")
-    for _ in range(200):
+    sandbox_gone = slots_back = None
+    for _ in range(400):
+        if sandbox_gone is None and not sleeping_sandboxes(60):
+            sandbox_gone = time.monotonic() - terminated
         task = await get_task_with_trials(task_id)
         if await slot_rows(key) == 0 and task["status"] == "cancelled":
+            slots_back = time.monotonic() - terminated
             break
         await asyncio.sleep(0.1)
     assert await slot_rows(key) == 0, "the holder and the waiting rows were given back"
+    print(f"\nterminated workflow: sandbox gone after {sandbox_gone:.1f}s, its slots back after "
+          f"{slots_back:.1f}s (lease {lease:.0f}s, dispatcher poll {poll:.0f}s)")
+    # The trial learns its workflow is gone from its next heartbeat (at most 2 s) and stops; its
+    # slot row, untouched from then on, is reaped once the lease runs out, at the dispatcher's
+    # next round.
+    assert slots_back < lease + poll + MAX_HEARTBEAT_INTERVAL_SEC + 5
     assert task["status"] == "cancelled"
     assert {t["status"] for t in task["trials"]} == {"cancelled"}
     assert all(a["status"] != "running" for t in task["trials"] for a in t["attempts"])
