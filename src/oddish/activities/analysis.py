@@ -6,7 +6,7 @@ from temporalio import activity
 
 from oddish.contracts import AnalyzeTrialInput
 from oddish.db import records
-from oddish.db.connection import get_session
+from oddish.db.connection import get_session, until_database_answers
 from oddish.db.models import TrialModel
 from oddish.statuses import OutcomeKind
 
@@ -43,8 +43,14 @@ def analyze(trial: TrialModel) -> tuple[str, str, dict[str, object]]:
 
 @activity.defn(name="analyze_trial")
 async def analyze_trial(inp: AnalyzeTrialInput) -> str:
+    # A Postgres restart must not fail the task's analysis: wait for it.
+    return await until_database_answers(lambda: _analyze_and_save(inp.trial_id),
+                                        what=f"analysis of trial {inp.trial_id}")
+
+
+async def _analyze_and_save(trial_id: str) -> str:
     async with get_session() as session:
-        trial = await records.get_trial(session, inp.trial_id)
+        trial = await records.get_trial(session, trial_id)
         classification, summary, details = analyze(trial)
         await records.save_analysis(
             session, trial_id=trial.id, classification=classification,

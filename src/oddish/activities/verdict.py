@@ -8,7 +8,7 @@ from temporalio import activity
 
 from oddish.contracts import VerdictInput
 from oddish.db import records
-from oddish.db.connection import get_session
+from oddish.db.connection import get_session, until_database_answers
 from oddish.db.models import TrialModel
 from oddish.statuses import OutcomeKind
 from oddish.trial_stats import group_by_agent_model, group_stats
@@ -30,13 +30,19 @@ def decide(trials: list[TrialModel]) -> tuple[str, dict[str, Any]]:
     return summary, details
 
 
-@activity.defn(name="decide_verdict")
-async def decide_verdict(inp: VerdictInput) -> str:
+async def _decide_and_save(task_id: str) -> str:
     async with get_session() as session:
-        task = await records.get_task(session, inp.task_id, with_trials=True)
+        task = await records.get_task(session, task_id, with_trials=True)
         summary, details = decide(list(task.trials))
         await records.save_verdict(
             session, task_id=task.id, summary=summary, details=details, decider=DECIDER
         )
         await session.commit()
     return summary
+
+
+@activity.defn(name="decide_verdict")
+async def decide_verdict(inp: VerdictInput) -> str:
+    # A Postgres restart must not fail a task whose trials all ran: wait for it.
+    return await until_database_answers(lambda: _decide_and_save(inp.task_id),
+                                        what=f"verdict of task {inp.task_id}")

@@ -25,8 +25,10 @@ from oddish.workflows.ids import task_id_of_workflow
 
 log = logging.getLogger(__name__)
 
-# A claimed row whose owner has not been told after this long is signalled again.
-RESIGNAL_AFTER_SEC = 10.0
+# A claimed row whose owner has not been told after this long is signalled again (its
+# dispatcher died, or Temporal was unreachable): checked every round, so a slot granted during a
+# Temporal outage is taken up within seconds of its return.
+RESIGNAL_AFTER_SEC = 3.0
 
 
 class SlotDispatcher:
@@ -57,10 +59,10 @@ class SlotDispatcher:
             if loop.time() >= next_maintenance:
                 # Even when maintenance fails it waits its turn: granting slots comes first.
                 next_maintenance = loop.time() + min(self._lease_sec / 4, 30.0)
-                await self._guarded(self._resignal)
                 await self._guarded(self._reap)
                 await self._guarded(self._start_unstarted)
             await self._guarded(self.sweep)
+            await self._guarded(self._resignal)
             waiter = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(stop.wait())
             await asyncio.wait({waiter, stopper}, timeout=self._poll_interval,
