@@ -281,6 +281,8 @@ async def test_cancel_delete_and_rename(api: str, start_worker, temporal_client:
         assert [t["task_id"] for t in retried["tasks"]] == [running]
         assert sorted(retried["tasks"][0]["retried"]) == sorted(t["id"] for t in task["trials"])
         await wait_until_running(running, timeout=60)
+        stopping = (await http.post(f"/experiments/{experiment}/cancel")).json()
+        assert stopping["tasks"] == [{"id": running, "status": "cancelling"}]
 
         renamed = await http.patch(f"/experiments/{experiment}", json={"name": "renamed run"})
         assert renamed.json()["name"] == "renamed run"
@@ -298,6 +300,7 @@ async def test_cancel_delete_and_rename(api: str, start_worker, temporal_client:
         for method, path in (("DELETE", "/tasks/nope"), ("DELETE", "/experiments/nope"),
                              ("POST", "/tasks/nope/cancel"), ("PATCH", "/experiments/nope"),
                              ("POST", "/tasks/nope/retry"), ("POST", "/trials/nope/retry"),
-                             ("POST", "/experiments/nope/retry")):
+                             ("POST", "/experiments/nope/retry"),
+                             ("POST", "/experiments/nope/cancel")):
             response = await http.request(method, path, json={"name": "x"})
             assert response.status_code == 404, (method, path, response.text)

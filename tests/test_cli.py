@@ -171,7 +171,7 @@ def test_cancel_a_running_task_then_clean_it(api: str) -> None:
     wait_for(api, task_id, running, timeout=60)
 
     started = time.monotonic()
-    cancelled = oddish(api, "cancel", task_id)
+    cancelled = oddish(api, "cancel", "--experiment", submitted["experiment"])
     assert cancelled.returncode == 0 and f"{task_id}: cancelling" in cancelled.stdout
     task = wait_for(api, task_id, lambda t: t["status"] == "cancelled", timeout=60)
     print(f"cancel -> cancelled in {time.monotonic() - started:.1f}s")

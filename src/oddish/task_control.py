@@ -43,6 +43,16 @@ async def cancel_task(task_id: str, *, client: Client) -> str:
     return "cancelling"
 
 
+async def cancel_experiment(experiment_id: str, *, client: Client) -> list[tuple[str, str]]:
+    """Cancel every unfinished task of the experiment; returns (task id, status now) of each."""
+    async with get_session() as session:
+        experiment = await records.get_experiment(session, experiment_id)
+        task_ids = [t.id for t in experiment.tasks
+                    if t.status not in records.TERMINAL_TASK_STATUSES]
+    statuses = await asyncio.gather(*(cancel_task(t, client=client) for t in task_ids))
+    return list(zip(task_ids, statuses))
+
+
 async def _stop_and_wait(task_id: str, client: Client) -> None:
     await cancel_task(task_id, client=client)
     loop = asyncio.get_running_loop()

@@ -123,6 +123,14 @@ def build_router() -> APIRouter:
         return {"experiment_id": experiment_id,
                 "tasks": [{"task_id": t, "retried": r} for t, r in done]}
 
+    @router.post("/experiments/{experiment_id}/cancel",
+                 summary="Stop every unfinished task of an experiment")
+    async def cancel_experiment(experiment_id: str, request: Request) -> dict[str, Any]:
+        cancelled = await task_control.cancel_experiment(experiment_id,
+                                                         client=request.app.state.temporal)
+        return {"experiment_id": experiment_id,
+                "tasks": [{"id": t, "status": s} for t, s in cancelled]}
+
     @router.delete("/tasks/{task_id}", summary="Stop a task, then delete it and its files")
     async def delete_task(task_id: str, request: Request) -> dict[str, Any]:
         await queue.get_task_with_trials(task_id)  # 404 before anything is stopped

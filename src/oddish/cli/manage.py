@@ -9,7 +9,6 @@ from rich.table import Table
 
 from oddish.cli.client import ApiClient, ApiError, path_of
 from oddish.cli.output import fail, print_json, stdout
-from oddish.cli.task_view import TERMINAL_TASK_STATUSES
 
 JSON_HELP = "print JSON only"
 
@@ -79,12 +78,9 @@ def cancel(
     one_target(task_id, **{"--experiment": experiment})
     with ApiClient() as api:
         if task_id:
-            ids = [task_id]
-        elif experiment:
-            api.get(path_of("experiments", experiment))  # an unknown experiment is an error
-            ids = [t["id"] for t in api.get_all_tasks(experiment=experiment)
-                   if t["status"] not in TERMINAL_TASK_STATUSES]
-        answers = [api.request("POST", path_of("tasks", id_, "cancel")) for id_ in ids]
+            answers = [api.request("POST", path_of("tasks", task_id, "cancel"))]
+        else:
+            answers = api.request("POST", path_of("experiments", experiment, "cancel"))["tasks"]
     if json_output:
         print_json(answers[0] if task_id else {"experiment": experiment, "tasks": answers})
         return
