@@ -14,63 +14,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+from embedded_stack import embedded_stack
+
 REPO = Path(__file__).resolve().parents[1]
 TASK = REPO / "examples" / "tasks" / "sleep"
 
 
-def start_worker(work: Path, index: int, env: dict[str, str], limits: str) -> subprocess.Popen[bytes]:
-    log = open(work / f"worker-{index}.log", "wb")
-    # A session of its own, so the kill reaches the worker and its sandboxes alone.
-    return subprocess.Popen([sys.executable, "-m", "oddish.worker", "--n-concurrent", limits],
-                            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
 async def run(args: argparse.Namespace, work: Path) -> None:
-    from oddish.config import get_settings
-    from oddish.db.connection import dispose_engine
-    from oddish.embedded import TemporalDevServer, free_port, start_embedded_postgres
-
-    postgres = start_embedded_postgres(work / "pg")
-    env = {
-        "ODDISH_DATABASE_URL": postgres.url,
-        "ODDISH_TASKS_DIR": str(work / "tasks"),
-        "ODDISH_HARBOR_JOBS_DIR": str(work / "jobs"),
+    key = f"bench/recovery-{secrets.token_hex(3)}"
+    async with embedded_stack(work, n_workers=2, limits={key: args.concurrency}, settings={
         "ODDISH_TRIAL_HEARTBEAT_TIMEOUT_SEC": str(args.heartbeat_timeout),
         "ODDISH_TRIAL_RETRY_INITIAL_INTERVAL_SEC": str(args.retry_interval),
-        "HARBOR_TELEMETRY": "0",
-    }
-    temporal = TemporalDevServer(port=free_port(), ui_port=None, db_file=None)
-    temporal.start()
-    env["ODDISH_TEMPORAL_ADDRESS"] = temporal.address
-    os.environ.update(env)
-    get_settings.cache_clear()
-    key = f"bench/recovery-{secrets.token_hex(3)}"
-    limits = json.dumps({key: args.concurrency})
-    workers: list[subprocess.Popen[bytes]] = []
-    try:
-        from oddish.db import migrations
-
-        await migrations.upgrade()  # once, before two workers start side by side
-        workers = [start_worker(work, i, env, limits) for i in range(2)]
-        while not all("worker on task queue" in (work / f"worker-{i}.log").read_text(errors="replace")
-                      for i in range(2)):
-            if any(w.poll() is not None for w in workers):
-                raise RuntimeError("a worker did not start; see its log in " + str(work))
-            await asyncio.sleep(0.2)
-
+    }) as stack:
         from oddish.queue import create_task, get_task_with_trials
         from oddish.schemas import AgentRunConfig, TaskSubmission
         from oddish.temporal_client import connect
@@ -93,7 +57,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
                 break
             await asyncio.sleep(0.1)
         identity, n_running = busiest[0]
-        [victim] = [w for w in workers if identity.endswith(f":{w.pid}")]
+        [victim] = [w for w in stack.workers if identity.endswith(f":{w.pid}")]
         killed_at = datetime.now(UTC)
         killed = time.perf_counter()
         os.killpg(victim.pid, signal.SIGKILL)
@@ -102,14 +66,6 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         await client.get_workflow_handle(workflow_id_for_task(task_id)).result()
         all_done = time.perf_counter() - killed
         task = await get_task_with_trials(task_id)
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.terminate()
-                worker.wait()
-        temporal.stop()
-        await dispose_engine()
-        postgres.stop()
 
     lost = [t for t in task["trials"] if any(a["status"] == "lost" for a in t["attempts"])]
     again = []

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import secrets
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+
+from embedded_stack import embedded_stack
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = REPO / "examples" / "tasks" / "sleep"
@@ -48,33 +47,8 @@ async def run_harbor(trials: int, concurrency: int, jobs_dir: Path) -> float:
 
 
 async def run_oddish(trials: int, concurrency: int, n_workers: int, work: Path) -> tuple[float, float]:
-    from oddish.config import get_settings
-    from oddish.embedded import TemporalDevServer, free_port, start_postgres
-
-    env = {
-        "ODDISH_DATABASE_URL": start_postgres(work / "pg"),
-        "ODDISH_TASKS_DIR": str(work / "tasks"),
-        "ODDISH_HARBOR_JOBS_DIR": str(work / "oddish-jobs"),
-        "HARBOR_TELEMETRY": "0",
-    }
-    temporal = TemporalDevServer(port=free_port(), ui_port=None, db_file=None)
-    temporal.start()
-    env["ODDISH_TEMPORAL_ADDRESS"] = temporal.address
-    os.environ.update(env)
-    get_settings.cache_clear()
     key = f"bench/sleep-{secrets.token_hex(3)}"
-    workers = []
-    try:
-        for i in range(n_workers):
-            log = open(work / f"worker-{i}.log", "wb")
-            workers.append(subprocess.Popen(
-                [sys.executable, "-m", "oddish.worker", "--n-concurrent", json.dumps({key: concurrency})],
-                env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-            ))
-        while not all("worker on task queue" in (work / f"worker-{i}.log").read_text()
-                      for i in range(n_workers)):
-            time.sleep(0.2)
-
+    async with embedded_stack(work, n_workers=n_workers, limits={key: concurrency}):
         from oddish.queue import create_task, get_task_with_trials
         from oddish.schemas import AgentRunConfig, TaskSubmission
         from oddish.temporal_client import connect
@@ -96,11 +70,6 @@ async def run_oddish(trials: int, concurrency: int, n_workers: int, work: Path) 
             for t in task["trials"]
         )
         return wall, (busy / concurrency) / wall
-    finally:
-        for worker in workers:
-            worker.terminate()
-            worker.wait()
-        temporal.stop()
 
 
 async def main() -> None:
