@@ -11,9 +11,11 @@ import textwrap
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from helpers import EXAMPLES, wait_for_task
+from conftest import reset_settings
+from helpers import EXAMPLES, local, submit, wait_for_task
 from oddish.db import records
 from oddish.db.connection import get_session
+from oddish.worker.unstarted import BATCH as STARTER_BATCH
 from oddish.workflows import workflow_id_for_task
 
 # Records the task, then dies the way a killed API process would: before the workflow starts.
@@ -48,6 +50,12 @@ async def pending_task_by_key(key: str) -> str:
 async def test_task_of_a_submitter_killed_before_starting_it_runs(
     oddish_env: dict[str, str], task_queue: str, start_worker, temporal_client: Client
 ) -> None:
+    # A backlog ahead of it: pending tasks whose workflows wait on a task queue no worker serves.
+    reset_settings(ODDISH_TEMPORAL_TASK_QUEUE=f"{task_queue}-unserved")
+    await asyncio.gather(*(submit(temporal_client, "hello-pass", local())
+                           for _ in range(STARTER_BATCH + 1)))
+    reset_settings(ODDISH_TEMPORAL_TASK_QUEUE=task_queue)
+
     key = f"killed-{os.urandom(4).hex()}"
     env = {**os.environ, **oddish_env, "ODDISH_TEMPORAL_TASK_QUEUE": task_queue}
     died = subprocess.run([sys.executable, "-c", KILLED_SUBMITTER, str(EXAMPLES / "hello-pass"), key],

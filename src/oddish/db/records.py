@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -352,17 +352,19 @@ async def settle_abandoned_task(session: AsyncSession, task_id: str) -> None:
                           "the task's workflow ended before the task finished")
 
 
-async def pending_tasks(session: AsyncSession, *, older_than_sec: float, limit: int) -> list[TaskModel]:
-    """Tasks still ``pending`` (no workflow has recorded anything) after ``older_than_sec``."""
-    rows = await session.execute(
-        select(TaskModel)
-        .where(TaskModel.status == TaskStatus.PENDING,
-               TaskModel.created_at < func.now() - timedelta(seconds=older_than_sec))
-        .options(selectinload(TaskModel.trials))
-        .order_by(TaskModel.created_at)
-        .limit(limit)
+async def pending_task_keys(
+    session: AsyncSession, *, older_than_sec: float, after: tuple[datetime, str] | None, limit: int,
+) -> list[tuple[datetime, str]]:
+    """(created_at, id) of tasks still ``pending`` (no workflow has recorded anything) after
+    ``older_than_sec``, in that order, the next ``limit`` of them after ``after``."""
+    query = select(TaskModel.created_at, TaskModel.id).where(
+        TaskModel.status == TaskStatus.PENDING,
+        TaskModel.created_at < func.now() - timedelta(seconds=older_than_sec),
     )
-    return list(rows.scalars().all())
+    if after is not None:
+        query = query.where(tuple_(TaskModel.created_at, TaskModel.id) > tuple_(*after))
+    rows = await session.execute(query.order_by(TaskModel.created_at, TaskModel.id).limit(limit))
+    return [(created_at, task_id) for created_at, task_id in rows.all()]
 
 
 async def list_tasks(

@@ -20,7 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from oddish.contracts import SlotGrant
 from oddish.db import records, slots
 from oddish.db.connection import database_url, get_engine, get_session, plain_dsn
-from oddish.worker.unstarted import start_unstarted_tasks
+from oddish.worker.unstarted import UnstartedTaskStarter
 from oddish.workflows.ids import task_id_of_workflow
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ class SlotDispatcher:
         self._lease_sec = lease_sec
         self.manager_id = uuid.uuid4()
         self._wake = asyncio.Event()
+        # The slot lease is how long anything here may go unheard before it counts as dead.
+        self._unstarted = UnstartedTaskStarter(client, older_than_sec=lease_sec)
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
@@ -143,8 +145,7 @@ class SlotDispatcher:
         await self._signal(pending)
 
     async def _start_unstarted(self) -> None:
-        # The slot lease is how long anything here may go unheard before it counts as dead.
-        await start_unstarted_tasks(self._client, older_than_sec=self._lease_sec)
+        await self._unstarted.start_next_batch()
 
     async def _reap(self) -> None:
         """Give back the slots of workflows that no longer run (terminated, say)."""
