@@ -234,9 +234,6 @@ def test_unknown_dataset_says_so_without_a_traceback(api: str) -> None:
 
 
 def test_retry_a_cancelled_trial(api: str) -> None:
-    probe = httpx.post(f"{api}/trials/trial-none/retry")
-    if probe.status_code == 404 and probe.json().get("detail") == "Not Found":
-        pytest.skip("the API has no retry routes yet")
     submitted = ok_json(api, "run", SLEEP, *LOCAL_ORACLE, "--ae", "ODDISH_SLEEP_SECONDS=10",
                         "--json")
     task_id = submitted["tasks"][0]["id"]
