@@ -13,6 +13,7 @@ import os
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,7 +21,9 @@ import pytest
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from conftest import reset_settings
 from helpers import check_history, local, submit
+from oddish.config import get_settings
 from oddish.embedded import TemporalDevServer, free_port
 from oddish.queue import get_task_with_trials
 from oddish.temporal_client import connect
@@ -125,7 +128,18 @@ def check_end_state(task: dict, key_rows: int, *, stopped_at: datetime, restarte
     assert parse(task["finished_at"]) > restarted_at
 
 
-async def test_temporal_server_restarted_mid_run(start_worker, migrated: None, tmp_path: Path) -> None:
+@pytest.fixture(params=[3, 1], ids=["3-attempts", "1-attempt"])
+def trial_max_attempts(request: pytest.FixtureRequest) -> Iterator[int]:
+    """With one attempt, the attempt Temporal gives up on in the outage is the trial's last: the
+    trial still must not be failed while that attempt carries on."""
+    reset_settings(ODDISH_TRIAL_MAX_ATTEMPTS=str(request.param))
+    yield request.param
+    os.environ.pop("ODDISH_TRIAL_MAX_ATTEMPTS")
+    get_settings.cache_clear()
+
+
+async def test_temporal_server_restarted_mid_run(start_worker, migrated: None, tmp_path: Path,
+                                                 trial_max_attempts: int) -> None:
     server = TemporalDevServer(port=free_port(), ui_port=None, db_file=tmp_path / "temporal.db",
                                log_file=tmp_path / "temporal.log")
     server.start()
@@ -158,7 +172,8 @@ async def test_temporal_server_restarted_mid_run(start_worker, migrated: None, t
               f"were recorded meanwhile; after the restart trials started at "
               f"{[round(x, 1) for x in started]}s; task done {all_done:.1f}s after the restart; "
               f"grants the dispatcher could not signal in the outage: {log.count('could not signal')}; "
-              f"trials carried on through it: {log.count('carries on')}; errors the client "
+              f"trials carried on through it: {log.count('carries on')} (at most "
+              f"{trial_max_attempts} attempts each); errors the client "
               f"saw: {len(client_errors)}")
         assert worker.process.poll() is None, "the worker lived through the outage"
         check_end_state(task, await slot_rows(key), stopped_at=stopped_at,

@@ -8,11 +8,13 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from temporalio.client import Client
 from temporalio.service import RPCError
 
 from conftest import reset_settings
 from helpers import EXAMPLES, local, submit, wait_for_task
+from oddish import queue
 from oddish.db import records
 from oddish.db.connection import get_session
 from oddish.worker.unstarted import BATCH as STARTER_BATCH
@@ -39,6 +41,17 @@ KILLED_SUBMITTER = textwrap.dedent("""
 """)
 
 
+async def died_before_marking(task_id: str) -> None:
+    pass
+
+
+async def unmarked(task_ids: list[str]) -> set[str]:
+    """Those of the tasks no workflow is known to have started for."""
+    async with get_session() as session:
+        tasks = [await records.get_task(session, task_id) for task_id in task_ids]
+    return {task.id for task in tasks if task.workflow_started_at is None}
+
+
 async def pending_task_by_key(key: str) -> str:
     async with get_session() as session:
         task = await records.task_by_submission_key(session, key)
@@ -48,13 +61,18 @@ async def pending_task_by_key(key: str) -> str:
 
 
 async def test_task_of_a_submitter_killed_before_starting_it_runs(
-    oddish_env: dict[str, str], task_queue: str, start_worker, temporal_client: Client
+    oddish_env: dict[str, str], task_queue: str, start_worker, temporal_client: Client,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A backlog ahead of it: pending tasks whose workflows wait on a task queue no worker serves.
+    # Ahead of it, more than a batch of tasks whose submitters died after starting their
+    # workflows (on a task queue no worker serves, so they stay pending) but before marking them.
     reset_settings(ODDISH_TEMPORAL_TASK_QUEUE=f"{task_queue}-unserved")
-    await asyncio.gather(*(submit(temporal_client, "hello-pass", local())
-                           for _ in range(STARTER_BATCH + 1)))
+    with monkeypatch.context() as patched:
+        patched.setattr(queue, "mark_workflow_started", died_before_marking)
+        backlog = await asyncio.gather(*(submit(temporal_client, "hello-pass", local())
+                                         for _ in range(STARTER_BATCH + 1)))
     reset_settings(ODDISH_TEMPORAL_TASK_QUEUE=task_queue)
+    assert await unmarked(backlog) == set(backlog)
 
     key = f"killed-{os.urandom(4).hex()}"
     env = {**os.environ, **oddish_env, "ODDISH_TEMPORAL_TASK_QUEUE": task_queue}
@@ -79,3 +97,7 @@ async def test_task_of_a_submitter_killed_before_starting_it_runs(
     assert task["status"] == "completed"
     assert [t["status"] for t in task["trials"]] == ["success", "success"]
     assert all(len(t["attempts"]) == 1 for t in task["trials"])
+    # The workers asked Temporal about each task of the backlog once and marked it: they will
+    # not look at them again.
+    assert await unmarked(backlog) == set()
+

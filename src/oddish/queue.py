@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from datetime import datetime
 from typing import Any
@@ -28,6 +29,8 @@ from oddish.trial_stats import group_by_agent_model, group_stats
 from oddish.schemas import TaskSubmission
 from oddish.task_store import remove_task_dir, store_task_dir
 from oddish.workflows import TaskWorkflow, workflow_id_for_task
+
+log = logging.getLogger(__name__)
 
 
 def retry_policy_from_settings() -> TrialRetryPolicy:
@@ -100,9 +103,11 @@ async def create_task(submission: TaskSubmission, *, client: Client) -> str:
         async with get_session() as session:
             existing = await records.task_by_submission_key(session, submission.submission_key)
             if existing is not None:
-                task = await records.get_task(session, existing.id, with_trials=True)
-                await start_task_workflow(client, workflow_input(task, list(task.trials)))
-                return task.id
+                existing = await records.get_task(session, existing.id, with_trials=True)
+        if existing is not None:
+            await start_task_workflow(client, workflow_input(existing, list(existing.trials)))
+            await mark_workflow_started(existing.id)
+            return existing.id
 
     task_id = new_id("task")
     stored_path = store_task_dir(submission.task_path, task_id, docker_image=submission.docker_image)
@@ -150,7 +155,19 @@ async def create_task(submission: TaskSubmission, *, client: Client) -> str:
         remove_task_dir(task_id)
         raise
     await start_task_workflow(client, workflow_input(task, trials))
+    await mark_workflow_started(task_id)
     return task_id
+
+
+async def mark_workflow_started(task_id: str) -> None:
+    """Tell the workers not to look for this task's workflow. Only an optimisation: unmarked,
+    a worker asks Temporal about it once and marks it."""
+    try:
+        async with get_session() as session:
+            await records.mark_workflow_started(session, task_id)
+            await session.commit()
+    except Exception as exc:  # the task is submitted and running: do not fail the submission
+        log.warning("could not mark task %s started: %s", task_id, exc)
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from temporalio import activity
+import asyncio
+import time
 
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from oddish.activities.trial import alive_within_sec
+from oddish.config import get_settings
 from oddish.contracts import FailTrialInput, SlotRequest, TaskStatusUpdate, TrialOutcome
 from oddish.db import records, slots
 from oddish.db.connection import get_session
@@ -34,29 +40,57 @@ async def request_slots(request: SlotRequest) -> None:
         await session.commit()
 
 
+# fail_trial runs under a 60 s start-to-close timeout: it waits this long at most per attempt for
+# an attempt that still runs, then asks Temporal to try it again.
+STILL_RUNNING_WAIT_SEC = 40.0
+STILL_RUNNING = "TrialStillRunning"
+
+
 @activity.defn(name="fail_trial")
 async def fail_trial(inp: FailTrialInput) -> TrialOutcome:
-    """Every attempt is spent without a recorded result (e.g. the worker died each time)."""
+    """Every attempt is spent without a recorded result (e.g. the worker died each time).
+
+    Temporal also gives up on an attempt whose worker lives but could not reach it for longer
+    than the heartbeat timeout (a Temporal outage). That attempt carries on, so its trial is
+    not failed while it still touches its slot row: this waits for the result it records.
+    """
+    alive_within = alive_within_sec(get_settings().trial_heartbeat_timeout_sec)
+    deadline = time.monotonic() + STILL_RUNNING_WAIT_SEC
+    while True:
+        outcome = await _fail_unless_running(inp, alive_within)
+        if outcome is not None:
+            return outcome
+        if time.monotonic() > deadline:
+            raise ApplicationError(
+                f"trial {inp.trial_id}: an attempt Temporal gave up on still runs; "
+                "waiting for the result it records", type=STILL_RUNNING)
+        await asyncio.sleep(1.0)
+
+
+async def _fail_unless_running(inp: FailTrialInput, alive_within: float) -> TrialOutcome | None:
+    """The trial's outcome for this run: as recorded, else failed now; None while an attempt
+    of it still runs."""
     async with get_session() as session:
         trial = await records.get_trial(session, inp.trial_id)
         if trial.run_number == inp.run_number and trial.status in records.TERMINAL_TRIAL_STATUSES:
-            outcome = TrialOutcome(trial.id, trial.status, trial.outcome, trial.reward,
-                                   trial.error_type, trial.error_message)
-        else:
-            running = [a for a in trial.attempts if a.status == AttemptStatus.RUNNING]
-            fields = records.TrialResultFields(
-                status=JobStatus.FAILED, outcome=OutcomeKind.INFRASTRUCTURE_ERROR,
-                error_type=inp.error_type, error_message=inp.error_message,
-            )
-            await records.finish_trial(
-                session, trial_id=inp.trial_id,
-                attempt_id=running[-1].id if running else None,
-                attempt_status=AttemptStatus.LOST, fields=fields,
-            )
-            outcome = TrialOutcome(inp.trial_id, fields.status, fields.outcome, None,
-                                   inp.error_type, inp.error_message)
+            return TrialOutcome(trial.id, trial.status, trial.outcome, trial.reward,
+                                trial.error_type, trial.error_message)
+        running = [a for a in trial.attempts if a.status == AttemptStatus.RUNNING]
+        if running and await slots.heard_from_within(await session.connection(), trial.id,
+                                                     alive_within):
+            return None
+        fields = records.TrialResultFields(
+            status=JobStatus.FAILED, outcome=OutcomeKind.INFRASTRUCTURE_ERROR,
+            error_type=inp.error_type, error_message=inp.error_message,
+        )
+        await records.finish_trial(
+            session, trial_id=inp.trial_id,
+            attempt_id=running[-1].id if running else None,
+            attempt_status=AttemptStatus.LOST, fields=fields,
+        )
         await session.commit()
-    return outcome
+    return TrialOutcome(inp.trial_id, fields.status, fields.outcome, None,
+                        inp.error_type, inp.error_message)
 
 
 @activity.defn(name="cancel_task_records")

@@ -43,6 +43,16 @@ CONFIGURATION_ERRORS = {"ValueError", "ValidationError", "FileNotFoundError", "I
 MAX_HEARTBEAT_INTERVAL_SEC = 2.0
 
 
+def touch_interval_sec(heartbeat_timeout_sec: float) -> float:
+    """How often a running attempt touches its slot row."""
+    return max(0.5, heartbeat_timeout_sec / 4)
+
+
+def alive_within_sec(heartbeat_timeout_sec: float) -> float:
+    """An attempt whose slot row was touched this recently still runs; a dead one goes quiet."""
+    return 2 * touch_interval_sec(heartbeat_timeout_sec)
+
+
 def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -228,7 +238,7 @@ async def run_trial(inp: RunTrialInput) -> TrialOutcome:
     # a database restart must look like a lost worker.
     heartbeat = asyncio.ensure_future(_heartbeat(heartbeat_interval))
     try:
-        return await _run_trial(inp, info, touch_interval=max(0.5, timeout_sec / 4))
+        return await _run_trial(inp, info, heartbeat_timeout_sec=timeout_sec)
     except records.StaleAttempt as exc:
         # Temporal has moved on to a newer attempt; whatever this one reports is ignored.
         raise ApplicationError(str(exc), type="StaleAttempt", non_retryable=True) from exc
@@ -343,8 +353,11 @@ async def _await_run(run: asyncio.Future[TrialResult], superseded: asyncio.Event
             shutdown.cancel()
 
 
-async def _run_trial(inp: RunTrialInput, info: activity.Info, *, touch_interval: float) -> TrialOutcome:
-    started = await _open_attempt(inp, info, alive_within_sec=2 * touch_interval)
+async def _run_trial(inp: RunTrialInput, info: activity.Info, *,
+                     heartbeat_timeout_sec: float) -> TrialOutcome:
+    touch_interval = touch_interval_sec(heartbeat_timeout_sec)
+    started = await _open_attempt(inp, info,
+                                  alive_within_sec=alive_within_sec(heartbeat_timeout_sec))
     if isinstance(started, TrialOutcome):
         return started
     attempt_id = started.attempt_id

@@ -32,13 +32,15 @@ def up(
     home: Path | None = typer.Option(None, "--home", show_default=False,
                                      help="data of the embedded services [default: ~/.oddish "
                                           "or $ODDISH_HOME]"),
+    host: str = typer.Option("127.0.0.1", "--host",
+                             help="address the API listens on (0.0.0.0 for every interface)"),
 ) -> None:
     """Start oddish on this machine: Postgres, Temporal and its Web UI, the API, a worker.
 
     Runs until Ctrl+C; meanwhile `oddish run` and `oddish status` talk to it.
     """
     code = load("oddish.up", "up").run_up(port=port, temporal_port=temporal_port,
-                                          ui_port=ui_port, home=home)
+                                          ui_port=ui_port, home=home, host=host)
     raise typer.Exit(code)
 
 

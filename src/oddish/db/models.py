@@ -12,11 +12,13 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -46,6 +48,10 @@ class ExperimentModel(Base):
 
 class TaskModel(Base):
     __tablename__ = "tasks"
+    __table_args__ = (
+        Index("ix_tasks_unstarted", "created_at", "id",
+              postgresql_where=text("workflow_started_at IS NULL")),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     experiment_id: Mapped[str] = mapped_column(
@@ -64,6 +70,9 @@ class TaskModel(Base):
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set once Temporal has the task's workflow. Unset on an older task means its submitter
+    # died before starting it (or before saying so): workers look only at those.
+    workflow_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     experiment: Mapped[ExperimentModel] = relationship(back_populates="tasks")
     trials: Mapped[list[TrialModel]] = relationship(

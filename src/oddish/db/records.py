@@ -352,12 +352,21 @@ async def settle_abandoned_task(session: AsyncSession, task_id: str) -> None:
                           "the task's workflow ended before the task finished")
 
 
-async def pending_task_keys(
+async def mark_workflow_started(session: AsyncSession, task_id: str) -> None:
+    await session.execute(
+        update(TaskModel)
+        .where(TaskModel.id == task_id, TaskModel.workflow_started_at.is_(None))
+        .values(workflow_started_at=func.now())
+    )
+
+
+async def unstarted_task_keys(
     session: AsyncSession, *, older_than_sec: float, after: tuple[datetime, str] | None, limit: int,
 ) -> list[tuple[datetime, str]]:
-    """(created_at, id) of tasks still ``pending`` (no workflow has recorded anything) after
-    ``older_than_sec``, in that order, the next ``limit`` of them after ``after``."""
+    """(created_at, id) of tasks older than ``older_than_sec`` that no workflow is known to
+    have started, in that order, the next ``limit`` of them after ``after``."""
     query = select(TaskModel.created_at, TaskModel.id).where(
+        TaskModel.workflow_started_at.is_(None),
         TaskModel.status == TaskStatus.PENDING,
         TaskModel.created_at < func.now() - timedelta(seconds=older_than_sec),
     )

@@ -1,7 +1,9 @@
 """Tasks recorded without a workflow: the submitting process died between the two steps.
 
-A task's rows are written in one transaction, then its workflow is started. A process killed in
-between leaves a ``pending`` task that nothing runs; workers find such tasks and start them.
+A task's rows are written in one transaction, then its workflow is started, then the task is
+marked started. A process killed in between leaves a ``pending`` task, unmarked, that nothing may
+run; workers look at such tasks: they start the workflow, or mark the task when it has one.
+Marked tasks are never looked at again, so a backlog of queued tasks costs the workers nothing.
 """
 
 from __future__ import annotations
@@ -25,12 +27,9 @@ BATCH = 100
 
 
 class UnstartedTaskStarter:
-    """Starts the workflows of tasks pending for longer than ``older_than_sec`` (longer than a
-    live submitter takes between its two steps).
-
-    Most pending tasks have a workflow that no worker has reached yet (a backlog, or a task
-    queue without workers); each call looks at the next batch, so such tasks can never hide an
-    unstarted one behind them.
+    """Starts the workflows of unmarked tasks older than ``older_than_sec`` (longer than a live
+    submitter takes between its steps). Each call looks at the next batch, so however many
+    there are, none hides behind the others.
     """
 
     def __init__(self, client: Client, *, older_than_sec: float) -> None:
@@ -41,7 +40,7 @@ class UnstartedTaskStarter:
     async def start_next_batch(self) -> int:
         """Look at the next batch of pending tasks; returns how many workflows were started."""
         async with get_session() as session:
-            batch = await records.pending_task_keys(
+            batch = await records.unstarted_task_keys(
                 session, older_than_sec=self._older_than_sec, after=self._after, limit=BATCH)
         self._after = batch[-1] if len(batch) == BATCH else None
         started = 0
@@ -58,6 +57,7 @@ class UnstartedTaskStarter:
                 raise
             status = None
         if status == WorkflowExecutionStatus.RUNNING:
+            await self._mark_started(task_id)
             return False
         if status is not None:
             # Its workflow ended before it recorded anything (terminated, say).
@@ -72,6 +72,13 @@ class UnstartedTaskStarter:
             await start_workflow_run(self._client, workflow_input(task, list(task.trials)),
                                      id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
         except WorkflowAlreadyStartedError:
+            await self._mark_started(task_id)
             return False
+        await self._mark_started(task_id)
         log.warning("started the workflow of task %s, which its submitter never started", task_id)
         return True
+
+    async def _mark_started(self, task_id: str) -> None:
+        async with get_session() as session:
+            await records.mark_workflow_started(session, task_id)
+            await session.commit()
