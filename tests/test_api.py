@@ -110,7 +110,11 @@ async def test_limits_read_and_set_at_run_time(api: str) -> None:
         limits = (await http.get("/limits")).json()
         assert limits["queues"]["anthropic/claude-test"]["limit"] == 3
         assert limits["default"] >= 1
-        for bad in ({"limit": 0}, {"limit": "many"}, {}):
+        # A model's limit holds however it is spelt: it is stored under the trials' key.
+        assert (await http.put("/limits/Claude-Test-2", json={"limit": 2})).json() == {
+            "queue_key": "anthropic/claude-test-2", "limit": 2}
+        assert (await http.get("/limits")).json()["queues"]["anthropic/claude-test-2"]["limit"] == 2
+        for bad in ({"limit": 0}, {"limit": "many"}, {}, {"limit": 2, "limt": 3}):
             response = await http.put("/limits/anthropic/claude-test", json=bad)
             assert response.status_code == 422, bad
 
@@ -142,6 +146,17 @@ def task_archive(task_dir: Path, *, extra: dict[str, bytes] | None = None, folde
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def task_archive_without(task_dir: Path, skipped: str) -> bytes:
+    """A gzipped tar of ``task_dir`` without its top-level entry ``skipped``."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(task_dir.rglob("*")):
+            relative = path.relative_to(task_dir)
+            if path.is_file() and relative.parts[0] != skipped:
+                tar.add(path, arcname=str(relative))
     return buffer.getvalue()
 
 
@@ -186,6 +201,11 @@ async def test_upload_then_sweep_runs_the_task(api: str, start_worker, temporal_
         (symlink_archive, 400, "link"),
         (lambda: b"this is not a tarball", 400, "gzip"),
         (lambda: task_archive(EXAMPLES / "hello-pass" / "tests"), 422, "task.toml"),
+        (lambda: task_archive(EXAMPLES / "hello-pass" / "tests", extra={
+            "task.toml": b'[environment]\ncpus = "lots"\n', "instruction.md": b"Say hi."}),
+         422, "environment.cpus"),
+        (lambda: task_archive(EXAMPLES / "hello-pass" / "tests", extra={"task.toml": b""}),
+         422, "instruction.md"),
         (lambda: b"\0" * (3 * 1024 * 1024), 413, "limit"),
     ],
 )
@@ -229,6 +249,7 @@ async def test_chunked_upload_without_length_is_refused_as_it_arrives(api: str, 
 
 
 async def test_bad_sweeps_are_refused(api: str) -> None:
+    user = f"bad-sweeps-{time.monotonic_ns()}"
     archive = task_archive(EXAMPLES / "hello-pass")
     async with httpx.AsyncClient(base_url=api, timeout=30) as http:
         upload_id = (await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive)})).json()["upload_id"]
@@ -240,11 +261,39 @@ async def test_bad_sweeps_are_refused(api: str) -> None:
              "unknown environment"),
             ({"upload_id": upload_id, "configs": [{"n_trials": 0}]}, 422, "greater than or equal"),
             ({"upload_id": upload_id, "configs": []}, 422, "at least 1"),
+            # Misspelt fields are named, not dropped.
+            ({"upload_id": upload_id, "configs": [{"n_trails": 3}]}, 422, "n_trails"),
+            ({"upload_id": upload_id, "configs": [{}], "harbor": {"env": "local"}}, 422, "env"),
+            # Values past what the records hold are refused with the bound, not a 500.
+            ({"upload_id": upload_id, "configs": [{}], "experiment_id": "e" * 65}, 422, "64"),
+            ({"upload_id": upload_id, "configs": [{}], "priority": 3_000_000_000}, 422,
+             "less than or equal"),
+            ({"upload_id": upload_id, "configs": [{"model": "m" * 300}]}, 422, "200"),
+            # Postgres cannot store a NUL character: 422, and the transaction wrote nothing.
+            ({"upload_id": upload_id, "configs": [{}], "user": user, "name": "a\u0000b"}, 422,
+             "cannot store"),
         ]
         for body, status, words in cases:
             response = await http.post("/tasks/sweep", json=body)
             assert response.status_code == status, (body, response.text)
             assert words in response.text, (body, response.text)
+        assert (await http.get("/tasks", params={"user": user})).json()["total"] == 0
+
+        no_tests = task_archive_without(EXAMPLES / "hello-pass", "tests")
+        upload_id = (await http.post("/tasks/upload", files={"file": ("t.tar.gz", no_tests)}
+                                     )).json()["upload_id"]
+        response = await http.post("/tasks/sweep", json={"upload_id": upload_id, "configs": [{}]})
+        assert response.status_code == 422 and "tests/test.sh" in response.text, response.text
+        response = await http.post("/tasks/sweep", json={
+            "upload_id": upload_id, "configs": [{}], "user": user,
+            "harbor": {"verifier": {"disable": True}}})
+        assert response.status_code == 200, response.text
+
+        for path, params in ((f"/tasks/x/trials/{2**40}", {}), ("/tasks", {"offset": 10**19}),
+                             (f"/limits/{'k' * 300}", None)):
+            response = await (http.get(path, params=params) if params is not None
+                              else http.put(path, json={"limit": 1}))
+            assert response.status_code == 422, (path, response.text)
 
 
 async def test_cancel_delete_and_rename(api: str, start_worker, temporal_client: Client, work_dir: Path) -> None:
@@ -304,3 +353,21 @@ async def test_cancel_delete_and_rename(api: str, start_worker, temporal_client:
                              ("POST", "/experiments/nope/cancel")):
             response = await http.request(method, path, json={"name": "x"})
             assert response.status_code == 404, (method, path, response.text)
+
+
+async def test_an_experiment_is_found_by_its_name(api: str) -> None:
+    name = f"named-{time.monotonic_ns()}"
+    archive = task_archive(EXAMPLES / "hello-pass")
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        upload_id = (await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive)})).json()["upload_id"]
+        first = (await http.post("/tasks/sweep", json={
+            "upload_id": upload_id, "configs": [{}], "experiment_name": name})).json()
+        # The name where an id goes joins that experiment instead of starting one called so.
+        second = (await http.post("/tasks/sweep", json={
+            "upload_id": upload_id, "configs": [{}], "experiment_id": name})).json()
+        assert second["experiment"] == first["experiment"] != name
+        experiment = (await http.get(f"/experiments/{name}")).json()
+        assert experiment["id"] == first["experiment"]
+        assert {t["id"] for t in experiment["tasks"]} == {first["id"], second["id"]}
+        listed = (await http.get("/tasks", params={"experiment": name})).json()
+        assert listed["total"] == 2

@@ -1,4 +1,5 @@
-"""A submitter killed between recording a task and starting its workflow loses nothing."""
+"""Submissions that lose nothing: a submitter killed between recording a task and starting its
+workflow, and a submission while Temporal is down."""
 
 from __future__ import annotations
 
@@ -7,16 +8,22 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+import httpx
 import pytest
 from temporalio.client import Client
 from temporalio.service import RPCError
 
 from conftest import reset_settings
 from helpers import EXAMPLES, local, submit, wait_for_task
+from test_api import serve_api, task_archive
 from oddish import queue
 from oddish.db import records
 from oddish.db.connection import get_session
+from oddish.embedded import TemporalDevServer, free_port
+from oddish.queue import get_task_with_trials
+from oddish.temporal_client import connect
 from oddish.worker.unstarted import BATCH as STARTER_BATCH
 from oddish.workflows import workflow_id_for_task
 
@@ -101,3 +108,48 @@ async def test_task_of_a_submitter_killed_before_starting_it_runs(
     # not look at them again.
     assert await unmarked(backlog) == set()
 
+
+
+async def test_submission_while_temporal_is_down_is_kept_and_runs_later(
+    oddish_env: dict[str, str], task_queue: str, start_worker, work_dir: Path, tmp_path: Path,
+) -> None:
+    server = TemporalDevServer(port=free_port(), ui_port=None, db_file=tmp_path / "temporal.db",
+                               log_file=tmp_path / "temporal.log")
+    server.start()
+    env = {**os.environ, **oddish_env, "ODDISH_TEMPORAL_TASK_QUEUE": task_queue,
+           "ODDISH_TEMPORAL_ADDRESS": server.address}
+    api, url = serve_api(env, work_dir / f"api-{task_queue}-down.log", "--no-workers")
+    try:
+        server.stop()
+        archive = task_archive(EXAMPLES / "hello-pass")
+        async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+            upload_id = (await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive)})
+                         ).json()["upload_id"]
+            response = await http.post("/tasks/sweep", json={
+                "upload_id": upload_id, "configs": [{"n_trials": 2}],
+                "harbor": {"environment": "local"}})
+            # Accepted, not an error the user would answer by submitting again.
+            assert response.status_code == 202, response.text
+            task_id = response.json()["id"]
+            assert task_id in response.json()["warning"]
+            assert "do not submit it again" in response.json()["warning"]
+            assert (await http.get(f"/tasks/{task_id}")).json()["status"] == "pending"
+
+        server.start()
+        start_worker(ODDISH_TEMPORAL_ADDRESS=server.address, ODDISH_SLOT_LEASE_SEC="3")
+        client = await connect(server.address)
+        handle = client.get_workflow_handle(workflow_id_for_task(task_id))
+        for _ in range(600):
+            try:
+                await handle.describe()
+                break
+            except RPCError:
+                await asyncio.sleep(0.1)
+        await asyncio.wait_for(handle.result(), 120)
+        task = await get_task_with_trials(task_id)
+        assert task["status"] == "completed"
+        assert [t["status"] for t in task["trials"]] == ["success", "success"]
+    finally:
+        api.terminate()
+        api.wait(timeout=20)
+        server.stop()

@@ -26,6 +26,7 @@ from oddish.db.models import TaskModel, TrialModel
 from oddish.experiment import generate_experiment_name
 from oddish.ids import new_id
 from oddish.trial_stats import group_by_agent_model, group_stats
+from oddish.queue_keys import limit_key
 from oddish.schemas import TaskSubmission
 from oddish.task_store import remove_task_dir, store_task_dir
 from oddish.workflows import TaskWorkflow, workflow_id_for_task
@@ -110,10 +111,13 @@ async def create_task(submission: TaskSubmission, *, client: Client) -> str:
             return existing.id
 
     task_id = new_id("task")
-    stored_path = store_task_dir(submission.task_path, task_id, docker_image=submission.docker_image)
     try:
+        stored_path = store_task_dir(submission.task_path, task_id,
+                                     docker_image=submission.docker_image)
         async with get_session() as session:
-            experiment_id = submission.experiment_id or new_id("exp")
+            # A name given where an id goes joins the experiment of that name.
+            experiment_id = (submission.experiment_id and await records.experiment_id_for(
+                session, submission.experiment_id)) or submission.experiment_id or new_id("exp")
             await records.ensure_experiment(
                 session, experiment_id,
                 submission.experiment_name or submission.experiment_id or generate_experiment_name(),
@@ -154,9 +158,25 @@ async def create_task(submission: TaskSubmission, *, client: Client) -> str:
     except BaseException:
         remove_task_dir(task_id)
         raise
-    await start_task_workflow(client, workflow_input(task, trials))
+    try:
+        await start_task_workflow(client, workflow_input(task, trials))
+    except Exception as exc:
+        raise WorkflowNotStartedYet(task_id, exc) from exc
     await mark_workflow_started(task_id)
     return task_id
+
+
+class WorkflowNotStartedYet(Exception):
+    """The task is recorded, but Temporal did not take its workflow (unreachable, say). Nothing
+    is lost: the workers start it once Temporal answers. Submitting again would run it twice."""
+
+    def __init__(self, task_id: str, cause: BaseException) -> None:
+        self.task_id = task_id
+        super().__init__(
+            f"task {task_id} is recorded, but its workflow could not be started yet "
+            f"({type(cause).__name__}: {cause}); the workers start it once Temporal answers "
+            f"(within ODDISH_SLOT_LEASE_SEC, {get_settings().slot_lease_sec:.0f} s); "
+            "do not submit it again")
 
 
 async def mark_workflow_started(task_id: str) -> None:
@@ -257,6 +277,8 @@ async def list_tasks(
 ) -> dict[str, Any]:
     """One page of tasks, newest first; ``next_offset`` is None on the last page."""
     async with get_session() as session:
+        if experiment_id:
+            experiment_id = await records.experiment_id_for(session, experiment_id) or experiment_id
         tasks, total = await records.list_tasks(
             session, status=status, experiment_id=experiment_id, user=user,
             limit=limit, offset=offset,
@@ -278,8 +300,10 @@ async def list_experiments() -> list[dict[str, Any]]:
 
 
 async def get_experiment(experiment_id: str) -> dict[str, Any]:
-    """The experiment, its tasks, and per agent/model: trials, pass rate, mean reward, statuses."""
+    """The experiment (by id, or by name), its tasks, and per agent/model: trials, pass rate,
+    mean reward, statuses."""
     async with get_session() as session:
+        experiment_id = await records.experiment_id_for(session, experiment_id) or experiment_id
         experiment = await records.get_experiment(session, experiment_id)
         trials = [t for task in experiment.tasks for t in task.trials]
         return {
@@ -345,9 +369,28 @@ async def get_default_limit() -> int:
     return stored or get_settings().default_model_concurrency
 
 
-async def set_queue_limit(queue_key: str, limit: int) -> None:
+async def apply_limits(overrides: dict[str, int]) -> None:
+    """Write start-up limits into Postgres, where every worker reads them."""
+    settings = get_settings()
+    async with get_session() as session:
+        conn = await session.connection()
+        stored = await slots.limits(conn)
+        # An explicit ODDISH_DEFAULT_MODEL_CONCURRENCY wins; otherwise keep what is stored.
+        if "default_model_concurrency" in settings.model_fields_set or slots.DEFAULT_LIMIT_KEY not in stored:
+            await slots.set_limit(conn, slots.DEFAULT_LIMIT_KEY, settings.default_model_concurrency)
+        for key, limit in {**settings.model_concurrency, **overrides}.items():
+            await slots.set_limit(conn, limit_key(key), limit)
+        await session.commit()
+
+
+async def set_queue_limit(queue_key: str, limit: int) -> str:
+    """Set a queue key's limit; returns the key it applies to (a model's, normalised)."""
     if limit < 1:
         raise ValueError("a concurrency limit must be at least 1")
+    key = limit_key(queue_key)
+    if not key:
+        raise ValueError("a queue key cannot be empty")
     async with get_session() as session:
-        await slots.set_limit(await session.connection(), queue_key, limit)
+        await slots.set_limit(await session.connection(), key, limit)
         await session.commit()
+    return key

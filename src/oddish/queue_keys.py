@@ -1,6 +1,8 @@
 """Queue keys: the normalised model a trial's concurrency is counted against."""
 
 DEFAULT_QUEUE_KEY = "default"
+# The limit of every key without one of its own.
+DEFAULT_LIMIT_KEY = "*"
 
 # Agents that never call an LLM share one key.
 _MODEL_FREE_AGENTS = {"oracle", "nop"}
@@ -37,3 +39,12 @@ def queue_key_for_trial(agent: str, model: str | None) -> str:
     if agent in _MODEL_FREE_AGENTS:
         return DEFAULT_QUEUE_KEY
     return f"agent/{agent}"
+
+
+def limit_key(key: str) -> str:
+    """The queue key a limit given for ``key`` applies to: a model's limit holds however the
+    model is spelled (``claude-sonnet-4-5`` limits ``anthropic/claude-sonnet-4-5``)."""
+    key = key.strip()
+    if key in (DEFAULT_QUEUE_KEY, DEFAULT_LIMIT_KEY) or key.startswith("agent/"):
+        return key
+    return normalize_model(key)

@@ -10,9 +10,12 @@ from harbor.models.environment_type import EnvironmentType
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from oddish.queue_keys import queue_key_for_trial
+from oddish.task_check import task_dir_problem
 
 LOCAL_ENVIRONMENT = "local"
 MAX_TRIALS_PER_TASK = 2000
+# Priorities are Postgres integers; higher runs first.
+MAX_PRIORITY = 1_000_000_000
 
 
 def is_import_path(name: str) -> bool:
@@ -42,9 +45,10 @@ def validate_environment_name(environment: str) -> str:
 class TrialSpec(BaseModel):
     """How one trial runs: everything Harbor needs besides the task itself."""
 
-    agent: str = "oracle"
-    model: str | None = None
-    environment: str = "docker"
+    agent: str = Field(default="oracle", max_length=255)
+    # Room for the provider a queue key puts in front (``anthropic/``).
+    model: str | None = Field(default=None, max_length=200)
+    environment: str = Field(default="docker", max_length=255)
     agent_env: dict[str, str] = Field(default_factory=dict)
     agent_kwargs: dict[str, Any] = Field(default_factory=dict)
     environment_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -85,13 +89,14 @@ class TaskSubmission(BaseModel):
     """A Harbor task directory and the trials to run on it."""
 
     task_path: Path
-    name: str | None = None
-    experiment_id: str | None = None
-    experiment_name: str | None = None
+    name: str | None = Field(default=None, min_length=1, max_length=255)
+    # An experiment's id, or the name of an existing one.
+    experiment_id: str | None = Field(default=None, min_length=1, max_length=64)
+    experiment_name: str | None = Field(default=None, min_length=1, max_length=255)
     configs: list[AgentRunConfig] = Field(min_length=1)
-    priority: int = 0
+    priority: int = Field(default=0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
     run_analysis: bool = True
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=255)
     # A client-chosen key: submitting again with the same key returns the first task.
     submission_key: str | None = Field(default=None, max_length=255)
     # A pre-built image for the task's environment, in place of the one its task.toml names.
@@ -110,6 +115,14 @@ class TaskSubmission(BaseModel):
         total = sum(c.n_trials for c in self.configs)
         if total > MAX_TRIALS_PER_TASK:
             raise ValueError(f"{total} trials in one task; at most {MAX_TRIALS_PER_TASK}")
+        return self
+
+    @model_validator(mode="after")
+    def _loadable(self) -> TaskSubmission:
+        problem = task_dir_problem(
+            self.task_path, disable_verification=all(c.disable_verification for c in self.configs))
+        if problem is not None:
+            raise ValueError(f"{self.task_path.name}: {problem}")
         return self
 
     def trial_specs(self) -> list[TrialSpec]:

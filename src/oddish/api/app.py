@@ -8,11 +8,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    File,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    UploadFile,
+)
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from oddish import queue, task_control, task_retry
 from oddish.api.archive import ArchiveError
@@ -23,19 +34,33 @@ from oddish.api.uploads import store_upload, upload_name, upload_path
 from oddish.api.trial_files import read_logs, read_result
 from oddish.config import get_settings
 from oddish.db import migrations
-from oddish.db.connection import dispose_engine, get_session
+from oddish.db.connection import (
+    database_unreachable,
+    dispose_engine,
+    get_session,
+    is_unstorable_value,
+)
 from oddish.db.records import RecordNotFound
+from oddish.schemas import MAX_TRIALS_PER_TASK
 from oddish.statuses import TaskStatus
 from oddish.temporal_client import connect
 
 log = logging.getLogger(__name__)
 
 
+# Pages past this are refused with a reason, not overflowing Postgres' bigint.
+MAX_OFFSET = 1_000_000_000
+
+
 class ExperimentUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(min_length=1, max_length=255)
 
 
 class LimitUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     limit: int = Field(ge=1, le=10_000, description="trials of this queue key that may run at once")
 
 
@@ -59,14 +84,25 @@ def build_router() -> APIRouter:
     async def upload_task(file: UploadFile = File(description="task.tar.gz")) -> dict[str, Any]:
         return await asyncio.to_thread(store_upload, file.file)
 
-    @router.post("/tasks/sweep", summary="Create a task of an uploaded version and run its trials")
-    async def create_sweep(body: SweepRequest, request: Request) -> dict[str, Any]:
+    @router.post("/tasks/sweep", summary="Create a task of an uploaded version and run its trials",
+                 responses={202: {"description": "recorded; its workflow starts once Temporal "
+                                                 "answers (see `warning`)"}})
+    async def create_sweep(body: SweepRequest, request: Request) -> Any:
         path = upload_path(body.upload_id)
         submission = body.submission(path, upload_name(body.upload_id))
-        task_id = await queue.create_task(submission, client=request.app.state.temporal)
+        warning = None
+        try:
+            task_id = await queue.create_task(submission, client=request.app.state.temporal)
+        except queue.WorkflowNotStartedYet as exc:
+            log.warning("%s", exc)
+            task_id, warning = exc.task_id, str(exc)
         task = await queue.get_task_with_trials(task_id)
-        return {"id": task_id, "experiment": task["experiment_id"],
-                "trials_count": len(task["trials"]), "url": str(request.url_for("get_task", task_id=task_id))}
+        created = {"id": task_id, "experiment": task["experiment_id"],
+                   "trials_count": len(task["trials"]),
+                   "url": str(request.url_for("get_task", task_id=task_id))}
+        if warning is None:
+            return created
+        return JSONResponse(status_code=202, content={**created, "warning": warning})
 
     @router.get("/tasks", summary="List tasks, newest first, one page at a time")
     async def list_tasks(
@@ -74,7 +110,7 @@ def build_router() -> APIRouter:
         experiment: str | None = Query(default=None, description="experiment id"),
         user: str | None = None,
         limit: int = Query(default=50, ge=1, le=500),
-        offset: int = Query(default=0, ge=0),
+        offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
     ) -> dict[str, Any]:
         return await queue.list_tasks(status=status, experiment_id=experiment, user=user,
                                       limit=limit, offset=offset)
@@ -84,7 +120,9 @@ def build_router() -> APIRouter:
         return await queue.get_task_with_trials(task_id)
 
     @router.get("/tasks/{task_id}/trials/{index}", summary="A trial of a task by its index")
-    async def get_trial_by_index(task_id: str, index: int) -> dict[str, Any]:
+    async def get_trial_by_index(
+        task_id: str, index: int = Path(ge=0, lt=MAX_TRIALS_PER_TASK),
+    ) -> dict[str, Any]:
         return await queue.get_trial_by_index(task_id, index)
 
     @router.get("/trials/{trial_id}", summary="A trial with its attempts and analysis")
@@ -162,9 +200,11 @@ def build_router() -> APIRouter:
         return {"default": await queue.get_default_limit(), "queues": await queue.get_queue_stats()}
 
     @router.put("/limits/{queue_key:path}", summary="Set a queue key's limit; takes effect at once")
-    async def put_limit(queue_key: str, update: LimitUpdate) -> dict[str, Any]:
-        await queue.set_queue_limit(queue_key, update.limit)
-        return {"queue_key": queue_key, "limit": update.limit}
+    async def put_limit(
+        update: LimitUpdate, queue_key: str = Path(min_length=1, max_length=200),
+    ) -> dict[str, Any]:
+        key = await queue.set_queue_limit(queue_key, update.limit)
+        return {"queue_key": key, "limit": update.limit}
 
     return router
 
@@ -183,6 +223,9 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
 
             worker = asyncio.create_task(run_worker(stop, n_concurrent=n_concurrent,
                                                 migrate=False))
+        else:
+            # Limits live in Postgres: the workers elsewhere honour them from their next grant.
+            await queue.apply_limits(n_concurrent or {})
         try:
             yield
         finally:
@@ -216,6 +259,19 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
         # Raised while building a submission from an accepted body: still the client's input.
         errors = exc.errors(include_url=False, include_context=False)
         return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(_: Request, exc: DBAPIError) -> JSONResponse:
+        if is_unstorable_value(exc):
+            # The schemas bound what they can; whatever Postgres still refuses (a NUL character,
+            # say) is the client's input too. Nothing was written: the transaction rolled back.
+            return JSONResponse(status_code=422, content={
+                "detail": f"a value the database cannot store: {str(exc.orig).splitlines()[0]}"})
+        if database_unreachable(exc):
+            return JSONResponse(status_code=503, content={
+                "detail": "the database cannot be reached; try again shortly"})
+        log.exception("database error", exc_info=exc)
+        return JSONResponse(status_code=500, content={"detail": "internal database error"})
 
     @app.get("/health", summary="Liveness of the API and its database")
     async def health() -> dict[str, Any]:

@@ -4,31 +4,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from oddish.schemas import MAX_TRIALS_PER_TASK, AgentRunConfig, TaskSubmission
 
 
-class AgentSettings(BaseModel):
+class Strict(BaseModel):
+    # A misspelt field is refused by name, never silently dropped.
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentSettings(Strict):
     env: dict[str, str] = Field(default_factory=dict, description="agent environment variables")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="agent keyword arguments")
     timeout_sec: float | None = Field(default=None, gt=0)
     setup_timeout_sec: float | None = Field(default=None, gt=0)
 
 
-class SweepConfig(BaseModel):
+class SweepConfig(Strict):
     agent: str = "oracle"
     model: str | None = None
     n_trials: int = Field(default=1, ge=1, le=MAX_TRIALS_PER_TASK)
     agent_config: AgentSettings = Field(default_factory=AgentSettings)
 
 
-class VerifierSettings(BaseModel):
+class VerifierSettings(Strict):
     timeout_sec: float | None = Field(default=None, gt=0)
     disable: bool = False
 
 
-class HarborSettings(BaseModel):
+class HarborSettings(Strict):
     environment: str = "docker"
     environment_kwargs: dict[str, Any] = Field(default_factory=dict)
     verifier: VerifierSettings = Field(default_factory=VerifierSettings)
@@ -36,12 +41,14 @@ class HarborSettings(BaseModel):
     override_cpus: int | None = Field(default=None, ge=1)
     override_memory_mb: int | None = Field(default=None, ge=1)
     override_gpus: int | None = Field(default=None, ge=0)
+    override_storage_mb: int | None = Field(default=None, ge=1)
+    timeout_multiplier: float = Field(default=1.0, gt=0, description="scales every timeout of the task")
     force_build: bool = False
     docker_image: str | None = Field(default=None, min_length=1,
                                      description="a pre-built image in place of the task's own")
 
 
-class SweepRequest(BaseModel):
+class SweepRequest(Strict):
     upload_id: str = Field(description="what POST /tasks/upload answered")
     name: str | None = None
     configs: list[SweepConfig] = Field(min_length=1)
@@ -77,7 +84,8 @@ class SweepRequest(BaseModel):
                     verifier_timeout_sec=h.verifier.timeout_sec,
                     disable_verification=h.verifier.disable, artifacts=h.artifacts,
                     override_cpus=h.override_cpus, override_memory_mb=h.override_memory_mb,
-                    override_gpus=h.override_gpus, force_build=h.force_build,
+                    override_gpus=h.override_gpus, override_storage_mb=h.override_storage_mb,
+                    timeout_multiplier=h.timeout_multiplier, force_build=h.force_build,
                 )
                 for c in self.configs
             ],

@@ -8,9 +8,10 @@ import shutil
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from oddish.api.archive import extract_task_archive
+from oddish.api.archive import ArchiveError, extract_task_archive
 from oddish.config import get_settings
 from oddish.db.records import RecordNotFound
+from oddish.task_check import task_dir_problem
 
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{64}$")
 
@@ -29,6 +30,10 @@ def store_upload(source: BinaryIO) -> dict[str, Any]:
             source, incoming, max_archive_bytes=settings.upload_max_bytes,
             max_unpacked_bytes=settings.upload_max_unpacked_bytes,
         )
+        # Tests are checked at submission: a sweep may disable verification.
+        problem = task_dir_problem(incoming, disable_verification=True)
+        if problem is not None:
+            raise ArchiveError(f"The archive is not a task Harbor can run: {problem}.", 422)
         target = _uploads_dir() / extracted.content_hash
         reused = target.exists()
         if not reused:

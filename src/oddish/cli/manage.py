@@ -141,7 +141,8 @@ def limits(ctx: typer.Context,
     """Per model (queue key) concurrency limits: show them, or set one with `limits set`.
 
     A queue key is a normalised model (`anthropic/claude-sonnet-4-5`); `oracle` and `nop`
-    without a model use `default`. Keys without a limit of their own use the default limit.
+    without a model use `default`, other agents without a model `agent/NAME`. Keys without a
+    limit of their own use the default limit, which `limits set '*' N` changes.
     """
     if ctx.invoked_subcommand:
         return
@@ -160,7 +161,9 @@ def limits(ctx: typer.Context,
 
 @limits_app.command("set")
 def set_limit(
-    queue_key: str = typer.Argument(..., help="e.g. anthropic/claude-sonnet-4-5, or default"),
+    queue_key: str = typer.Argument(..., help="a model (claude-sonnet-4-5 is taken as "
+                                    "anthropic/claude-sonnet-4-5), default (oracle and nop), "
+                                    "agent/NAME, or '*' for the default limit"),
     limit: int = typer.Argument(..., min=1, help="trials of this key that may run at once"),
     json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from oddish.cli.client import ApiClient
@@ -128,6 +129,8 @@ def submit(api: ApiClient, task_dirs: list[Path], sweep_body: dict[str, Any],
                 body = {**sweep_body, "upload_id": upload["upload_id"],
                         "experiment_id": experiment_id, "submission_key": str(uuid.uuid4())}
                 task = api.request("POST", "/tasks/sweep", json=body, retry=True)
+                if task.get("warning"):  # recorded; it starts once Temporal answers
+                    stderr.print(f"[yellow]warning:[/yellow] {escape(task['warning'])}")
                 experiment_id = experiment_id or task["experiment"]
                 created.append(task)
                 bar.advance(step)
@@ -194,7 +197,8 @@ def run(
         help="low, high or a number; higher runs first when a model's slots are scarce"),
     experiment: str | None = typer.Option(
         None, "--experiment", "-E", show_default="a new one",
-        help="experiment id or name to add the tasks to (created if new)"),
+        help="experiment to add the tasks to: an id, or the name of an existing one "
+             "(a new experiment with this id otherwise)"),
     user: str | None = typer.Option(
         None, "--user", "-u", show_default="your login name", help="who submits"),
     run_analysis: bool | None = typer.Option(

@@ -12,7 +12,7 @@ import typer
 from rich.live import Live
 
 from oddish.cli.client import ApiClient, ApiError, path_of
-from oddish.cli.output import print_json, stderr, stdout
+from oddish.cli.output import fail, print_json, stderr, stdout
 from oddish.cli.task_view import is_done, render
 
 
@@ -64,7 +64,7 @@ class TaskSet:
                 except ApiError as exc:
                     if exc.status_code == 404:  # deleted since the list was read
                         continue
-                    raise
+                    fail(str(exc))
                 counts = Counter(t["status"] for t in detail["trials"])
                 cached = (_signature(detail["status"], dict(counts)), detail)
                 self._details[summary["id"]] = cached
@@ -103,7 +103,7 @@ def status(
     task_id: str | None = typer.Argument(None, metavar="TASK_ID", show_default=False,
                                          help="a task id (task-...)"),
     experiment: str | None = typer.Option(None, "--experiment", "-E",
-                                          help="show every task of this experiment"),
+                                          help="show every task of this experiment (id or name)"),
     watch: bool = typer.Option(False, "--watch", "-w",
                                help="refresh until every shown task is done (completed, failed "
                                     "or cancelled, analysis and verdict included)"),
@@ -135,7 +135,7 @@ def status(
                  interval=interval, as_json=lambda tasks: tasks[0])
         elif experiment:
             found = api.get(path_of("experiments", experiment))
-            show(TaskSet(api, experiment=experiment), watch=watch, json_output=json_output,
+            show(TaskSet(api, experiment=found["id"]), watch=watch, json_output=json_output,
                  interval=interval, title=f"experiment {found['name']} ({found['id']})",
                  as_json=lambda tasks: {"experiment": found["id"], "tasks": tasks})
         else:

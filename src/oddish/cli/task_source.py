@@ -72,7 +72,11 @@ def task_archive(task_dir: Path) -> bytes:
         return None if Path(info.name).name in SKIPPED_NAMES else info
 
     buffer = io.BytesIO()
-    # dereference: the API refuses links, so a linked file is sent as the file it points to.
-    with tarfile.open(fileobj=buffer, mode="w:gz", dereference=True) as tar:
-        tar.add(task_dir, arcname=task_dir.name, filter=keep)
+    try:
+        # dereference: the API refuses links, so a linked file is sent as the file it points to.
+        with tarfile.open(fileobj=buffer, mode="w:gz", dereference=True) as tar:
+            tar.add(task_dir, arcname=task_dir.name, filter=keep)
+    except OSError as exc:  # a dangling link, an unreadable file, a link loop
+        where = f"{exc.filename}: " if exc.filename else ""
+        fail(f"cannot pack task {task_dir}: {where}{exc.strerror or exc}", code=2)
     return buffer.getvalue()

@@ -94,6 +94,12 @@ def database_unreachable(exc: BaseException) -> bool:
     return False
 
 
+def is_unstorable_value(exc: DBAPIError) -> bool:
+    """Whether Postgres refused a value itself (SQLSTATE class 22: too long, out of range, a NUL
+    character), as opposed to the database failing."""
+    return str(getattr(exc.orig, "sqlstate", "") or "").startswith("22")
+
+
 async def until_database_answers(
     step: Callable[[], Awaitable[T]], *, what: str, max_delay_sec: float = 5.0
 ) -> T:

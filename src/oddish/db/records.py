@@ -76,6 +76,16 @@ async def ensure_experiment(session: AsyncSession, experiment_id: str, name: str
         await session.flush()
 
 
+async def experiment_id_for(session: AsyncSession, ref: str) -> str | None:
+    """The experiment ``ref`` names: the one with that id, else the newest with that name."""
+    if await session.get(ExperimentModel, ref) is not None:
+        return ref
+    return (await session.execute(
+        select(ExperimentModel.id).where(ExperimentModel.name == ref)
+        .order_by(ExperimentModel.created_at.desc()).limit(1)
+    )).scalar_one_or_none()
+
+
 async def task_by_submission_key(session: AsyncSession, key: str) -> TaskModel | None:
     return (
         await session.execute(select(TaskModel).where(TaskModel.submission_key == key))

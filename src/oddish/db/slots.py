@@ -19,6 +19,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from oddish.queue_keys import DEFAULT_LIMIT_KEY
+
 NOTIFY_CHANNEL = "ch_pgqueuer"
 # Our own wake-ups (a changed limit) go on a channel of ours: PGQueuer parses every ch_pgqueuer payload.
 LIMITS_CHANNEL = "oddish_limits"
@@ -27,7 +29,6 @@ OWNER_HEADER = "oddish"
 # Not 'infinity': PGQueuer subtracts now() from the earliest future execute_after.
 NEVER = datetime(9999, 12, 31, tzinfo=UTC)
 # The queue_limits row that holds the limit of every key without a row of its own.
-DEFAULT_LIMIT_KEY = "*"
 
 
 @dataclass(frozen=True)

@@ -9,30 +9,17 @@ from datetime import timedelta
 
 from temporalio.worker import Worker
 
+from oddish import queue
 from oddish.activities import ALL_ACTIVITIES
 from oddish.activities.trial import MAX_HEARTBEAT_INTERVAL_SEC
 from oddish.config import get_settings
-from oddish.db import migrations, slots
-from oddish.db.connection import dispose_engine, get_session
+from oddish.db import migrations
+from oddish.db.connection import dispose_engine
 from oddish.temporal_client import connect
 from oddish.worker.dispatcher import SlotDispatcher
 from oddish.workflows import ALL_WORKFLOWS
 
 log = logging.getLogger(__name__)
-
-
-async def apply_limits(overrides: dict[str, int]) -> None:
-    """Write start-up limits into Postgres, where every worker reads them."""
-    settings = get_settings()
-    async with get_session() as session:
-        conn = await session.connection()
-        stored = await slots.limits(conn)
-        # An explicit ODDISH_DEFAULT_MODEL_CONCURRENCY wins; otherwise keep what is stored.
-        if "default_model_concurrency" in settings.model_fields_set or slots.DEFAULT_LIMIT_KEY not in stored:
-            await slots.set_limit(conn, slots.DEFAULT_LIMIT_KEY, settings.default_model_concurrency)
-        for key, limit in {**settings.model_concurrency, **overrides}.items():
-            await slots.set_limit(conn, key, limit)
-        await session.commit()
 
 
 async def run_worker(
@@ -47,7 +34,7 @@ async def run_worker(
         os.environ.setdefault("HARBOR_TELEMETRY", "0")
     if migrate:
         await migrations.upgrade()
-    await apply_limits(n_concurrent or {})
+    await queue.apply_limits(n_concurrent or {})
     client = await connect()
     dispatcher = SlotDispatcher(
         client,
