@@ -7,6 +7,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -213,6 +214,17 @@ def test_bad_input_is_a_usage_error_and_submits_nothing(
     assert any(reason in line for line in result.stderr.splitlines()), result.stderr
     assert result.stdout == "" and "Traceback" not in result.stderr
     assert task_count(api) == before
+
+
+def test_a_task_that_cannot_be_packed_is_one_clear_line(api: str, tmp_path: Path) -> None:
+    task = tmp_path / "linked"
+    shutil.copytree(EXAMPLES / "hello-pass", task)
+    (task / "tests" / "dangling").symlink_to("/nonexistent/oddish-file")
+    before = task_count(api)
+    result = oddish(api, "run", str(task), *LOCAL_ORACLE, "--json")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "cannot pack task" in result.stderr and "dangling" in result.stderr, result.stderr
+    assert result.stdout == "" and task_count(api) == before
 
 
 def test_api_down_is_one_clear_line() -> None:
