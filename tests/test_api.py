@@ -371,3 +371,18 @@ async def test_an_experiment_is_found_by_its_name(api: str) -> None:
         assert {t["id"] for t in experiment["tasks"]} == {first["id"], second["id"]}
         listed = (await http.get("/tasks", params={"experiment": name})).json()
         assert listed["total"] == 2
+
+
+def test_n_concurrent_applies_without_workers(
+    oddish_env: dict[str, str], task_queue: str, work_dir: Path, migrated: None
+) -> None:
+    env = {**os.environ, **oddish_env, "ODDISH_TEMPORAL_TASK_QUEUE": task_queue}
+    process, url = serve_api(env, work_dir / f"api-{task_queue}-limits.log", "--no-workers",
+                             "--n-concurrent", '{"claude-no-workers": 3}')
+    try:
+        # Workers elsewhere read limits from Postgres, so the API's flag must reach it too.
+        queues = httpx.get(f"{url}/limits", timeout=10).json()["queues"]
+        assert queues["anthropic/claude-no-workers"]["limit"] == 3
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
