@@ -22,7 +22,6 @@ from oddish import queue
 from oddish.db import records
 from oddish.db.connection import get_session
 from oddish.embedded import TemporalDevServer, free_port
-from oddish.queue import get_task_with_trials
 from oddish.temporal_client import connect
 from oddish.worker.unstarted import BATCH as STARTER_BATCH
 from oddish.workflows import workflow_id_for_task
@@ -59,6 +58,20 @@ async def unmarked(task_ids: list[str]) -> set[str]:
     return {task.id for task in tasks if task.workflow_started_at is None}
 
 
+async def until_started(client: Client, task_id: str, timeout: float = 60) -> None:
+    """Wait for a worker to start the task's workflow (result() needs one to exist)."""
+    handle = client.get_workflow_handle(workflow_id_for_task(task_id))
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await handle.describe()
+            return
+        except RPCError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 async def pending_task_by_key(key: str) -> str:
     async with get_session() as session:
         task = await records.task_by_submission_key(session, key)
@@ -91,13 +104,7 @@ async def test_task_of_a_submitter_killed_before_starting_it_runs(
     # A worker notices the task nobody started once it is older than the lease, and starts it.
     start_worker(ODDISH_SLOT_LEASE_SEC="6")
     started = asyncio.get_running_loop().time()
-    handle = temporal_client.get_workflow_handle(workflow_id_for_task(task_id))
-    for _ in range(600):
-        try:
-            await handle.describe()
-            break
-        except RPCError:
-            await asyncio.sleep(0.1)
+    await until_started(temporal_client, task_id)
     task = await wait_for_task(temporal_client, task_id, timeout=120)
     print(f"unstarted task picked up and finished {asyncio.get_running_loop().time() - started:.1f}s "
           "after a worker came up")
@@ -138,15 +145,8 @@ async def test_submission_while_temporal_is_down_is_kept_and_runs_later(
         server.start()
         start_worker(ODDISH_TEMPORAL_ADDRESS=server.address, ODDISH_SLOT_LEASE_SEC="3")
         client = await connect(server.address)
-        handle = client.get_workflow_handle(workflow_id_for_task(task_id))
-        for _ in range(600):
-            try:
-                await handle.describe()
-                break
-            except RPCError:
-                await asyncio.sleep(0.1)
-        await asyncio.wait_for(handle.result(), 120)
-        task = await get_task_with_trials(task_id)
+        await until_started(client, task_id)
+        task = await wait_for_task(client, task_id, timeout=120)
         assert task["status"] == "completed"
         assert [t["status"] for t in task["trials"]] == ["success", "success"]
     finally:
