@@ -28,7 +28,6 @@ LIMITS_CHANNEL = "oddish_limits"
 OWNER_HEADER = "oddish"
 # Not 'infinity': PGQueuer subtracts now() from the earliest future execute_after.
 NEVER = datetime(9999, 12, 31, tzinfo=UTC)
-# The queue_limits row that holds the limit of every key without a row of its own.
 
 
 @dataclass(frozen=True)
