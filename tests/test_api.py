@@ -290,7 +290,7 @@ async def test_bad_sweeps_are_refused(api: str) -> None:
         assert response.status_code == 200, response.text
 
         for path, params in ((f"/tasks/x/trials/{2**40}", {}), ("/tasks", {"offset": 10**19}),
-                             (f"/limits/{'k' * 300}", None)):
+                             (f"/limits/{'k' * 300}", None), ("/limits/%20%20", None)):
             response = await (http.get(path, params=params) if params is not None
                               else http.put(path, json={"limit": 1}))
             assert response.status_code == 422, (path, response.text)

@@ -201,7 +201,7 @@ def build_router() -> APIRouter:
 
     @router.put("/limits/{queue_key:path}", summary="Set a queue key's limit; takes effect at once")
     async def put_limit(
-        update: LimitUpdate, queue_key: str = Path(min_length=1, max_length=200),
+        update: LimitUpdate, queue_key: str = Path(min_length=1, max_length=200, pattern=r"\S"),
     ) -> dict[str, Any]:
         key = await queue.set_queue_limit(queue_key, update.limit)
         return {"queue_key": key, "limit": update.limit}
