@@ -19,15 +19,17 @@ def _url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=target_metadata, version_table=VERSION_TABLE,
-                      literal_binds=True)
+    context.configure(
+        url=_url(), target_metadata=target_metadata, version_table=VERSION_TABLE, literal_binds=True
+    )
     with context.begin_transaction():
         context.run_migrations()
 
 
 def _run_sync(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata,
-                      version_table=VERSION_TABLE)
+    context.configure(
+        connection=connection, target_metadata=target_metadata, version_table=VERSION_TABLE
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -31,27 +31,46 @@ TASK = REPO / "examples" / "tasks" / "sleep"
 
 async def run(args: argparse.Namespace, work: Path) -> None:
     key = f"bench/recovery-{secrets.token_hex(3)}"
-    async with embedded_stack(work, n_workers=2, limits={key: args.concurrency}, settings={
-        "ODDISH_TRIAL_HEARTBEAT_TIMEOUT_SEC": str(args.heartbeat_timeout),
-        "ODDISH_TRIAL_RETRY_INITIAL_INTERVAL_SEC": str(args.retry_interval),
-    }) as stack:
+    async with embedded_stack(
+        work,
+        n_workers=2,
+        limits={key: args.concurrency},
+        settings={
+            "ODDISH_TRIAL_HEARTBEAT_TIMEOUT_SEC": str(args.heartbeat_timeout),
+            "ODDISH_TRIAL_RETRY_INITIAL_INTERVAL_SEC": str(args.retry_interval),
+        },
+    ) as stack:
         from oddish.queue import create_task, get_task_with_trials
         from oddish.schemas import AgentRunConfig, TaskSubmission
         from oddish.temporal_client import connect
         from oddish.workflows import workflow_id_for_task
 
         client = await connect()
-        submission = TaskSubmission(task_path=TASK, run_analysis=False, configs=[AgentRunConfig(
-            agent="oracle", model=key, environment="local", n_trials=args.trials,
-            agent_env={"ODDISH_SLEEP_SECONDS": str(args.sleep)})])
+        submission = TaskSubmission(
+            task_path=TASK,
+            run_analysis=False,
+            configs=[
+                AgentRunConfig(
+                    agent="oracle",
+                    model=key,
+                    environment="local",
+                    n_trials=args.trials,
+                    agent_env={"ODDISH_SLEEP_SECONDS": str(args.sleep)},
+                )
+            ],
+        )
         task_id = await create_task(submission, client=client)
 
         # Mid-run: a fifth of the trials done, and one worker running at least two.
         while True:
             task = await get_task_with_trials(task_id)
             done = sum(t["status"] == "success" for t in task["trials"])
-            running = Counter(a["worker"] for t in task["trials"] for a in t["attempts"]
-                              if a["status"] == "running")
+            running = Counter(
+                a["worker"]
+                for t in task["trials"]
+                for a in t["attempts"]
+                if a["status"] == "running"
+            )
             busiest = running.most_common(1)
             if done >= args.trials // 5 and busiest and busiest[0][1] >= 2:
                 break
@@ -72,12 +91,16 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     for trial in lost:
         attempts = sorted(trial["attempts"], key=lambda a: a["number"])
         i = next(i for i, a in enumerate(attempts) if a["status"] == "lost")
-        again.append((datetime.fromisoformat(attempts[i + 1]["started_at"]) - killed_at).total_seconds())
+        again.append(
+            (datetime.fromisoformat(attempts[i + 1]["started_at"]) - killed_at).total_seconds()
+        )
     assert all(t["status"] == "success" for t in task["trials"]), "a trial failed"
     assert all(sum(a["status"] == "success" for a in t["attempts"]) == 1 for t in task["trials"])
 
-    print(f"trials={args.trials} concurrency={args.concurrency} sleep={args.sleep}s workers=2 "
-          f"heartbeat timeout={args.heartbeat_timeout}s first retry after {args.retry_interval}s")
+    print(
+        f"trials={args.trials} concurrency={args.concurrency} sleep={args.sleep}s workers=2 "
+        f"heartbeat timeout={args.heartbeat_timeout}s first retry after {args.retry_interval}s"
+    )
     print(f"killed a worker running {n_running} trials; lost attempts recorded: {len(lost)}")
     if again:
         print(f"worker death -> first of its trials running again : {min(again):7.2f} s")
@@ -86,15 +109,24 @@ async def run(args: argparse.Namespace, work: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--sleep", type=float, default=3, help="seconds each trial's agent sleeps")
-    parser.add_argument("--heartbeat-timeout", type=float, default=30,
-                        help="ODDISH_TRIAL_HEARTBEAT_TIMEOUT_SEC (default: oddish's default)")
-    parser.add_argument("--retry-interval", type=float, default=5,
-                        help="ODDISH_TRIAL_RETRY_INITIAL_INTERVAL_SEC (default: oddish's default)")
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=30,
+        help="ODDISH_TRIAL_HEARTBEAT_TIMEOUT_SEC (default: oddish's default)",
+    )
+    parser.add_argument(
+        "--retry-interval",
+        type=float,
+        default=5,
+        help="ODDISH_TRIAL_RETRY_INITIAL_INTERVAL_SEC (default: oddish's default)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HARBOR_TELEMETRY", "0")
     with tempfile.TemporaryDirectory(prefix="oddish-bench-recovery-") as tmp:

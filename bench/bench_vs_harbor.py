@@ -46,7 +46,9 @@ async def run_harbor(trials: int, concurrency: int, jobs_dir: Path) -> float:
     return time.perf_counter() - started
 
 
-async def run_oddish(trials: int, concurrency: int, n_workers: int, work: Path) -> tuple[float, float]:
+async def run_oddish(
+    trials: int, concurrency: int, n_workers: int, work: Path
+) -> tuple[float, float]:
     key = f"bench/sleep-{secrets.token_hex(3)}"
     async with embedded_stack(work, n_workers=n_workers, limits={key: concurrency}):
         from oddish.queue import create_task, get_task_with_trials
@@ -55,8 +57,15 @@ async def run_oddish(trials: int, concurrency: int, n_workers: int, work: Path) 
         from oddish.workflows import workflow_id_for_task
 
         client = await connect()
-        submission = TaskSubmission(task_path=TASK, run_analysis=False, configs=[AgentRunConfig(
-            agent="oracle", model=key, environment="local", n_trials=trials, agent_env=SLEEP)])
+        submission = TaskSubmission(
+            task_path=TASK,
+            run_analysis=False,
+            configs=[
+                AgentRunConfig(
+                    agent="oracle", model=key, environment="local", n_trials=trials, agent_env=SLEEP
+                )
+            ],
+        )
         started = time.perf_counter()
         task_id = await create_task(submission, client=client)
         await client.get_workflow_handle(workflow_id_for_task(task_id)).result()
@@ -65,15 +74,18 @@ async def run_oddish(trials: int, concurrency: int, n_workers: int, work: Path) 
         task = await get_task_with_trials(task_id)
         assert all(t["status"] == "success" for t in task["trials"]), "a trial failed"
         busy = sum(
-            (datetime.fromisoformat(t["finished_at"]) - datetime.fromisoformat(t["started_at"]))
-            .total_seconds()
+            (
+                datetime.fromisoformat(t["finished_at"]) - datetime.fromisoformat(t["started_at"])
+            ).total_seconds()
             for t in task["trials"]
         )
         return wall, (busy / concurrency) / wall
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1, help="oddish worker processes")
@@ -82,7 +94,9 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="oddish-bench-") as tmp:
         work = Path(tmp)
         harbor_wall = await run_harbor(args.trials, args.concurrency, work / "harbor-jobs")
-        oddish_wall, utilisation = await run_oddish(args.trials, args.concurrency, args.workers, work)
+        oddish_wall, utilisation = await run_oddish(
+            args.trials, args.concurrency, args.workers, work
+        )
     print(f"trials={args.trials} concurrency={args.concurrency} oddish workers={args.workers}")
     print(f"harbor Job wall time : {harbor_wall:7.2f} s")
     print(f"oddish wall time     : {oddish_wall:7.2f} s")

@@ -19,17 +19,24 @@ class Stack:
     workers: list[subprocess.Popen[bytes]]
 
 
-def _start_worker(work: Path, index: int, env: dict[str, str], limits: str) -> subprocess.Popen[bytes]:
+def _start_worker(
+    work: Path, index: int, env: dict[str, str], limits: str
+) -> subprocess.Popen[bytes]:
     log = open(work / f"worker-{index}.log", "wb")
     # A session of its own, so a kill reaches the worker and its sandboxes alone.
-    return subprocess.Popen([sys.executable, "-m", "oddish.worker", "--n-concurrent", limits],
-                            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "oddish.worker", "--n-concurrent", limits],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 @asynccontextmanager
-async def embedded_stack(work: Path, *, n_workers: int, limits: dict[str, int],
-                         settings: dict[str, str] | None = None) -> AsyncIterator[Stack]:
+async def embedded_stack(
+    work: Path, *, n_workers: int, limits: dict[str, int], settings: dict[str, str] | None = None
+) -> AsyncIterator[Stack]:
     """Services and ``n_workers`` started workers; this process's settings point at them."""
     from oddish.config import get_settings
     from oddish.db import migrations
@@ -53,8 +60,10 @@ async def embedded_stack(work: Path, *, n_workers: int, limits: dict[str, int],
     try:
         await migrations.upgrade()  # once, before workers start side by side
         workers = [_start_worker(work, i, env, json.dumps(limits)) for i in range(n_workers)]
-        while not all("worker on task queue" in (work / f"worker-{i}.log").read_text(errors="replace")
-                      for i in range(n_workers)):
+        while not all(
+            "worker on task queue" in (work / f"worker-{i}.log").read_text(errors="replace")
+            for i in range(n_workers)
+        ):
             if any(w.poll() is not None for w in workers):
                 raise RuntimeError(f"a worker did not start; see its log in {work}")
             await asyncio.sleep(0.2)

@@ -23,26 +23,38 @@ from oddish.workflows import workflow_id_for_task
 
 async def main(args: argparse.Namespace) -> None:
     client = await connect()
-    submission = TaskSubmission(task_path=args.task, configs=[AgentRunConfig(
-        agent=args.agent, model=args.model, environment=args.env, n_trials=args.n_trials)])
+    submission = TaskSubmission(
+        task_path=args.task,
+        configs=[
+            AgentRunConfig(
+                agent=args.agent, model=args.model, environment=args.env, n_trials=args.n_trials
+            )
+        ],
+    )
     task_id = await create_task(submission, client=client)
     print(f"task {task_id}: workflow {workflow_id_for_task(task_id)}; waiting for its verdict...")
     await client.get_workflow_handle(workflow_id_for_task(task_id)).result()
     task = await get_task_with_trials(task_id)
     for trial in task["trials"]:
-        print(f"  trial {trial['index']} {trial['agent']}: {trial['status']} "
-              f"reward={trial['reward']} ({trial['outcome']})")
+        print(
+            f"  trial {trial['index']} {trial['agent']}: {trial['status']} "
+            f"reward={trial['reward']} ({trial['outcome']})"
+        )
     print(f"verdict: {task['verdict']['summary'] if task['verdict'] else task['status']}")
     if args.json:
         print(json.dumps(task, indent=2))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("task", type=Path, help="a Harbor task directory (with task.toml)")
     parser.add_argument("--agent", default="oracle")
     parser.add_argument("--model", default=None)
-    parser.add_argument("--env", default="local", help="local, docker, daytona, ... or module:Class")
+    parser.add_argument(
+        "--env", default="local", help="local, docker, daytona, ... or module:Class"
+    )
     parser.add_argument("--n-trials", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="also print the whole task as JSON")
     ensure_embedded_services(get_settings().home)

@@ -58,15 +58,18 @@ def database_url(work_dir: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def temporal_server(work_dir: Path) -> Iterator[TemporalDevServer]:
-    server = TemporalDevServer(port=free_port(), ui_port=None, db_file=None,
-                               log_file=work_dir / "temporal.log")
+    server = TemporalDevServer(
+        port=free_port(), ui_port=None, db_file=None, log_file=work_dir / "temporal.log"
+    )
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def oddish_env(database_url: str, temporal_server: TemporalDevServer, work_dir: Path) -> dict[str, str]:
+def oddish_env(
+    database_url: str, temporal_server: TemporalDevServer, work_dir: Path
+) -> dict[str, str]:
     """Settings shared by this process and every worker it starts."""
     env = {
         "ODDISH_DATABASE_URL": database_url,
@@ -142,7 +145,10 @@ def start_worker(oddish_env: dict[str, str], task_queue: str, work_dir: Path, mi
         with open(log_path, "wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "oddish.worker", *args],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         worker = WorkerProcess(process, log_path)
         workers.append(worker)

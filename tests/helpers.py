@@ -16,11 +16,20 @@ from oddish.workflows import workflow_id_for_task
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "tasks"
 
 
-async def submit(client: Client, task: str, *configs: AgentRunConfig, priority: int = 0,
-                 run_analysis: bool = True, **fields: object) -> str:
+async def submit(
+    client: Client,
+    task: str,
+    *configs: AgentRunConfig,
+    priority: int = 0,
+    run_analysis: bool = True,
+    **fields: object,
+) -> str:
     submission = TaskSubmission(
-        task_path=EXAMPLES / task, configs=list(configs), priority=priority,
-        run_analysis=run_analysis, **fields,
+        task_path=EXAMPLES / task,
+        configs=list(configs),
+        priority=priority,
+        run_analysis=run_analysis,
+        **fields,
     )
     return await create_task(submission, client=client)
 
@@ -30,7 +39,9 @@ def local(agent: str = "oracle", n_trials: int = 1, **spec: object) -> AgentRunC
 
 
 async def wait_for_task(client: Client, task_id: str, timeout: float = 300) -> dict:
-    await asyncio.wait_for(client.get_workflow_handle(workflow_id_for_task(task_id)).result(), timeout)
+    await asyncio.wait_for(
+        client.get_workflow_handle(workflow_id_for_task(task_id)).result(), timeout
+    )
     return await get_task_with_trials(task_id)
 
 

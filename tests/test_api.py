@@ -23,12 +23,16 @@ from oddish.embedded import free_port
 pytestmark = pytest.mark.timeout(600)
 
 
-def serve_api(env: dict[str, str], log_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+def serve_api(
+    env: dict[str, str], log_path: Path, *args: str
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     with open(log_path, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "oddish.api", "--port", str(port), *args],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -44,9 +48,15 @@ def serve_api(env: dict[str, str], log_path: Path, *args: str) -> tuple[subproce
 
 
 @pytest.fixture
-def api(oddish_env: dict[str, str], task_queue: str, work_dir: Path, migrated: None) -> Iterator[str]:
-    env = {**os.environ, **oddish_env, "ODDISH_TEMPORAL_TASK_QUEUE": task_queue,
-           "ODDISH_UPLOAD_MAX_BYTES": str(2 * 1024 * 1024)}
+def api(
+    oddish_env: dict[str, str], task_queue: str, work_dir: Path, migrated: None
+) -> Iterator[str]:
+    env = {
+        **os.environ,
+        **oddish_env,
+        "ODDISH_TEMPORAL_TASK_QUEUE": task_queue,
+        "ODDISH_UPLOAD_MAX_BYTES": str(2 * 1024 * 1024),
+    }
     process, url = serve_api(env, work_dir / f"api-{task_queue}.log", "--no-workers")
     yield url
     process.terminate()
@@ -62,7 +72,9 @@ async def test_reads_of_a_finished_task(api: str, start_worker, temporal_client:
         assert task["status"] == "completed" and len(task["trials"]) == 2
         assert task["verdict"]["details"]["overall"]["mean_reward"] == pytest.approx(0.5)
 
-        [listed] = (await http.get("/tasks", params={"experiment": task["experiment_id"]})).json()["tasks"]
+        [listed] = (await http.get("/tasks", params={"experiment": task["experiment_id"]})).json()[
+            "tasks"
+        ]
         assert listed["trials_finished"] == 2 and listed["mean_reward"] == pytest.approx(0.5)
 
         trial = (await http.get(f"/tasks/{task_id}/trials/1")).json()
@@ -76,10 +88,17 @@ async def test_reads_of_a_finished_task(api: str, start_worker, temporal_client:
 
         experiment = (await http.get(f"/experiments/{task['experiment_id']}")).json()
         assert experiment["by_agent_model"]["oracle/-"]["trials"] == 2
-        assert any(e["id"] == task["experiment_id"] for e in (await http.get("/experiments")).json())
+        assert any(
+            e["id"] == task["experiment_id"] for e in (await http.get("/experiments")).json()
+        )
 
-        for path in (f"/tasks/nope", f"/tasks/{task_id}/trials/7", "/trials/nope",
-                     "/trials/nope/logs", "/experiments/nope"):
+        for path in (
+            f"/tasks/nope",
+            f"/tasks/{task_id}/trials/7",
+            "/trials/nope",
+            "/trials/nope/logs",
+            "/experiments/nope",
+        ):
             response = await http.get(path)
             assert response.status_code == 404, path
             assert "no " in response.json()["detail"]
@@ -89,14 +108,19 @@ async def test_reads_of_a_finished_task(api: str, start_worker, temporal_client:
 
 async def test_task_list_pages_completely(api: str, temporal_client: Client) -> None:
     experiment = f"paging-{os.getpid()}-{time.monotonic_ns()}"
-    created = {await submit(temporal_client, "hello-pass", local(), experiment_id=experiment)
-               for _ in range(250)}
+    created = {
+        await submit(temporal_client, "hello-pass", local(), experiment_id=experiment)
+        for _ in range(250)
+    }
     seen: list[str] = []
     offset: int | None = 0
     async with httpx.AsyncClient(base_url=api) as http:
         while offset is not None:
-            page = (await http.get("/tasks", params={"experiment": experiment, "limit": 100,
-                                                     "offset": offset})).json()
+            page = (
+                await http.get(
+                    "/tasks", params={"experiment": experiment, "limit": 100, "offset": offset}
+                )
+            ).json()
             assert page["total"] == 250
             seen += [t["id"] for t in page["tasks"]]
             offset = page["next_offset"]
@@ -106,13 +130,17 @@ async def test_task_list_pages_completely(api: str, temporal_client: Client) -> 
 async def test_limits_read_and_set_at_run_time(api: str) -> None:
     async with httpx.AsyncClient(base_url=api) as http:
         assert (await http.put("/limits/anthropic/claude-test", json={"limit": 3})).json() == {
-            "queue_key": "anthropic/claude-test", "limit": 3}
+            "queue_key": "anthropic/claude-test",
+            "limit": 3,
+        }
         limits = (await http.get("/limits")).json()
         assert limits["queues"]["anthropic/claude-test"]["limit"] == 3
         assert limits["default"] >= 1
         # A model's limit holds however it is spelt: it is stored under the trials' key.
         assert (await http.put("/limits/Claude-Test-2", json={"limit": 2})).json() == {
-            "queue_key": "anthropic/claude-test-2", "limit": 2}
+            "queue_key": "anthropic/claude-test-2",
+            "limit": 2,
+        }
         assert (await http.get("/limits")).json()["queues"]["anthropic/claude-test-2"]["limit"] == 2
         for bad in ({"limit": 0}, {"limit": "many"}, {}, {"limit": 2, "limt": 3}):
             response = await http.put("/limits/anthropic/claude-test", json=bad)
@@ -127,7 +155,9 @@ def test_api_key_guards_every_route_but_health(
     try:
         assert httpx.get(f"{url}/health").status_code == 200
         assert httpx.get(f"{url}/tasks").status_code == 401
-        assert httpx.get(f"{url}/tasks", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert (
+            httpx.get(f"{url}/tasks", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        )
         ok = httpx.get(f"{url}/tasks", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and "tasks" in ok.json()
     finally:
@@ -135,7 +165,9 @@ def test_api_key_guards_every_route_but_health(
         process.wait(timeout=20)
 
 
-def task_archive(task_dir: Path, *, extra: dict[str, bytes] | None = None, folder: str = "") -> bytes:
+def task_archive(
+    task_dir: Path, *, extra: dict[str, bytes] | None = None, folder: str = ""
+) -> bytes:
     """A gzipped tar of ``task_dir`` (optionally under one folder), with extra raw members."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
@@ -169,7 +201,9 @@ def symlink_archive() -> bytes:
     return buffer.getvalue()
 
 
-async def test_upload_then_sweep_runs_the_task(api: str, start_worker, temporal_client: Client) -> None:
+async def test_upload_then_sweep_runs_the_task(
+    api: str, start_worker, temporal_client: Client
+) -> None:
     start_worker()
     archive = task_archive(EXAMPLES / "hello-pass", folder="hello-pass/")
     async with httpx.AsyncClient(base_url=api, timeout=30) as http:
@@ -178,11 +212,14 @@ async def test_upload_then_sweep_runs_the_task(api: str, start_worker, temporal_
         assert first["upload_id"] == again["upload_id"] and again["reused"] is True
         assert first["name"] == "hello-pass"
 
-        created = await http.post("/tasks/sweep", json={
-            "upload_id": first["upload_id"],
-            "configs": [{"agent": "oracle", "n_trials": 2}, {"agent": "nop", "n_trials": 1}],
-            "harbor": {"environment": "local", "docker_image": "python:3.12-slim"},
-        })
+        created = await http.post(
+            "/tasks/sweep",
+            json={
+                "upload_id": first["upload_id"],
+                "configs": [{"agent": "oracle", "n_trials": 2}, {"agent": "nop", "n_trials": 1}],
+                "harbor": {"environment": "local", "docker_image": "python:3.12-slim"},
+            },
+        )
         assert created.status_code == 200, created.text
         body = created.json()
         stored = get_settings().tasks_dir / body["id"] / "task.toml"
@@ -201,11 +238,22 @@ async def test_upload_then_sweep_runs_the_task(api: str, start_worker, temporal_
         (symlink_archive, 400, "link"),
         (lambda: b"this is not a tarball", 400, "gzip"),
         (lambda: task_archive(EXAMPLES / "hello-pass" / "tests"), 422, "task.toml"),
-        (lambda: task_archive(EXAMPLES / "hello-pass" / "tests", extra={
-            "task.toml": b'[environment]\ncpus = "lots"\n', "instruction.md": b"Say hi."}),
-         422, "environment.cpus"),
-        (lambda: task_archive(EXAMPLES / "hello-pass" / "tests", extra={"task.toml": b""}),
-         422, "instruction.md"),
+        (
+            lambda: task_archive(
+                EXAMPLES / "hello-pass" / "tests",
+                extra={
+                    "task.toml": b'[environment]\ncpus = "lots"\n',
+                    "instruction.md": b"Say hi.",
+                },
+            ),
+            422,
+            "environment.cpus",
+        ),
+        (
+            lambda: task_archive(EXAMPLES / "hello-pass" / "tests", extra={"task.toml": b""}),
+            422,
+            "instruction.md",
+        ),
         (lambda: b"\0" * (3 * 1024 * 1024), 413, "limit"),
     ],
 )
@@ -223,14 +271,18 @@ async def test_bad_uploads_are_refused_and_write_nothing(
     assert not any((work_dir / "tasks" / "incoming").glob("*"))
 
 
-async def test_chunked_upload_without_length_is_refused_as_it_arrives(api: str, work_dir: Path) -> None:
+async def test_chunked_upload_without_length_is_refused_as_it_arrives(
+    api: str, work_dir: Path
+) -> None:
     boundary = "oddish-test-boundary"
     sent = 0
 
     async def body():  # no Content-Length: httpx sends it chunked
         nonlocal sent
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-               'filename="t.tar.gz"\r\nContent-Type: application/gzip\r\n\r\n').encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            'filename="t.tar.gz"\r\nContent-Type: application/gzip\r\n\r\n'
+        ).encode()
         for _ in range(64):
             sent += 256 * 1024
             yield b"\0" * (256 * 1024)
@@ -239,8 +291,10 @@ async def test_chunked_upload_without_length_is_refused_as_it_arrives(api: str, 
     async with httpx.AsyncClient(base_url=api, timeout=30) as http:
         try:
             response = await http.post(
-                "/tasks/upload", content=body(),
-                headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+                "/tasks/upload",
+                content=body(),
+                headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+            )
         except httpx.RemoteProtocolError:
             pytest.fail("the server hung up instead of answering 413")
     assert response.status_code == 413, response.text
@@ -252,13 +306,18 @@ async def test_bad_sweeps_are_refused(api: str) -> None:
     user = f"bad-sweeps-{time.monotonic_ns()}"
     archive = task_archive(EXAMPLES / "hello-pass")
     async with httpx.AsyncClient(base_url=api, timeout=30) as http:
-        upload_id = (await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive)})).json()["upload_id"]
+        upload_id = (
+            await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive)})
+        ).json()["upload_id"]
         cases = [
             ({"upload_id": "f" * 64, "configs": [{}]}, 404, "no uploaded task"),
             ({"upload_id": "../../etc", "configs": [{}]}, 404, "no uploaded task"),
             ({"upload_id": upload_id, "configs": [{"agent": "nobody"}]}, 422, "unknown agent"),
-            ({"upload_id": upload_id, "configs": [{}], "harbor": {"environment": "moon"}}, 422,
-             "unknown environment"),
+            (
+                {"upload_id": upload_id, "configs": [{}], "harbor": {"environment": "moon"}},
+                422,
+                "unknown environment",
+            ),
             ({"upload_id": upload_id, "configs": [{"n_trials": 0}]}, 422, "greater than or equal"),
             ({"upload_id": upload_id, "configs": []}, 422, "at least 1"),
             # Misspelt fields are named, not dropped.
@@ -266,12 +325,18 @@ async def test_bad_sweeps_are_refused(api: str) -> None:
             ({"upload_id": upload_id, "configs": [{}], "harbor": {"env": "local"}}, 422, "env"),
             # Values past what the records hold are refused with the bound, not a 500.
             ({"upload_id": upload_id, "configs": [{}], "experiment_id": "e" * 65}, 422, "64"),
-            ({"upload_id": upload_id, "configs": [{}], "priority": 3_000_000_000}, 422,
-             "less than or equal"),
+            (
+                {"upload_id": upload_id, "configs": [{}], "priority": 3_000_000_000},
+                422,
+                "less than or equal",
+            ),
             ({"upload_id": upload_id, "configs": [{"model": "m" * 300}]}, 422, "200"),
             # Postgres cannot store a NUL character: 422, and the transaction wrote nothing.
-            ({"upload_id": upload_id, "configs": [{}], "user": user, "name": "a\u0000b"}, 422,
-             "cannot store"),
+            (
+                {"upload_id": upload_id, "configs": [{}], "user": user, "name": "a\u0000b"},
+                422,
+                "cannot store",
+            ),
         ]
         for body, status, words in cases:
             response = await http.post("/tasks/sweep", json=body)
@@ -280,23 +345,39 @@ async def test_bad_sweeps_are_refused(api: str) -> None:
         assert (await http.get("/tasks", params={"user": user})).json()["total"] == 0
 
         no_tests = task_archive_without(EXAMPLES / "hello-pass", "tests")
-        upload_id = (await http.post("/tasks/upload", files={"file": ("t.tar.gz", no_tests)}
-                                     )).json()["upload_id"]
+        upload_id = (
+            await http.post("/tasks/upload", files={"file": ("t.tar.gz", no_tests)})
+        ).json()["upload_id"]
         response = await http.post("/tasks/sweep", json={"upload_id": upload_id, "configs": [{}]})
         assert response.status_code == 422 and "tests/test.sh" in response.text, response.text
-        response = await http.post("/tasks/sweep", json={
-            "upload_id": upload_id, "configs": [{}], "user": user,
-            "harbor": {"verifier": {"disable": True}}})
+        response = await http.post(
+            "/tasks/sweep",
+            json={
+                "upload_id": upload_id,
+                "configs": [{}],
+                "user": user,
+                "harbor": {"verifier": {"disable": True}},
+            },
+        )
         assert response.status_code == 200, response.text
 
-        for path, params in ((f"/tasks/x/trials/{2**40}", {}), ("/tasks", {"offset": 10**19}),
-                             (f"/limits/{'k' * 300}", None), ("/limits/%20%20", None)):
-            response = await (http.get(path, params=params) if params is not None
-                              else http.put(path, json={"limit": 1}))
+        for path, params in (
+            (f"/tasks/x/trials/{2**40}", {}),
+            ("/tasks", {"offset": 10**19}),
+            (f"/limits/{'k' * 300}", None),
+            ("/limits/%20%20", None),
+        ):
+            response = await (
+                http.get(path, params=params)
+                if params is not None
+                else http.put(path, json={"limit": 1})
+            )
             assert response.status_code == 422, (path, response.text)
 
 
-async def test_cancel_delete_and_rename(api: str, start_worker, temporal_client: Client, work_dir: Path) -> None:
+async def test_cancel_delete_and_rename(
+    api: str, start_worker, temporal_client: Client, work_dir: Path
+) -> None:
     start_worker()
     sleepy = local(n_trials=2, agent_env={"ODDISH_SLEEP_SECONDS": "59"})
     experiment = f"control-{time.monotonic_ns()}"
@@ -335,7 +416,9 @@ async def test_cancel_delete_and_rename(api: str, start_worker, temporal_client:
 
         renamed = await http.patch(f"/experiments/{experiment}", json={"name": "renamed run"})
         assert renamed.json()["name"] == "renamed run"
-        assert (await http.patch(f"/experiments/{experiment}", json={"name": ""})).status_code == 422
+        assert (
+            await http.patch(f"/experiments/{experiment}", json={"name": ""})
+        ).status_code == 422
 
         assert (await http.delete(f"/tasks/{done}")).json()["deleted"] is True
         assert (await http.get(f"/tasks/{done}")).status_code == 404
@@ -346,11 +429,16 @@ async def test_cancel_delete_and_rename(api: str, start_worker, temporal_client:
         assert deleted["tasks_deleted"] == 1
         assert (await http.get(f"/experiments/{experiment}")).status_code == 404
         assert (await http.get(f"/tasks/{running}")).status_code == 404
-        for method, path in (("DELETE", "/tasks/nope"), ("DELETE", "/experiments/nope"),
-                             ("POST", "/tasks/nope/cancel"), ("PATCH", "/experiments/nope"),
-                             ("POST", "/tasks/nope/retry"), ("POST", "/trials/nope/retry"),
-                             ("POST", "/experiments/nope/retry"),
-                             ("POST", "/experiments/nope/cancel")):
+        for method, path in (
+            ("DELETE", "/tasks/nope"),
+            ("DELETE", "/experiments/nope"),
+            ("POST", "/tasks/nope/cancel"),
+            ("PATCH", "/experiments/nope"),
+            ("POST", "/tasks/nope/retry"),
+            ("POST", "/trials/nope/retry"),
+            ("POST", "/experiments/nope/retry"),
+            ("POST", "/experiments/nope/cancel"),
+        ):
             response = await http.request(method, path, json={"name": "x"})
             assert response.status_code == 404, (method, path, response.text)
 
@@ -359,12 +447,22 @@ async def test_an_experiment_is_found_by_its_name(api: str) -> None:
     name = f"named-{time.monotonic_ns()}"
     archive = task_archive(EXAMPLES / "hello-pass")
     async with httpx.AsyncClient(base_url=api, timeout=30) as http:
-        upload_id = (await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive)})).json()["upload_id"]
-        first = (await http.post("/tasks/sweep", json={
-            "upload_id": upload_id, "configs": [{}], "experiment_name": name})).json()
+        upload_id = (
+            await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive)})
+        ).json()["upload_id"]
+        first = (
+            await http.post(
+                "/tasks/sweep",
+                json={"upload_id": upload_id, "configs": [{}], "experiment_name": name},
+            )
+        ).json()
         # The name where an id goes joins that experiment instead of starting one called so.
-        second = (await http.post("/tasks/sweep", json={
-            "upload_id": upload_id, "configs": [{}], "experiment_id": name})).json()
+        second = (
+            await http.post(
+                "/tasks/sweep",
+                json={"upload_id": upload_id, "configs": [{}], "experiment_id": name},
+            )
+        ).json()
         assert second["experiment"] == first["experiment"] != name
         experiment = (await http.get(f"/experiments/{name}")).json()
         assert experiment["id"] == first["experiment"]
@@ -377,8 +475,13 @@ def test_n_concurrent_applies_without_workers(
     oddish_env: dict[str, str], task_queue: str, work_dir: Path, migrated: None
 ) -> None:
     env = {**os.environ, **oddish_env, "ODDISH_TEMPORAL_TASK_QUEUE": task_queue}
-    process, url = serve_api(env, work_dir / f"api-{task_queue}-limits.log", "--no-workers",
-                             "--n-concurrent", '{"claude-no-workers": 3}')
+    process, url = serve_api(
+        env,
+        work_dir / f"api-{task_queue}-limits.log",
+        "--no-workers",
+        "--n-concurrent",
+        '{"claude-no-workers": 3}',
+    )
     try:
         # Workers elsewhere read limits from Postgres, so the API's flag must reach it too.
         queues = httpx.get(f"{url}/limits", timeout=10).json()["queues"]

@@ -63,11 +63,15 @@ def targz(members: list[M]) -> bytes:
     return gzip.compress(tar_bytes(members))
 
 
-def task_members(prefix: str = "", *, mtime: int = 1_700_000_000, uid: int = 0, reverse: bool = False) -> list[M]:
+def task_members(
+    prefix: str = "", *, mtime: int = 1_700_000_000, uid: int = 0, reverse: bool = False
+) -> list[M]:
     items = list(TASK_FILES.items())
     if reverse:
         items.reverse()
-    members = [M(f"{prefix}{name}", data, mode=mode, mtime=mtime, uid=uid) for name, (data, mode) in items]
+    members = [
+        M(f"{prefix}{name}", data, mode=mode, mtime=mtime, uid=uid) for name, (data, mode) in items
+    ]
     return members
 
 
@@ -124,7 +128,10 @@ def test_modes_keep_only_the_executable_bit(target: Path) -> None:
 
 def test_single_top_level_folder_is_stripped_and_hash_is_stable(tmp_path: Path) -> None:
     at_root = extract(targz(task_members()), tmp_path / "a")
-    members = [M("my-task", type=tarfile.DIRTYPE, mode=0o700), *task_members("my-task/", mtime=42, uid=1000, reverse=True)]
+    members = [
+        M("my-task", type=tarfile.DIRTYPE, mode=0o700),
+        *task_members("my-task/", mtime=42, uid=1000, reverse=True),
+    ]
     in_folder = extract(targz(members), tmp_path / "b")
 
     assert in_folder.name == "my-task"
@@ -153,7 +160,10 @@ def test_hash_depends_on_content_paths_and_executable_bit(tmp_path: Path) -> Non
     not_exec = [M(m.name, m.data, mode=0o644) for m in task_members()]
     assert extract(targz(not_exec), tmp_path / "c").content_hash != base
 
-    moved = [*task_members()[:-1], M("solution/run.sh", TASK_FILES["solution/solve.sh"][0], mode=0o755)]
+    moved = [
+        *task_members()[:-1],
+        M("solution/run.sh", TASK_FILES["solution/solve.sh"][0], mode=0o755),
+    ]
     assert extract(targz(moved), tmp_path / "d").content_hash != base
 
 
@@ -192,29 +202,93 @@ REFUSALS: list[tuple[str, list[M], int, str]] = [
     ("deep dotdot", [*GOOD, M("../../evil", b"x")], 400, "'../../evil'"),
     ("inner dotdot", [*GOOD, M("tests/../../evil", b"x")], 400, "'tests/../../evil'"),
     ("backslash", [*GOOD, M("..\\evil", b"x")], 400, "backslash"),
-    ("symlink", [*GOOD, M("tests/link", type=tarfile.SYMTYPE, linkname="/etc/passwd")], 400, "'tests/link' is a symbolic link"),
-    ("hardlink", [*GOOD, M("hard", type=tarfile.LNKTYPE, linkname="task.toml")], 400, "'hard' is a hard link"),
+    (
+        "symlink",
+        [*GOOD, M("tests/link", type=tarfile.SYMTYPE, linkname="/etc/passwd")],
+        400,
+        "'tests/link' is a symbolic link",
+    ),
+    (
+        "hardlink",
+        [*GOOD, M("hard", type=tarfile.LNKTYPE, linkname="task.toml")],
+        400,
+        "'hard' is a hard link",
+    ),
     ("chardev", [*GOOD, M("dev", type=tarfile.CHRTYPE)], 400, "'dev' is a character device"),
     ("blockdev", [*GOOD, M("blk", type=tarfile.BLKTYPE)], 400, "'blk' is a block device"),
     ("fifo", [*GOOD, M("pipe", type=tarfile.FIFOTYPE)], 400, "'pipe' is a FIFO"),
-    ("duplicate", [*GOOD, M("instruction.md", b"again")], 400, "'instruction.md' appears more than once"),
-    ("duplicate normalised", [*GOOD, M("./tests//test.sh", b"again")], 400, "'./tests//test.sh' appears more than once"),
-    ("file then child", [*GOOD, M("instruction.md/x", b"x")], 400, "'instruction.md/x' is inside 'instruction.md'"),
-    ("dir then file", [M("docs", type=tarfile.DIRTYPE), *GOOD, M("docs/", b"x")], 400, "'docs/' appears more than once"),
-    ("implied dir then file", [*GOOD, M("tests", b"x")], 400, "'tests' is both a file and a directory"),
+    (
+        "duplicate",
+        [*GOOD, M("instruction.md", b"again")],
+        400,
+        "'instruction.md' appears more than once",
+    ),
+    (
+        "duplicate normalised",
+        [*GOOD, M("./tests//test.sh", b"again")],
+        400,
+        "'./tests//test.sh' appears more than once",
+    ),
+    (
+        "file then child",
+        [*GOOD, M("instruction.md/x", b"x")],
+        400,
+        "'instruction.md/x' is inside 'instruction.md'",
+    ),
+    (
+        "dir then file",
+        [M("docs", type=tarfile.DIRTYPE), *GOOD, M("docs/", b"x")],
+        400,
+        "'docs/' appears more than once",
+    ),
+    (
+        "implied dir then file",
+        [*GOOD, M("tests", b"x")],
+        400,
+        "'tests' is both a file and a directory",
+    ),
     ("no members", [], 400, "empty"),
-    ("only directories", [M("a", type=tarfile.DIRTYPE), M("a/b", type=tarfile.DIRTYPE)], 400, "empty"),
+    (
+        "only directories",
+        [M("a", type=tarfile.DIRTYPE), M("a/b", type=tarfile.DIRTYPE)],
+        400,
+        "empty",
+    ),
     ("no task.toml", [M("instruction.md", b"hi")], 422, "needs a task.toml"),
-    ("task.toml too deep", [M("x/y/task.toml", b""), M("x/instruction.md", b"hi")], 422, "task.toml"),
+    (
+        "task.toml too deep",
+        [M("x/y/task.toml", b""), M("x/instruction.md", b"hi")],
+        422,
+        "task.toml",
+    ),
     ("two top-level folders", [*task_members("a/"), M("b/readme", b"")], 422, "task.toml"),
-    ("task.toml is a dir", [M("task.toml", type=tarfile.DIRTYPE), M("instruction.md", b"hi")], 422, "task.toml"),
-    ("bad toml", [M("task.toml", b"[task\nname = "), M("instruction.md", b"hi")], 422, "'task.toml' is not valid TOML"),
-    ("toml not utf-8", [M("task.toml", b"name = '\xff'\n"), M("instruction.md", b"hi")], 422, "'task.toml' is not valid TOML"),
+    (
+        "task.toml is a dir",
+        [M("task.toml", type=tarfile.DIRTYPE), M("instruction.md", b"hi")],
+        422,
+        "task.toml",
+    ),
+    (
+        "bad toml",
+        [M("task.toml", b"[task\nname = "), M("instruction.md", b"hi")],
+        422,
+        "'task.toml' is not valid TOML",
+    ),
+    (
+        "toml not utf-8",
+        [M("task.toml", b"name = '\xff'\n"), M("instruction.md", b"hi")],
+        422,
+        "'task.toml' is not valid TOML",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("members", "status", "message"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS])
-def test_refusals(tmp_path: Path, target: Path, members: list[M], status: int, message: str) -> None:
+@pytest.mark.parametrize(
+    ("members", "status", "message"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS]
+)
+def test_refusals(
+    tmp_path: Path, target: Path, members: list[M], status: int, message: str
+) -> None:
     error = refused(targz(members), target)
     assert error.status_code == status
     assert message in str(error)
@@ -292,7 +366,10 @@ def test_archive_size_limit_reads_at_most_limit_plus_one(tmp_path: Path, target:
         (b"hello, this is not an archive at all" * 10, "not a gzip"),
         (tar_bytes(GOOD), "not a gzip"),
         (gzip.compress(b""), "empty"),
-        (gzip.compress(b"plain text, not a tar archive\n" * 100), "not contain a valid tar archive"),
+        (
+            gzip.compress(b"plain text, not a tar archive\n" * 100),
+            "not contain a valid tar archive",
+        ),
     ],
     ids=["zero bytes", "garbage", "uncompressed tar", "empty gzip", "gzip of text"],
 )
@@ -371,10 +448,15 @@ def _spy_on_cleanup(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 @pytest.mark.parametrize(
     "members",
-    [[("environment/zeros.bin", 50 * MB)], [(f"environment/zeros{i}.bin", MB // 2) for i in range(100)]],
+    [
+        [("environment/zeros.bin", 50 * MB)],
+        [(f"environment/zeros{i}.bin", MB // 2) for i in range(100)],
+    ],
     ids=["one 50 MB member", "100 half-MB members"],
 )
-def test_gzip_bomb(tmp_path: Path, target: Path, monkeypatch: pytest.MonkeyPatch, members: list[tuple[str, int]]) -> None:
+def test_gzip_bomb(
+    tmp_path: Path, target: Path, monkeypatch: pytest.MonkeyPatch, members: list[tuple[str, int]]
+) -> None:
     bomb = _zeros_archive(members)
     assert len(bomb) < 300_000
     written = _spy_on_cleanup(monkeypatch)

@@ -27,8 +27,16 @@ pytestmark = pytest.mark.timeout(600)
 
 HELLO, PARTIAL, SLEEP = (str(EXAMPLES / name) for name in ("hello-pass", "partial-credit", "sleep"))
 LOCAL_ORACLE = ("--env", "local", "-a", "oracle")
-TRIAL_FIELDS = {"id", "status", "reward", "rewards", "error", "attempts", "started_at",
-                "finished_at"}
+TRIAL_FIELDS = {
+    "id",
+    "status",
+    "reward",
+    "rewards",
+    "error",
+    "attempts",
+    "started_at",
+    "finished_at",
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +50,21 @@ def api(oddish_env: dict[str, str], work_dir: Path, migrated: None) -> Iterator[
     process.wait(timeout=60)
 
 
-def oddish(api_url: str, *args: str, timeout: float = 120,
-           stdin: str = "") -> subprocess.CompletedProcess[str]:
+def oddish(
+    api_url: str, *args: str, timeout: float = 120, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "ODDISH_API_KEY"}
     # Wide, so that a usage error's reason stays on one line of Typer's error box.
     env.update(ODDISH_API_URL=api_url, COLUMNS="250", HARBOR_TELEMETRY="0")
-    return subprocess.run([sys.executable, "-m", "oddish.cli", *args], env=env, input=stdin,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "oddish.cli", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def ok_json(api_url: str, *args: str, timeout: float = 120) -> Any:
@@ -57,8 +73,9 @@ def ok_json(api_url: str, *args: str, timeout: float = 120) -> Any:
     return json.loads(result.stdout)
 
 
-def wait_for(api_url: str, task_id: str, done: Callable[[dict[str, Any]], bool],
-             timeout: float = 120) -> dict[str, Any]:
+def wait_for(
+    api_url: str, task_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 120
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         task = ok_json(api_url, "status", task_id, "--json")
@@ -96,8 +113,9 @@ def test_run_json_then_watch_and_status(api: str) -> None:
     ids = [t["id"] for t in submitted["tasks"]]
 
     started = time.monotonic()
-    watched = oddish(api, "status", "--experiment", experiment, "--watch", "--interval", "0.5",
-                     timeout=300)
+    watched = oddish(
+        api, "status", "--experiment", experiment, "--watch", "--interval", "0.5", timeout=300
+    )
     print(f"status --watch returned after {time.monotonic() - started:.1f}s")
     assert watched.returncode == 0, watched.stderr
     assert all(i in watched.stdout for i in ids) and "2/2 tasks done" in watched.stdout
@@ -111,7 +129,8 @@ def test_run_json_then_watch_and_status(api: str) -> None:
             assert trial["status"] == "success" and trial["error"] is None
             assert len(trial["attempts"]) == 1
             assert datetime.fromisoformat(trial["started_at"]) <= datetime.fromisoformat(
-                trial["finished_at"])
+                trial["finished_at"]
+            )
         rewards[task["name"]] = sorted(t["reward"] for t in task["trials"])
     assert rewards == {"hello-pass": [1.0, 1.0], "partial-credit": [0.5, 0.5]}
 
@@ -144,15 +163,25 @@ def test_sweep_file_runs_two_agents_on_two_tasks(api: str, tmp_path: Path) -> No
     assert "submitted 2 task(s), 4 trial(s)" in result.stdout
     experiment = re.search(r"oddish status --experiment (\S+) --watch", result.stdout).group(1)
 
-    tasks = ok_json(api, "status", "--experiment", experiment, "--watch", "--json",
-                    "--interval", "0.5", timeout=300)["tasks"]
+    tasks = ok_json(
+        api,
+        "status",
+        "--experiment",
+        experiment,
+        "--watch",
+        "--json",
+        "--interval",
+        "0.5",
+        timeout=300,
+    )["tasks"]
     assert sorted(t["name"] for t in tasks) == ["hello-pass", "partial-credit"]
     assert all(t["status"] == "completed" and t["priority"] == 10 for t in tasks)
     oracle_rewards = {}
     for task in tasks:
         assert sorted(t["agent"] for t in task["trials"]) == ["nop", "oracle"]
-        oracle_rewards[task["name"]] = next(t["reward"] for t in task["trials"]
-                                            if t["agent"] == "oracle")
+        oracle_rewards[task["name"]] = next(
+            t["reward"] for t in task["trials"] if t["agent"] == "oracle"
+        )
     assert oracle_rewards == {"hello-pass": 1.0, "partial-credit": 0.5}
 
 
@@ -166,8 +195,9 @@ def test_limits_set_then_shown(api: str) -> None:
 
 
 def test_cancel_a_running_task_then_clean_it(api: str) -> None:
-    submitted = ok_json(api, "run", SLEEP, *LOCAL_ORACLE, "--ae", "ODDISH_SLEEP_SECONDS=60",
-                        "--json")
+    submitted = ok_json(
+        api, "run", SLEEP, *LOCAL_ORACLE, "--ae", "ODDISH_SLEEP_SECONDS=60", "--json"
+    )
     task_id = submitted["tasks"][0]["id"]
     wait_for(api, task_id, running, timeout=60)
 
@@ -195,10 +225,16 @@ def test_cancel_a_running_task_then_clean_it(api: str) -> None:
         ([HELLO, "--ae", "NO_EQUALS_SIGN"], None, "'NO_EQUALS_SIGN' is not KEY=VALUE"),
         ([HELLO], "agents:\n  - name: oracle\n    modle: gpt\n", "agents[0].modle: unknown field"),
         ([HELLO], "agents:\n  - name: oracle\nretries: 3\n", "retries: unknown field"),
-        ([HELLO], "agents:\n  - name: oracle\n    n_trials: 0\n",
-         "agents[0].n_trials: Input should be greater than or equal to 1"),
-        ([HELLO], "agents:\n  - name: oracle\n    n_trials: many\n",
-         "agents[0].n_trials: Input should be a valid integer"),
+        (
+            [HELLO],
+            "agents:\n  - name: oracle\n    n_trials: 0\n",
+            "agents[0].n_trials: Input should be greater than or equal to 1",
+        ),
+        (
+            [HELLO],
+            "agents:\n  - name: oracle\n    n_trials: many\n",
+            "agents[0].n_trials: Input should be a valid integer",
+        ),
         ([HELLO], "agents: [oracle\n", "not valid YAML"),
     ],
 )
@@ -235,7 +271,8 @@ def test_api_down_is_one_clear_line() -> None:
         assert result.stdout == ""
         assert result.stderr.strip() == (
             f"error: cannot reach the oddish API at {url}; start it with `oddish up` or point "
-            "ODDISH_API_URL at a running one")
+            "ODDISH_API_URL at a running one"
+        )
 
 
 def test_unknown_dataset_says_so_without_a_traceback(api: str) -> None:
@@ -246,8 +283,9 @@ def test_unknown_dataset_says_so_without_a_traceback(api: str) -> None:
 
 
 def test_retry_a_cancelled_trial(api: str) -> None:
-    submitted = ok_json(api, "run", SLEEP, *LOCAL_ORACLE, "--ae", "ODDISH_SLEEP_SECONDS=10",
-                        "--json")
+    submitted = ok_json(
+        api, "run", SLEEP, *LOCAL_ORACLE, "--ae", "ODDISH_SLEEP_SECONDS=10", "--json"
+    )
     task_id = submitted["tasks"][0]["id"]
     trial_id = wait_for(api, task_id, running, timeout=60)["trials"][0]["id"]
     assert oddish(api, "cancel", task_id).returncode == 0

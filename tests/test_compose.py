@@ -25,8 +25,14 @@ KNOWN_EXTRAS = {
     "DATABASE_URL",  # an alias of ODDISH_DATABASE_URL
     "ODDISH_API_URL",  # the CLI's
     "HARBOR_TELEMETRY",  # Harbor's own
-    "ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY",
-    "DAYTONA_API_KEY", "E2B_API_KEY", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "RUNLOOP_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "OPENAI_API_KEY",
+    "GEMINI_API_KEY",
+    "DAYTONA_API_KEY",
+    "E2B_API_KEY",
+    "MODAL_TOKEN_ID",
+    "MODAL_TOKEN_SECRET",
+    "RUNLOOP_API_KEY",
 }
 SETTING_LINE = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$")
 
@@ -81,7 +87,9 @@ def test_the_six_services_start_in_order(compose: dict) -> None:
     services = compose["services"]
     assert SERVICES <= set(services)
     assert services["db"]["image"].startswith("postgres:16")
-    assert services["temporal"]["image"].startswith(("temporalio/auto-setup:", "temporalio/server:"))
+    assert services["temporal"]["image"].startswith(
+        ("temporalio/auto-setup:", "temporalio/server:")
+    )
     assert services["temporal-ui"]["image"].startswith("temporalio/ui:")
     assert services["db-init"]["depends_on"]["db"]["condition"] == "service_healthy"
     assert services["temporal"]["depends_on"]["db"]["condition"] == "service_healthy"
@@ -101,10 +109,14 @@ def test_oddish_services_share_one_image_database_temporal_and_files(compose: di
         service = services[name]
         assert service["build"] == "." and service["image"] == services["api"]["image"], name
         env = service["environment"]
-        assert "@db:5432/" in env["DATABASE_URL"] and env["DATABASE_URL"].startswith("postgresql+asyncpg://")
+        assert "@db:5432/" in env["DATABASE_URL"] and env["DATABASE_URL"].startswith(
+            "postgresql+asyncpg://"
+        )
         assert env["ODDISH_TEMPORAL_ADDRESS"] == "temporal:7233"
         for key in ("ODDISH_TASKS_DIR", "ODDISH_HARBOR_JOBS_DIR"):
-            assert any(env[key].startswith(volume.split(":")[1]) for volume in service["volumes"]), key
+            assert any(
+                env[key].startswith(volume.split(":")[1]) for volume in service["volumes"]
+            ), key
         assert set(env) <= setting_names() | KNOWN_EXTRAS, name
 
 
@@ -117,8 +129,14 @@ def test_every_command_exists_and_takes_its_flags(command: list[str]) -> None:
     """Each ``python -m oddish.X args`` runs with --help added: click rejects an unknown flag
     before it shows help, and each flag must be in that help."""
     env = {**os.environ, "COLUMNS": "200", "HARBOR_TELEMETRY": "0"}
-    result = subprocess.run([sys.executable, *command[1:], "--help"], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, *command[1:], "--help"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, f"{command}: {result.stdout}{result.stderr}"
     for flag in (arg for arg in command[3:] if arg.startswith("--")):
         assert flag in result.stdout, f"{command}: {flag} missing from its help"
@@ -128,7 +146,9 @@ def test_every_command_exists_and_takes_its_flags(command: list[str]) -> None:
 
 def test_env_example_names_only_real_settings_and_all_of_them() -> None:
     listed = env_example()
-    assert set(listed) <= setting_names() | KNOWN_EXTRAS, set(listed) - setting_names() - KNOWN_EXTRAS
+    assert set(listed) <= setting_names() | KNOWN_EXTRAS, (
+        set(listed) - setting_names() - KNOWN_EXTRAS
+    )
     assert setting_names() <= set(listed), f"undocumented: {setting_names() - set(listed)}"
     assert listed["HARBOR_TELEMETRY"] == "0"
 
@@ -150,8 +170,11 @@ def test_dockerfile_copies_files_that_exist_and_are_not_ignored() -> None:
     assert instructions[0] == ("FROM", "python:3.12-slim")
     assert any(k == "RUN" and "bubblewrap" in rest for k, rest in instructions)
     assert any(k == "RUN" and "uv sync" in rest for k, rest in instructions)
-    ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
+    ignored = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     copied = []
     for keyword, rest in instructions:
         if keyword != "COPY" or rest.startswith("--from="):

@@ -17,15 +17,20 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def sleeping_agents() -> str:
-    return subprocess.run(["pgrep", "-af", "^sleep 8$"], capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["pgrep", "-af", "^sleep 8$"], capture_output=True, text=True
+    ).stdout.strip()
 
 
-async def test_killed_worker_trial_finishes_on_the_other_once(start_worker, temporal_client: Client) -> None:
+async def test_killed_worker_trial_finishes_on_the_other_once(
+    start_worker, temporal_client: Client
+) -> None:
     key = unique_key("crash")
     limits = json.dumps({key: 1})
     workers = [start_worker("--n-concurrent", limits), start_worker("--n-concurrent", limits)]
-    task_id = await submit(temporal_client, "sleep",
-                           local(model=key, agent_env={"ODDISH_SLEEP_SECONDS": "8"}))
+    task_id = await submit(
+        temporal_client, "sleep", local(model=key, agent_env={"ODDISH_SLEEP_SECONDS": "8"})
+    )
 
     running = (await wait_until_running(task_id))["trials"][0]["attempts"][0]
     await asyncio.sleep(2)  # well inside the agent's sleep
@@ -53,13 +58,16 @@ async def test_killed_worker_trial_finishes_on_the_other_once(start_worker, temp
     await check_history(temporal_client, task_id, "worker-killed")
 
 
-async def test_worker_stopped_mid_trial_hands_the_trial_over(start_worker, temporal_client: Client) -> None:
+async def test_worker_stopped_mid_trial_hands_the_trial_over(
+    start_worker, temporal_client: Client
+) -> None:
     """A rolling restart (SIGTERM) does not settle a running trial as cancelled: it runs again."""
     key = unique_key("restart")
     limits = json.dumps({key: 1})
     workers = [start_worker("--n-concurrent", limits), start_worker("--n-concurrent", limits)]
-    task_id = await submit(temporal_client, "sleep",
-                           local(model=key, agent_env={"ODDISH_SLEEP_SECONDS": "8"}))
+    task_id = await submit(
+        temporal_client, "sleep", local(model=key, agent_env={"ODDISH_SLEEP_SECONDS": "8"})
+    )
     running = (await wait_until_running(task_id))["trials"][0]["attempts"][0]
     pid = int(running["worker"].rsplit(":", 1)[1])
     [stopping] = [w for w in workers if w.process.pid == pid]

@@ -28,9 +28,14 @@ async def test_example_tasks_end_to_end(start_worker, temporal_client: Client) -
         name: await submit(temporal_client, name, local("oracle", 2), local("nop", 2))
         for name in EXPECTED
     }
-    tasks = dict(zip(task_ids, await asyncio.gather(
-        *(wait_for_task(temporal_client, task_id) for task_id in task_ids.values())
-    )))
+    tasks = dict(
+        zip(
+            task_ids,
+            await asyncio.gather(
+                *(wait_for_task(temporal_client, task_id) for task_id in task_ids.values())
+            ),
+        )
+    )
 
     await check_history(temporal_client, task_ids["partial-credit"], "completed")
     for name, task in tasks.items():
@@ -61,9 +66,12 @@ async def test_example_tasks_end_to_end(start_worker, temporal_client: Client) -
     # Found in Temporal by our search attributes, completed.
     task_id = task_ids["partial-credit"]
     for _ in range(50):
-        found = [w async for w in temporal_client.list_workflows(
-            f'OddishTask = "{task_id}" AND OddishStatus = "completed" AND ExecutionStatus = "Completed"'
-        )]
+        found = [
+            w
+            async for w in temporal_client.list_workflows(
+                f'OddishTask = "{task_id}" AND OddishStatus = "completed" AND ExecutionStatus = "Completed"'
+            )
+        ]
         if found:
             break
         await asyncio.sleep(0.2)

@@ -65,7 +65,9 @@ def next_attempt_start(trial: dict) -> datetime:
     return parse(attempts[i + 1]["started_at"])
 
 
-def attempt_spans(task: dict, *, lost_ended_by: datetime | None = None) -> list[tuple[datetime, datetime]]:
+def attempt_spans(
+    task: dict, *, lost_ended_by: datetime | None = None
+) -> list[tuple[datetime, datetime]]:
     """When each attempt ran. An attempt that ran to the end records its own finish. A ``lost``
     attempt's ``finished_at`` is when the next attempt noticed it lost, later than when it stopped:
     it is cut at ``lost_ended_by`` (the moment its worker was killed; the sandbox dies with the
@@ -82,8 +84,9 @@ def attempt_spans(task: dict, *, lost_ended_by: datetime | None = None) -> list[
 
 def sleeping(seconds: int) -> int:
     """Sandboxed agents asleep for ``seconds`` right now (the sleep task's solve.sh)."""
-    out = subprocess.run(["pgrep", "-f", f"^sleep {seconds}$"], capture_output=True, text=True,
-                         check=False).stdout
+    out = subprocess.run(
+        ["pgrep", "-f", f"^sleep {seconds}$"], capture_output=True, text=True, check=False
+    ).stdout
     return len(out.split())
 
 
@@ -102,19 +105,25 @@ async def poll(condition, *, timeout: float, every: float = 0.2, what: str = "co
 async def test_worker_killed_mid_run_of_30_trials(start_worker, temporal_client: Client) -> None:
     key, limit, n_trials = unique_key("kill30"), 4, 30
     workers = [start_worker("--n-concurrent", json.dumps({key: limit})) for _ in range(2)]
-    task_id = await submit(temporal_client, "sleep", local(
-        n_trials=n_trials, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "3"}))
+    task_id = await submit(
+        temporal_client,
+        "sleep",
+        local(n_trials=n_trials, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "3"}),
+    )
 
     async def mid_run() -> tuple[str, int] | None:
         """(worker identity, trials it runs) once some trials are done and it runs two or more."""
         task = await get_task_with_trials(task_id)
         done = sum(t["status"] == "success" for t in task["trials"])
-        running = Counter(a["worker"] for t in task["trials"] for a in t["attempts"]
-                          if a["status"] == "running")
+        running = Counter(
+            a["worker"] for t in task["trials"] for a in t["attempts"] if a["status"] == "running"
+        )
         busiest = running.most_common(1)
         return busiest[0] if done >= 6 and busiest and busiest[0][1] >= 2 else None
 
-    identity, running_then = await poll(mid_run, timeout=120, what="a worker running 2 trials mid-run")
+    identity, running_then = await poll(
+        mid_run, timeout=120, what="a worker running 2 trials mid-run"
+    )
     [victim] = [w for w in workers if identity.endswith(f":{w.process.pid}")]
     killed_at = datetime.now(UTC)
     killed_mono = time.monotonic()
@@ -125,8 +134,9 @@ async def test_worker_killed_mid_run_of_30_trials(start_worker, temporal_client:
 
     assert task["status"] == "completed"
     assert_each_trial_recorded_once(task, n_trials)
-    lost = {t["index"]: t for t in task["trials"]
-            if any(a["status"] == "lost" for a in t["attempts"])}
+    lost = {
+        t["index"]: t for t in task["trials"] if any(a["status"] == "lost" for a in t["attempts"])
+    }
     assert lost, f"the killed worker ran {running_then} trials; none was recorded lost"
     for trial in lost.values():
         [dead] = [a for a in trial["attempts"] if a["status"] == "lost"]
@@ -134,9 +144,11 @@ async def test_worker_killed_mid_run_of_30_trials(start_worker, temporal_client:
         assert attempts_of(trial)[-1]["worker"] != identity
     # A killed worker's trials run again: the start of each one's next attempt, from the kill.
     again = sorted((next_attempt_start(t) - killed_at).total_seconds() for t in lost.values())
-    print(f"\nkill -9 of a worker running {len(lost)} of {n_trials} trials: first of its trials "
-          f"running again after {again[0]:.1f}s, all of them after {again[-1]:.1f}s; "
-          f"task done {all_done:.1f}s after the kill")
+    print(
+        f"\nkill -9 of a worker running {len(lost)} of {n_trials} trials: first of its trials "
+        f"running again after {again[0]:.1f}s, all of them after {again[-1]:.1f}s; "
+        f"task done {all_done:.1f}s after the kill"
+    )
 
     spans = attempt_spans(task, lost_ended_by=killed_at)
     assert max_overlap(spans) == limit, "never more than the limit, and the limit was used"
@@ -144,12 +156,15 @@ async def test_worker_killed_mid_run_of_30_trials(start_worker, temporal_client:
     await check_history(temporal_client, task_id, "kill-mid-run")
 
 
-async def test_cancel_with_trials_running_and_waiting(start_worker, temporal_client: Client) -> None:
+async def test_cancel_with_trials_running_and_waiting(
+    start_worker, temporal_client: Client
+) -> None:
     """Two quick trials finish, four long ones run, four wait; then the task is cancelled."""
     key, limit, long_sleep = unique_key("cancel-many"), 4, 67
     start_worker("--n-concurrent", json.dumps({key: limit}))
     task_id = await submit(
-        temporal_client, "sleep",
+        temporal_client,
+        "sleep",
         local(n_trials=2, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "1"}),
         local(n_trials=8, model=key, agent_env={"ODDISH_SLEEP_SECONDS": str(long_sleep)}),
     )
@@ -160,8 +175,9 @@ async def test_cancel_with_trials_running_and_waiting(start_worker, temporal_cli
         shape = counts == Counter(success=2, running=4, queued=4)
         return task if shape and sleeping(long_sleep) == 4 else None
 
-    before = await poll(four_running_four_waiting, timeout=120,
-                        what="2 finished, 4 sandboxes asleep, 4 waiting")
+    before = await poll(
+        four_running_four_waiting, timeout=120, what="2 finished, 4 sandboxes asleep, 4 waiting"
+    )
     finished_before = {t["id"]: t for t in before["trials"] if t["status"] == "success"}
 
     started = time.monotonic()
@@ -176,8 +192,10 @@ async def test_cancel_with_trials_running_and_waiting(start_worker, temporal_cli
     with pytest.raises(WorkflowFailureError):
         await asyncio.wait_for(handle.result(), 60)
     closed = time.monotonic() - started
-    print(f"\ncancel of 4 running + 4 waiting trials: no sandbox left after {no_sandbox:.2f}s, "
-          f"workflow closed after {closed:.2f}s")
+    print(
+        f"\ncancel of 4 running + 4 waiting trials: no sandbox left after {no_sandbox:.2f}s, "
+        f"workflow closed after {closed:.2f}s"
+    )
 
     # A cancel reaches a trial in the answer to a heartbeat, sent at least every 2 s.
     assert no_sandbox < 10, "the running trials' sandboxes went within seconds"
@@ -188,7 +206,9 @@ async def test_cancel_with_trials_running_and_waiting(start_worker, temporal_cli
         if trial["id"] in finished_before:
             old = finished_before[trial["id"]]
             for field in ("status", "outcome", "reward", "finished_at", "attempts"):
-                assert trial[field] == old[field], f"finished trial {trial['index']}: {field} changed"
+                assert trial[field] == old[field], (
+                    f"finished trial {trial['index']}: {field} changed"
+                )
         else:
             assert trial["status"] == "cancelled" and trial["outcome"] == "cancelled"
             assert trial["reward"] is None
@@ -200,18 +220,27 @@ async def test_cancel_with_trials_running_and_waiting(start_worker, temporal_cli
 
 
 async def test_same_sweep_posted_twice_at_once_makes_one_task(
-    api: str, start_worker, temporal_client: Client  # noqa: F811
+    api: str,
+    start_worker,
+    temporal_client: Client,  # noqa: F811
 ) -> None:
     """The library path is in test_inputs; here two HTTP requests race inside one API process."""
     start_worker()
     submission_key = f"sweep-twice-{time.monotonic_ns()}"
     async with httpx.AsyncClient(base_url=api, timeout=60) as http:
         archive = task_archive(EXAMPLES / "hello-pass")
-        upload_id = (await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive)})).json()["upload_id"]
-        body = {"upload_id": upload_id, "configs": [{"agent": "oracle", "n_trials": 3}],
-                "harbor": {"environment": "local"}, "submission_key": submission_key}
-        first, second = await asyncio.gather(http.post("/tasks/sweep", json=body),
-                                             http.post("/tasks/sweep", json=body))
+        upload_id = (
+            await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive)})
+        ).json()["upload_id"]
+        body = {
+            "upload_id": upload_id,
+            "configs": [{"agent": "oracle", "n_trials": 3}],
+            "harbor": {"environment": "local"},
+            "submission_key": submission_key,
+        }
+        first, second = await asyncio.gather(
+            http.post("/tasks/sweep", json=body), http.post("/tasks/sweep", json=body)
+        )
     assert first.status_code == second.status_code == 200, (first.text, second.text)
     assert first.json() == second.json()
     task_id = first.json()["id"]
@@ -222,8 +251,15 @@ async def test_same_sweep_posted_twice_at_once_makes_one_task(
     assert all(len(t["attempts"]) == 1 for t in task["trials"])
     async with get_session() as session:
         count = await session.execute(
-            select(func.count()).select_from(TaskModel).where(TaskModel.submission_key == submission_key))
+            select(func.count())
+            .select_from(TaskModel)
+            .where(TaskModel.submission_key == submission_key)
+        )
         assert count.scalar_one() == 1
-    runs = [w async for w in temporal_client.list_workflows(
-        f'WorkflowId = "{workflow_id_for_task(task_id)}"')]
+    runs = [
+        w
+        async for w in temporal_client.list_workflows(
+            f'WorkflowId = "{workflow_id_for_task(task_id)}"'
+        )
+    ]
     assert len(runs) == 1, "one workflow run"

@@ -59,8 +59,13 @@ def test_not_a_task_directory_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "message"),
-    [("{not json", "not valid JSON"), ("[1]", "JSON object"), ('{"a": 0}', "positive integer"),
-     ('{"a": "2"}', "positive integer"), ('{"a": true}', "positive integer")],
+    [
+        ("{not json", "not valid JSON"),
+        ("[1]", "JSON object"),
+        ('{"a": 0}', "positive integer"),
+        ('{"a": "2"}', "positive integer"),
+        ('{"a": true}', "positive integer"),
+    ],
 )
 def test_bad_concurrency_json_is_refused(raw: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -69,53 +74,93 @@ def test_bad_concurrency_json_is_refused(raw: str, message: str) -> None:
 
 def test_trial_spec_maps_onto_harbor_config(tmp_path: Path) -> None:
     spec = TrialSpec(
-        agent="claude-code", model="anthropic/claude-sonnet-4-5", environment="daytona",
-        agent_env={"K": "V"}, agent_kwargs={"max_turns": 3}, agent_timeout_sec=100,
-        verifier_timeout_sec=50, override_cpus=2, override_memory_mb=2048, override_gpus=1,
-        artifacts=["/app/out"], force_build=True, disable_verification=True,
+        agent="claude-code",
+        model="anthropic/claude-sonnet-4-5",
+        environment="daytona",
+        agent_env={"K": "V"},
+        agent_kwargs={"max_turns": 3},
+        agent_timeout_sec=100,
+        verifier_timeout_sec=50,
+        override_cpus=2,
+        override_memory_mb=2048,
+        override_gpus=1,
+        artifacts=["/app/out"],
+        force_build=True,
+        disable_verification=True,
     )
-    config = trial_config(spec, task_path=EXAMPLES / "hello-pass", trials_dir=tmp_path, trial_name="t")
+    config = trial_config(
+        spec, task_path=EXAMPLES / "hello-pass", trials_dir=tmp_path, trial_name="t"
+    )
     assert config.agent.name == "claude-code" and config.agent.model_name == spec.model
     assert config.agent.env == {"K": "V"} and config.agent.kwargs == {"max_turns": 3}
     assert config.agent.override_timeout_sec == 100
     assert config.verifier.override_timeout_sec == 50 and config.verifier.disable
     assert config.environment.type == "daytona" and config.environment.force_build
-    assert (config.environment.override_cpus, config.environment.override_memory_mb,
-            config.environment.override_gpus) == (2, 2048, 1)
+    assert (
+        config.environment.override_cpus,
+        config.environment.override_memory_mb,
+        config.environment.override_gpus,
+    ) == (2, 2048, 1)
     assert config.artifacts == ["/app/out"]
 
-    local = trial_config(TrialSpec(environment="local"), task_path=EXAMPLES / "hello-pass",
-                         trials_dir=tmp_path, trial_name="t")
+    local = trial_config(
+        TrialSpec(environment="local"),
+        task_path=EXAMPLES / "hello-pass",
+        trials_dir=tmp_path,
+        trial_name="t",
+    )
     assert local.environment.import_path == "oddish.environments.local:LocalEnvironment"
-    custom = trial_config(TrialSpec(environment="my_pkg.envs:Sandbox", agent="my_pkg.agents:Agent"),
-                          task_path=EXAMPLES / "hello-pass", trials_dir=tmp_path, trial_name="t")
+    custom = trial_config(
+        TrialSpec(environment="my_pkg.envs:Sandbox", agent="my_pkg.agents:Agent"),
+        task_path=EXAMPLES / "hello-pass",
+        trials_dir=tmp_path,
+        trial_name="t",
+    )
     assert custom.environment.import_path == "my_pkg.envs:Sandbox"
     assert custom.agent.import_path == "my_pkg.agents:Agent"
 
 
-async def test_db_cli_setup_is_idempotent_and_reports_missing_url(oddish_env: dict, migrated: None) -> None:
+async def test_db_cli_setup_is_idempotent_and_reports_missing_url(
+    oddish_env: dict, migrated: None
+) -> None:
     env = {**os.environ, **oddish_env}
     for _ in range(2):
-        done = subprocess.run([sys.executable, "-m", "oddish.db", "setup"], env=env,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "oddish.db", "setup"], env=env, capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr
     bare = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "ODDISH_DATABASE_URL")}
-    missing = subprocess.run([sys.executable, "-m", "oddish.db", "init"], env=bare,
-                             capture_output=True, text=True, cwd="/")
+    missing = subprocess.run(
+        [sys.executable, "-m", "oddish.db", "init"],
+        env=bare,
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
     assert missing.returncode == 2
     assert "DATABASE_URL" in missing.stderr
 
 
-async def test_same_submission_key_twice_at_once_makes_one_task(start_worker, temporal_client) -> None:
+async def test_same_submission_key_twice_at_once_makes_one_task(
+    start_worker, temporal_client
+) -> None:
     start_worker()
-    submission = TaskSubmission(task_path=EXAMPLES / "hello-pass", configs=[
-        AgentRunConfig(environment="local", n_trials=2)], submission_key="client-retry-42")
-    first, second = await asyncio.gather(create_task(submission, client=temporal_client),
-                                         create_task(submission, client=temporal_client))
+    submission = TaskSubmission(
+        task_path=EXAMPLES / "hello-pass",
+        configs=[AgentRunConfig(environment="local", n_trials=2)],
+        submission_key="client-retry-42",
+    )
+    first, second = await asyncio.gather(
+        create_task(submission, client=temporal_client),
+        create_task(submission, client=temporal_client),
+    )
     assert first == second
     task = await wait_for_task(temporal_client, first)
     assert len(task["trials"]) == 2
     async with get_session() as session:
         count = await session.execute(
-            select(func.count()).select_from(TaskModel).where(TaskModel.submission_key == "client-retry-42"))
+            select(func.count())
+            .select_from(TaskModel)
+            .where(TaskModel.submission_key == "client-retry-42")
+        )
         assert count.scalar_one() == 1

@@ -47,9 +47,7 @@ async def run_trial(
             task=TaskConfig(path=TASKS_DIR / task),
             trials_dir=trials_dir,
             agent=AgentConfig(name=agent),
-            environment=EnvironmentConfig(
-                import_path=LOCAL_ENVIRONMENT_IMPORT_PATH
-            ),
+            environment=EnvironmentConfig(import_path=LOCAL_ENVIRONMENT_IMPORT_PATH),
         )
     )
     return await trial.run()
@@ -74,7 +72,9 @@ async def test_oracle(task: str, rewards: dict[str, float], tmp_path: Path) -> N
     trial_dir = tmp_path / result.trial_name
     assert (trial_dir / "agent" / "oracle.txt").exists()
     assert (trial_dir / "verifier" / "test-stdout.txt").exists()
-    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob(f"oddish-local-{result.trial_name}*"))
+    assert not list(
+        Path(os.environ.get("TMPDIR", "/tmp")).glob(f"oddish-local-{result.trial_name}*")
+    )
 
 
 async def test_nop_gets_zero(tmp_path: Path) -> None:
@@ -102,9 +102,7 @@ async def local_env(tmp_path: Path) -> AsyncIterator[LocalEnvironment]:
         session_id=f"unit-{uuid.uuid4().hex[:8]}__env",
         trial_paths=paths,
         task_env_config=TaskEnvironmentConfig(),
-        mounts=[
-            {"type": "bind", "source": str(paths.verifier_dir), "target": "/logs/verifier"}
-        ],
+        mounts=[{"type": "bind", "source": str(paths.verifier_dir), "target": "/logs/verifier"}],
     )
     await env.start(force_build=False)
     yield env

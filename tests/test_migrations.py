@@ -41,18 +41,26 @@ async def test_upgrade_marks_the_tasks_that_have_workflows(scratch_database: str
     conn = await asyncpg.connect(plain_dsn(scratch_database))
     try:
         await conn.execute("INSERT INTO experiments (id, name) VALUES ('exp-1', 'before')")
-        for task_id, status, started_at in [("task-pending", "pending", None),
-                                            ("task-running", "running", started),
-                                            ("task-cancelled", "cancelled", None)]:
+        for task_id, status, started_at in [
+            ("task-pending", "pending", None),
+            ("task-running", "running", started),
+            ("task-cancelled", "cancelled", None),
+        ]:
             await conn.execute(
                 "INSERT INTO tasks (id, experiment_id, name, task_path, status, priority, "
                 "run_analysis, workflow_id, started_at, created_at) "
                 "VALUES ($1, 'exp-1', 't', '/t', $2, 0, true, $1, $3, $4)",
-                task_id, status, started_at, started - timedelta(minutes=1))
+                task_id,
+                status,
+                started_at,
+                started - timedelta(minutes=1),
+            )
 
         await migrate(scratch_database, "head")
-        rows = {r["id"]: r for r in await conn.fetch(
-            "SELECT id, status, workflow_started_at FROM tasks")}
+        rows = {
+            r["id"]: r
+            for r in await conn.fetch("SELECT id, status, workflow_started_at FROM tasks")
+        }
         # A task a workflow has recorded has one; a pending one is left for the workers to ask.
         assert rows["task-pending"]["workflow_started_at"] is None
         assert rows["task-running"]["workflow_started_at"] == started

@@ -27,9 +27,12 @@ def task_variant(tmp_path: Path, source: str, replacements: dict[str, str]) -> P
     return target
 
 
-async def run(client: Client, task_path: Path, config: AgentRunConfig,
-              history: str | None = None) -> dict:
-    task_id = await create_task(TaskSubmission(task_path=task_path, configs=[config]), client=client)
+async def run(
+    client: Client, task_path: Path, config: AgentRunConfig, history: str | None = None
+) -> dict:
+    task_id = await create_task(
+        TaskSubmission(task_path=task_path, configs=[config]), client=client
+    )
     task = await wait_for_task(client, task_id)
     assert task["status"] == "completed"
     if history:
@@ -42,9 +45,14 @@ async def test_hanging_agent_is_an_agent_timeout_recorded_once(
     start_worker, temporal_client: Client
 ) -> None:
     start_worker()
-    trial = await run(temporal_client, EXAMPLES / "sleep", local(
-        agent_env={"ODDISH_SLEEP_SECONDS": "600"}, agent_timeout_sec=2,
-    ))
+    trial = await run(
+        temporal_client,
+        EXAMPLES / "sleep",
+        local(
+            agent_env={"ODDISH_SLEEP_SECONDS": "600"},
+            agent_timeout_sec=2,
+        ),
+    )
     assert trial["status"] == "failed"
     assert trial["outcome"] == "agent_timeout"
     assert trial["error_type"] == "AgentTimeoutError"
@@ -57,8 +65,11 @@ async def test_verifier_without_reward_fails_with_that_reason_once(
     start_worker, temporal_client: Client, tmp_path: Path
 ) -> None:
     start_worker()
-    task = task_variant(tmp_path, "hello-pass",
-                        {"tests/test.sh": "#!/bin/bash\necho 'checked, but wrote no reward'\n"})
+    task = task_variant(
+        tmp_path,
+        "hello-pass",
+        {"tests/test.sh": "#!/bin/bash\necho 'checked, but wrote no reward'\n"},
+    )
     trial = await run(temporal_client, task, local())
     assert trial["status"] == "failed"
     assert trial["outcome"] == "verifier_error"
@@ -72,9 +83,15 @@ async def test_unstartable_environment_is_retried_then_failed(
     start_worker, temporal_client: Client
 ) -> None:
     start_worker(PYTHONPATH=str(TESTS_DIR), ODDISH_TRIAL_MAX_ATTEMPTS="3")
-    trial = await run(temporal_client, EXAMPLES / "hello-pass", AgentRunConfig(
-        agent="oracle", environment="unstartable_environment:UnstartableEnvironment",
-    ), history="failed-trials")
+    trial = await run(
+        temporal_client,
+        EXAMPLES / "hello-pass",
+        AgentRunConfig(
+            agent="oracle",
+            environment="unstartable_environment:UnstartableEnvironment",
+        ),
+        history="failed-trials",
+    )
     assert trial["status"] == "failed"
     assert trial["outcome"] == "infrastructure_error"
     assert trial["error_type"] == "ConnectionError"

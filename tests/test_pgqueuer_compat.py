@@ -28,7 +28,9 @@ async def test_queue_size_counts_our_waiting_and_holding_rows(migrated: None) ->
     async with get_engine().begin() as conn:
         await slots.set_limit(conn, key, 2)
         await slots.enqueue(conn, trials=trials, workflow_id="wf-qsize", priority=3, run_number=1)
-        await slots.enqueue(conn, trials=trials[:1], workflow_id="wf-qsize", priority=3, run_number=1)
+        await slots.enqueue(
+            conn, trials=trials[:1], workflow_id="wf-qsize", priority=3, run_number=1
+        )
     async with get_engine().begin() as conn:
         claims = await slots.claim(conn, queue_key=key, default_limit=8, manager_id=uuid.uuid4())
     assert len(claims) == 2 and sorted(c.slot for c in claims) == [0, 1]
@@ -45,7 +47,9 @@ async def test_queue_size_counts_our_waiting_and_holding_rows(migrated: None) ->
     assert sizes == {("queued", 3): 3, ("picked", 3): 2}
 
     async with get_engine().begin() as conn:
-        assert await slots.release(conn, trial_ids=[t for t, _ in trials], log_status="canceled") == 5
+        assert (
+            await slots.release(conn, trial_ids=[t for t, _ in trials], log_status="canceled") == 5
+        )
 
 
 async def test_real_pgqueuer_worker_and_oddish_share_one_limit(
@@ -82,11 +86,12 @@ async def test_real_pgqueuer_worker_and_oddish_share_one_limit(
     sampler = asyncio.create_task(sample())
     runner = asyncio.create_task(pgq.run(dequeue_timeout=timedelta(seconds=0.5), batch_size=2))
     try:
-        await Queries.from_asyncpg_connection(producer_conn).enqueue(
-            [key] * 6, [b"x"] * 6, [0] * 6
+        await Queries.from_asyncpg_connection(producer_conn).enqueue([key] * 6, [b"x"] * 6, [0] * 6)
+        task_id = await submit(
+            temporal_client,
+            "sleep",
+            local(n_trials=6, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "1"}),
         )
-        task_id = await submit(temporal_client, "sleep",
-                               local(n_trials=6, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "1"}))
         task = await wait_for_task(temporal_client, task_id)
         for _ in range(100):
             if len(ran) == 6:

@@ -14,8 +14,14 @@ from oddish.replay import replay_history
 
 RECORDED = sorted(HISTORIES.glob("*.json"))
 # What the recorded histories must cover: each path the workflow can take.
-SCENARIOS = {"completed", "failed-trials", "cancelled", "worker-killed", "retry-finished",
-             "retry-running"}
+SCENARIOS = {
+    "completed",
+    "failed-trials",
+    "cancelled",
+    "worker-killed",
+    "retry-finished",
+    "retry-running",
+}
 
 
 def test_every_scenario_has_a_recorded_history() -> None:

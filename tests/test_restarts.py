@@ -42,7 +42,8 @@ N_LONG, LONG_SEC = 2, 25
 
 async def submit_mixed(client: Client, key: str) -> str:
     return await submit(
-        client, "sleep",
+        client,
+        "sleep",
         local(n_trials=N_LONG, model=key, agent_env={"ODDISH_SLEEP_SECONDS": str(LONG_SEC)}),
         local(n_trials=N_TRIALS - N_LONG, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "3"}),
     )
@@ -76,18 +77,24 @@ async def read_task(task_id: str) -> dict | None:
 async def mid_run(task_id: str) -> dict:
     """The task once some trials have finished, every slot is busy, others wait, and the short
     trials running have just started (so they finish during the outage, not before it)."""
+
     async def there() -> dict | None:
         task = await read_task(task_id)
         if task is None:
             return None
         counts = Counter(t["status"] for t in task["trials"])
         now = datetime.now(UTC)
-        fresh = all((now - parse(t["attempts"][-1]["started_at"])).total_seconds() < 1.0
-                    for t in task["trials"] if t["status"] == "running" and t["index"] >= N_LONG)
+        fresh = all(
+            (now - parse(t["attempts"][-1]["started_at"])).total_seconds() < 1.0
+            for t in task["trials"]
+            if t["status"] == "running" and t["index"] >= N_LONG
+        )
         busy = counts["success"] >= LIMIT and counts["running"] == LIMIT and counts["queued"] > 0
         return task if busy and fresh else None
 
-    return await poll(there, timeout=120, every=0.1, what="every slot busy, short trials just started")
+    return await poll(
+        there, timeout=120, every=0.1, what="every slot busy, short trials just started"
+    )
 
 
 async def wait_for_result(client: Client, task_id: str, timeout: float) -> list[str]:
@@ -108,19 +115,29 @@ async def wait_for_result(client: Client, task_id: str, timeout: float) -> list[
 
 def starts_after(task: dict, moment: datetime) -> list[float]:
     """Seconds from ``moment`` to each attempt started after it."""
-    return sorted((parse(a["started_at"]) - moment).total_seconds()
-                  for t in task["trials"] for a in t["attempts"] if parse(a["started_at"]) > moment)
+    return sorted(
+        (parse(a["started_at"]) - moment).total_seconds()
+        for t in task["trials"]
+        for a in t["attempts"]
+        if parse(a["started_at"]) > moment
+    )
 
 
-def check_end_state(task: dict, key_rows: int, *, stopped_at: datetime, restarted_at: datetime,
-                    sandbox_peak: int) -> None:
+def check_end_state(
+    task: dict, key_rows: int, *, stopped_at: datetime, restarted_at: datetime, sandbox_peak: int
+) -> None:
     assert task["status"] == "completed", task["status"]
     assert_each_trial_recorded_once(task, N_TRIALS)
     # The outage cost no trial its work: nothing was lost or ran again.
     assert all(len(t["attempts"]) == 1 for t in task["trials"]), [
-        [a["status"] for a in t["attempts"]] for t in task["trials"] if len(t["attempts"]) > 1]
-    across = [t for t in task["trials"] if parse(t["attempts"][0]["started_at"]) < stopped_at
-              and parse(t["attempts"][0]["finished_at"]) > restarted_at]
+        [a["status"] for a in t["attempts"]] for t in task["trials"] if len(t["attempts"]) > 1
+    ]
+    across = [
+        t
+        for t in task["trials"]
+        if parse(t["attempts"][0]["started_at"]) < stopped_at
+        and parse(t["attempts"][0]["finished_at"]) > restarted_at
+    ]
     assert len(across) >= N_LONG, "the long trials ran across the outage"
     assert sandbox_peak == N_LONG, "no trial ran twice at once"
     assert max_overlap(attempt_spans(task)) == LIMIT
@@ -138,17 +155,23 @@ def trial_max_attempts(request: pytest.FixtureRequest) -> Iterator[int]:
     get_settings.cache_clear()
 
 
-async def test_temporal_server_restarted_mid_run(start_worker, migrated: None, tmp_path: Path,
-                                                 trial_max_attempts: int) -> None:
-    server = TemporalDevServer(port=free_port(), ui_port=None, db_file=tmp_path / "temporal.db",
-                               log_file=tmp_path / "temporal.log")
+async def test_temporal_server_restarted_mid_run(
+    start_worker, migrated: None, tmp_path: Path, trial_max_attempts: int
+) -> None:
+    server = TemporalDevServer(
+        port=free_port(),
+        ui_port=None,
+        db_file=tmp_path / "temporal.db",
+        log_file=tmp_path / "temporal.log",
+    )
     server.start()
     watch = SandboxWatch()
     try:
         client = await connect(server.address)
         key = unique_key("temporal-restart")
-        worker = start_worker("--n-concurrent", json.dumps({key: LIMIT}),
-                              ODDISH_TEMPORAL_ADDRESS=server.address)
+        worker = start_worker(
+            "--n-concurrent", json.dumps({key: LIMIT}), ODDISH_TEMPORAL_ADDRESS=server.address
+        )
         task_id = await submit_mixed(client, key)
         before = await mid_run(task_id)
         done_before = {t["id"] for t in before["trials"] if t["status"] == "success"}
@@ -164,20 +187,28 @@ async def test_temporal_server_restarted_mid_run(start_worker, migrated: None, t
         client_errors = await wait_for_result(client, task_id, timeout=240)
         all_done = time.monotonic() - restarted
         task = await get_task_with_trials(task_id)
-        finished_in_outage = [t for t in during["trials"]
-                              if t["status"] == "success" and t["id"] not in done_before]
+        finished_in_outage = [
+            t for t in during["trials"] if t["status"] == "success" and t["id"] not in done_before
+        ]
         started = starts_after(task, restarted_at)
         log = worker.log()
-        print(f"\nTemporal down {OUTAGE_SEC:.0f}s: {len(finished_in_outage)} trials finished and "
-              f"were recorded meanwhile; after the restart trials started at "
-              f"{[round(x, 1) for x in started]}s; task done {all_done:.1f}s after the restart; "
-              f"grants the dispatcher could not signal in the outage: {log.count('could not signal')}; "
-              f"trials carried on through it: {log.count('carries on')} (at most "
-              f"{trial_max_attempts} attempts each); errors the client "
-              f"saw: {len(client_errors)}")
+        print(
+            f"\nTemporal down {OUTAGE_SEC:.0f}s: {len(finished_in_outage)} trials finished and "
+            f"were recorded meanwhile; after the restart trials started at "
+            f"{[round(x, 1) for x in started]}s; task done {all_done:.1f}s after the restart; "
+            f"grants the dispatcher could not signal in the outage: {log.count('could not signal')}; "
+            f"trials carried on through it: {log.count('carries on')} (at most "
+            f"{trial_max_attempts} attempts each); errors the client "
+            f"saw: {len(client_errors)}"
+        )
         assert worker.process.poll() is None, "the worker lived through the outage"
-        check_end_state(task, await slot_rows(key), stopped_at=stopped_at,
-                        restarted_at=restarted_at, sandbox_peak=watch.stop())
+        check_end_state(
+            task,
+            await slot_rows(key),
+            stopped_at=stopped_at,
+            restarted_at=restarted_at,
+            sandbox_peak=watch.stop(),
+        )
         await check_history(client, task_id, "temporal-restart")
     finally:
         watch.stop()
@@ -191,8 +222,13 @@ def pg_ctl_runner(data_dir: Path):
     kwargs = {"user": "pgserver"} if os.geteuid() == 0 else {}
 
     def pg_ctl(*args: str) -> None:
-        subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), "-w", *args],
-                       check=True, capture_output=True, timeout=60, **kwargs)
+        subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), "-w", *args],
+            check=True,
+            capture_output=True,
+            timeout=60,
+            **kwargs,
+        )
 
     return pg_ctl
 
@@ -201,8 +237,16 @@ def restart_options(data_dir: Path) -> list[str]:
     """pgserver's start options of the running server (unix socket dir and port, no TCP)."""
     lines = (data_dir / "postmaster.pid").read_text().splitlines()
     port, socket_dir = lines[3].strip(), lines[4].strip()
-    return ["-o", '-h ""', "-o", f"-k {socket_dir}", "-o", f"-p {port}",
-            "-l", str(data_dir / "log")]
+    return [
+        "-o",
+        '-h ""',
+        "-o",
+        f"-k {socket_dir}",
+        "-o",
+        f"-p {port}",
+        "-l",
+        str(data_dir / "log"),
+    ]
 
 
 def refresh_pgserver_handle(data_dir: Path) -> None:
@@ -216,10 +260,14 @@ def refresh_pgserver_handle(data_dir: Path) -> None:
         server._postmaster_info = PostmasterInfo.read_from_pgdata(data_dir.resolve())
 
 
-async def test_postgres_restarted_mid_run(start_worker, temporal_client: Client, work_dir: Path) -> None:
+async def test_postgres_restarted_mid_run(
+    start_worker, temporal_client: Client, work_dir: Path
+) -> None:
     data_dir = work_dir / "pg"
     if not (data_dir / "PG_VERSION").exists():
-        pytest.skip("Postgres is $DATABASE_URL's server, not the embedded one this test can restart")
+        pytest.skip(
+            "Postgres is $DATABASE_URL's server, not the embedded one this test can restart"
+        )
     pg_ctl = pg_ctl_runner(data_dir)
     options = restart_options(data_dir)
     key = unique_key("pg-restart")
@@ -244,15 +292,25 @@ async def test_postgres_restarted_mid_run(start_worker, temporal_client: Client,
         task = await get_task_with_trials(task_id)
         started = starts_after(task, restarted_at)
         log = worker.log()
-        waited = {line.split("trial ")[1].split(":")[0] for line in log.splitlines()
-                  if "recording its result: database unreachable" in line}
-        print(f"\nPostgres down {OUTAGE_SEC:.0f}s: {len(waited)} finished trials waited for it to "
-              f"record their results; after the restart trials started at "
-              f"{[round(x, 1) for x in started]}s; task done {all_done:.1f}s after the restart")
+        waited = {
+            line.split("trial ")[1].split(":")[0]
+            for line in log.splitlines()
+            if "recording its result: database unreachable" in line
+        }
+        print(
+            f"\nPostgres down {OUTAGE_SEC:.0f}s: {len(waited)} finished trials waited for it to "
+            f"record their results; after the restart trials started at "
+            f"{[round(x, 1) for x in started]}s; task done {all_done:.1f}s after the restart"
+        )
         assert worker.process.poll() is None, "the worker lived through the outage"
         assert waited, "trials finished while Postgres was down"
-        check_end_state(task, await slot_rows(key), stopped_at=stopped_at,
-                        restarted_at=restarted_at, sandbox_peak=watch.stop())
+        check_end_state(
+            task,
+            await slot_rows(key),
+            stopped_at=stopped_at,
+            restarted_at=restarted_at,
+            sandbox_peak=watch.stop(),
+        )
         assert task["verdict"]["details"]["overall"]["trials"] == N_TRIALS
         await check_history(temporal_client, task_id, "postgres-restart")
     finally:

@@ -23,8 +23,13 @@ OUTAGE_ENV = "outage_environment:OutageEnvironment"
 
 def outage(outage_file: Path, n_trials: int, model: str) -> AgentRunConfig:
     """Trials whose sandbox cannot start while ``outage_file`` exists."""
-    return AgentRunConfig(agent="oracle", n_trials=n_trials, model=model, environment=OUTAGE_ENV,
-                          environment_kwargs={"outage_file": str(outage_file)})
+    return AgentRunConfig(
+        agent="oracle",
+        n_trials=n_trials,
+        model=model,
+        environment=OUTAGE_ENV,
+        environment_kwargs={"outage_file": str(outage_file)},
+    )
 
 
 def by_id(task: dict) -> dict[str, dict]:
@@ -47,13 +52,16 @@ async def test_retry_of_a_finished_task_reruns_only_its_two_failed_trials(
     outage_file = tmp_path / "outage"
     outage_file.touch()
     start_worker(PYTHONPATH=str(TESTS_DIR))
-    task_id = await submit(temporal_client, "hello-pass", local(n_trials=4, model=key),
-                           outage(outage_file, 2, key))
+    task_id = await submit(
+        temporal_client, "hello-pass", local(n_trials=4, model=key), outage(outage_file, 2, key)
+    )
     before = await wait_for_task(temporal_client, task_id)
     failed = {t["id"] for t in before["trials"] if t["status"] == "failed"}
     assert before["status"] == "completed" and len(failed) == 2
     assert before["verdict"]["details"]["overall"]["trials"] == 6
-    first_run = (await temporal_client.get_workflow_handle(workflow_id_for_task(task_id)).describe()).run_id
+    first_run = (
+        await temporal_client.get_workflow_handle(workflow_id_for_task(task_id)).describe()
+    ).run_id
 
     outage_file.unlink()
     assert sorted(await task_retry.retry_task(task_id, client=temporal_client)) == sorted(failed)
@@ -66,7 +74,9 @@ async def test_retry_of_a_finished_task_reruns_only_its_two_failed_trials(
         if trial_id in failed:
             # Run 1's infra_error attempts stay in the history; run 2 is a new attempt.
             assert [(a["run_number"], a["status"]) for a in trial["attempts"]] == [
-                *[(1, "infra_error")] * len(old[trial_id]["attempts"]), (2, "success")]
+                *[(1, "infra_error")] * len(old[trial_id]["attempts"]),
+                (2, "success"),
+            ]
             assert trial["analysis"]["classification"] == "success"
         else:
             assert trial["attempts"] == old[trial_id]["attempts"], "a passed trial never runs again"
@@ -98,7 +108,8 @@ async def test_retry_of_a_running_task_is_an_update_of_its_workflow(
     task_id = await submit(temporal_client, "sleep", slow, outage(outage_file, 2, key))
     handle = temporal_client.get_workflow_handle(workflow_id_for_task(task_id))
     task = await wait_for_trials(
-        task_id, lambda trials: sum(t["status"] == "failed" for t in trials) == 2)
+        task_id, lambda trials: sum(t["status"] == "failed" for t in trials) == 2
+    )
     failed = {t["id"] for t in task["trials"] if t["status"] == "failed"}
     assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
     run_id = (await handle.describe()).run_id
@@ -121,8 +132,13 @@ async def test_retry_of_a_running_task_is_an_update_of_its_workflow(
     final = await wait_for_task(temporal_client, task_id)
     assert (await handle.describe()).run_id == run_id, "the same run took the retry"
     history = await handle.fetch_history()
-    assert sum(e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
-               for e in history.events) == 1
+    assert (
+        sum(
+            e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+            for e in history.events
+        )
+        == 1
+    )
     assert final["status"] == "completed"
     for trial in final["trials"]:
         assert trial["status"] == "success"
@@ -150,7 +166,8 @@ async def test_retry_of_a_cancelled_task_runs_its_cancelled_trials(
     await wait_for_trials(task_id, lambda trials: any(t["status"] == "running" for t in trials))
     await task_control.cancel_task(task_id, client=temporal_client)
     cancelled = await wait_for_trials(
-        task_id, lambda trials: all(t["status"] in ("success", "cancelled") for t in trials))
+        task_id, lambda trials: all(t["status"] in ("success", "cancelled") for t in trials)
+    )
     redo = {t["id"] for t in cancelled["trials"] if t["status"] == "cancelled"}
     assert redo
 

@@ -33,8 +33,9 @@ def intervals(task: dict) -> list[tuple[datetime, datetime]]:
 
 
 def max_overlap(spans: list[tuple[datetime, datetime]]) -> int:
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans],
-                    key=lambda ev: (ev[0], ev[1]))
+    events = sorted(
+        [(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda ev: (ev[0], ev[1])
+    )
     running = peak = 0
     for _, delta in events:
         running += delta
@@ -43,15 +44,19 @@ def max_overlap(spans: list[tuple[datetime, datetime]]) -> int:
 
 
 def sleeping_sandboxes(seconds: int) -> str:
-    return subprocess.run(["pgrep", "-af", f"^sleep {seconds}$"], capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["pgrep", "-af", f"^sleep {seconds}$"], capture_output=True, text=True
+    ).stdout.strip()
 
 
 async def slot_rows(queue_key: str) -> int:
     """Rows of the slot table (waiting or holding) of one queue key."""
     async with get_session() as session:
-        return (await session.execute(
-            text("SELECT count(*) FROM pgqueuer WHERE entrypoint = :key"), {"key": queue_key}
-        )).scalar_one()
+        return (
+            await session.execute(
+                text("SELECT count(*) FROM pgqueuer WHERE entrypoint = :key"), {"key": queue_key}
+            )
+        ).scalar_one()
 
 
 async def test_limit_holds_across_two_workers_and_other_keys_run(
@@ -62,8 +67,12 @@ async def test_limit_holds_across_two_workers_and_other_keys_run(
     start_worker("--n-concurrent", limits)
     start_worker("--n-concurrent", limits)
     sleep = {"ODDISH_SLEEP_SECONDS": "1"}
-    limited_task = await submit(temporal_client, "sleep", local(n_trials=20, model=limited, agent_env=sleep))
-    other_task = await submit(temporal_client, "sleep", local(n_trials=8, model=other, agent_env=sleep))
+    limited_task = await submit(
+        temporal_client, "sleep", local(n_trials=20, model=limited, agent_env=sleep)
+    )
+    other_task = await submit(
+        temporal_client, "sleep", local(n_trials=8, model=other, agent_env=sleep)
+    )
     first, second = await asyncio.gather(
         wait_for_task(temporal_client, limited_task), wait_for_task(temporal_client, other_task)
     )
@@ -89,9 +98,13 @@ async def test_priority_first_then_fifo_and_freed_slot_goes_promptly(
     # A long fallback poll: grants must come from NOTIFY, not from polling.
     start_worker("--n-concurrent", json.dumps({key: 1}), ODDISH_DISPATCHER_POLL_INTERVAL_SEC="60")
     sleep = {"ODDISH_SLEEP_SECONDS": "2"}
-    low = await submit(temporal_client, "sleep", local(n_trials=3, model=key, agent_env=sleep), priority=0)
+    low = await submit(
+        temporal_client, "sleep", local(n_trials=3, model=key, agent_env=sleep), priority=0
+    )
     await wait_until_running(low)
-    high = await submit(temporal_client, "sleep", local(n_trials=1, model=key, agent_env=sleep), priority=10)
+    high = await submit(
+        temporal_client, "sleep", local(n_trials=1, model=key, agent_env=sleep), priority=10
+    )
     low_task, high_task = await asyncio.gather(
         wait_for_task(temporal_client, low), wait_for_task(temporal_client, high)
     )
@@ -110,11 +123,16 @@ async def test_priority_first_then_fifo_and_freed_slot_goes_promptly(
     assert max(gaps) < 2.0, "a freed slot went to the next trial without waiting for a poll"
 
 
-async def test_limit_changes_at_run_time_without_restart(start_worker, temporal_client: Client) -> None:
+async def test_limit_changes_at_run_time_without_restart(
+    start_worker, temporal_client: Client
+) -> None:
     key = unique_key("runtime")
     start_worker("--n-concurrent", json.dumps({key: 1}))
-    task_id = await submit(temporal_client, "sleep",
-                           local(n_trials=8, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "2"}))
+    task_id = await submit(
+        temporal_client,
+        "sleep",
+        local(n_trials=8, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "2"}),
+    )
     await wait_until_running(task_id)
     raised_at = datetime.now().astimezone()
     await set_queue_limit(key, 3)
@@ -126,12 +144,21 @@ async def test_limit_changes_at_run_time_without_restart(start_worker, temporal_
     assert max_overlap(spans) == 3
 
 
-async def test_terminated_workflow_gives_its_slots_back(start_worker, temporal_client: Client) -> None:
+async def test_terminated_workflow_gives_its_slots_back(
+    start_worker, temporal_client: Client
+) -> None:
     key, lease, poll = unique_key("terminated"), 3.0, 2.0
-    start_worker("--n-concurrent", json.dumps({key: 1}), ODDISH_SLOT_LEASE_SEC=str(lease),
-                 ODDISH_DISPATCHER_POLL_INTERVAL_SEC=str(poll))
-    task_id = await submit(temporal_client, "sleep",
-                           local(n_trials=3, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "60"}))
+    start_worker(
+        "--n-concurrent",
+        json.dumps({key: 1}),
+        ODDISH_SLOT_LEASE_SEC=str(lease),
+        ODDISH_DISPATCHER_POLL_INTERVAL_SEC=str(poll),
+    )
+    task_id = await submit(
+        temporal_client,
+        "sleep",
+        local(n_trials=3, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "60"}),
+    )
     await wait_until_running(task_id)
     for _ in range(300):
         if sleeping_sandboxes(60):
@@ -151,8 +178,10 @@ async def test_terminated_workflow_gives_its_slots_back(start_worker, temporal_c
             break
         await asyncio.sleep(0.1)
     assert await slot_rows(key) == 0, "the holder and the waiting rows were given back"
-    print(f"\nterminated workflow: sandbox gone after {sandbox_gone:.1f}s, its slots back after "
-          f"{slots_back:.1f}s (lease {lease:.0f}s, dispatcher poll {poll:.0f}s)")
+    print(
+        f"\nterminated workflow: sandbox gone after {sandbox_gone:.1f}s, its slots back after "
+        f"{slots_back:.1f}s (lease {lease:.0f}s, dispatcher poll {poll:.0f}s)"
+    )
     # The trial learns its workflow is gone from its next heartbeat (at most 2 s) and stops; its
     # slot row, untouched from then on, is reaped once the lease runs out, at the dispatcher's
     # next round.
@@ -167,8 +196,11 @@ async def test_cancelled_workflow_stops_its_sandbox_and_settles_records(
 ) -> None:
     key = unique_key("cancel")
     start_worker("--n-concurrent", json.dumps({key: 1}))
-    task_id = await submit(temporal_client, "sleep",
-                           local(n_trials=3, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "61"}))
+    task_id = await submit(
+        temporal_client,
+        "sleep",
+        local(n_trials=3, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "61"}),
+    )
     await wait_until_running(task_id)
     await asyncio.sleep(1)
     handle = temporal_client.get_workflow_handle(f"task/{task_id}")

@@ -81,7 +81,10 @@ async def pending_task_by_key(key: str) -> str:
 
 
 async def test_task_of_a_submitter_killed_before_starting_it_runs(
-    oddish_env: dict[str, str], task_queue: str, start_worker, temporal_client: Client,
+    oddish_env: dict[str, str],
+    task_queue: str,
+    start_worker,
+    temporal_client: Client,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Ahead of it, more than a batch of tasks whose submitters died after starting their
@@ -89,15 +92,21 @@ async def test_task_of_a_submitter_killed_before_starting_it_runs(
     reset_settings(ODDISH_TEMPORAL_TASK_QUEUE=f"{task_queue}-unserved")
     with monkeypatch.context() as patched:
         patched.setattr(queue, "mark_workflow_started", died_before_marking)
-        backlog = await asyncio.gather(*(submit(temporal_client, "hello-pass", local())
-                                         for _ in range(STARTER_BATCH + 1)))
+        backlog = await asyncio.gather(
+            *(submit(temporal_client, "hello-pass", local()) for _ in range(STARTER_BATCH + 1))
+        )
     reset_settings(ODDISH_TEMPORAL_TASK_QUEUE=task_queue)
     assert await unmarked(backlog) == set(backlog)
 
     key = f"killed-{os.urandom(4).hex()}"
     env = {**os.environ, **oddish_env, "ODDISH_TEMPORAL_TASK_QUEUE": task_queue}
-    died = subprocess.run([sys.executable, "-c", KILLED_SUBMITTER, str(EXAMPLES / "hello-pass"), key],
-                          env=env, capture_output=True, text=True, timeout=120)
+    died = subprocess.run(
+        [sys.executable, "-c", KILLED_SUBMITTER, str(EXAMPLES / "hello-pass"), key],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert died.returncode == 9, died.stderr
     task_id = await pending_task_by_key(key)
 
@@ -106,8 +115,10 @@ async def test_task_of_a_submitter_killed_before_starting_it_runs(
     started = asyncio.get_running_loop().time()
     await until_started(temporal_client, task_id)
     task = await wait_for_task(temporal_client, task_id, timeout=120)
-    print(f"unstarted task picked up and finished {asyncio.get_running_loop().time() - started:.1f}s "
-          "after a worker came up")
+    print(
+        f"unstarted task picked up and finished {asyncio.get_running_loop().time() - started:.1f}s "
+        "after a worker came up"
+    )
     assert task["status"] == "completed"
     assert [t["status"] for t in task["trials"]] == ["success", "success"]
     assert all(len(t["attempts"]) == 1 for t in task["trials"])
@@ -116,25 +127,42 @@ async def test_task_of_a_submitter_killed_before_starting_it_runs(
     assert await unmarked(backlog) == set()
 
 
-
 async def test_submission_while_temporal_is_down_is_kept_and_runs_later(
-    oddish_env: dict[str, str], task_queue: str, start_worker, work_dir: Path, tmp_path: Path,
+    oddish_env: dict[str, str],
+    task_queue: str,
+    start_worker,
+    work_dir: Path,
+    tmp_path: Path,
 ) -> None:
-    server = TemporalDevServer(port=free_port(), ui_port=None, db_file=tmp_path / "temporal.db",
-                               log_file=tmp_path / "temporal.log")
+    server = TemporalDevServer(
+        port=free_port(),
+        ui_port=None,
+        db_file=tmp_path / "temporal.db",
+        log_file=tmp_path / "temporal.log",
+    )
     server.start()
-    env = {**os.environ, **oddish_env, "ODDISH_TEMPORAL_TASK_QUEUE": task_queue,
-           "ODDISH_TEMPORAL_ADDRESS": server.address}
+    env = {
+        **os.environ,
+        **oddish_env,
+        "ODDISH_TEMPORAL_TASK_QUEUE": task_queue,
+        "ODDISH_TEMPORAL_ADDRESS": server.address,
+    }
     api, url = serve_api(env, work_dir / f"api-{task_queue}-down.log", "--no-workers")
     try:
         server.stop()
         archive = task_archive(EXAMPLES / "hello-pass")
         async with httpx.AsyncClient(base_url=url, timeout=120) as http:
-            upload_id = (await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive)})
-                         ).json()["upload_id"]
-            response = await http.post("/tasks/sweep", json={
-                "upload_id": upload_id, "configs": [{"n_trials": 2}],
-                "harbor": {"environment": "local"}})
+            upload_id = (
+                await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive)})
+            ).json()["upload_id"]
+            response = await http.post(
+                "/tasks/sweep",
+                json={
+                    "upload_id": upload_id,
+                    "configs": [{"n_trials": 2}],
+                    "harbor": {"environment": "local"},
+                },
+            )
             # Accepted, not an error the user would answer by submitting again.
             assert response.status_code == 202, response.text
             task_id = response.json()["id"]

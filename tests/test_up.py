@@ -36,8 +36,14 @@ class Ports:
     ui: int
 
     def flags(self) -> list[str]:
-        return ["--port", str(self.api), "--temporal-port", str(self.temporal),
-                "--ui-port", str(self.ui)]
+        return [
+            "--port",
+            str(self.api),
+            "--temporal-port",
+            str(self.temporal),
+            "--ui-port",
+            str(self.ui),
+        ]
 
 
 @dataclass
@@ -52,20 +58,28 @@ class UpProcess:
 
 def clean_env(tmp: Path) -> dict[str, str]:
     """This environment without any oddish setting, so that ``up`` must embed everything."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("ODDISH_") and k != "DATABASE_URL"}
-    env.update(ODDISH_TASKS_DIR=str(tmp / "tasks"), ODDISH_HARBOR_JOBS_DIR=str(tmp / "harbor-jobs"),
-               HARBOR_TELEMETRY="0")
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("ODDISH_") and k != "DATABASE_URL"
+    }
+    env.update(
+        ODDISH_TASKS_DIR=str(tmp / "tasks"),
+        ODDISH_HARBOR_JOBS_DIR=str(tmp / "harbor-jobs"),
+        HARBOR_TELEMETRY="0",
+    )
     return env
 
 
-def run_up(env: dict[str, str], home: Path, ports: Ports, log_path: Path,
-           timeout: float = 120) -> UpProcess:
+def run_up(
+    env: dict[str, str], home: Path, ports: Ports, log_path: Path, timeout: float = 120
+) -> UpProcess:
     began = time.monotonic()
     with open(log_path, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "oddish.up", "--home", str(home), *ports.flags()],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     up = UpProcess(process, log_path, 0.0)
     deadline = began + timeout
@@ -101,11 +115,15 @@ def postgres_processes(home: Path) -> list[psutil.Process]:
     return [postmaster, *postmaster.children(recursive=True)]
 
 
-def stop_and_check_nothing_left(up: UpProcess, home: Path, ports: Ports, *,
-                                ctrl_c: bool = False) -> float:
+def stop_and_check_nothing_left(
+    up: UpProcess, home: Path, ports: Ports, *, ctrl_c: bool = False
+) -> float:
     """SIGTERM, or SIGINT to its process group as a terminal's Ctrl-C does; returns the seconds
     it took to exit, after checking that nothing survived it."""
-    tree = [psutil.Process(up.process.pid), *psutil.Process(up.process.pid).children(recursive=True)]
+    tree = [
+        psutil.Process(up.process.pid),
+        *psutil.Process(up.process.pid).children(recursive=True),
+    ]
     tree += postgres_processes(home)
     names = {p.pid: p.name() for p in tree}
     assert any(name == "temporal" for name in names.values()), names
@@ -178,14 +196,18 @@ async def test_up_runs_a_task_stops_cleanly_and_keeps_its_data(
     assert "oddish run examples/tasks/hello-pass" in printed
 
     async with httpx.AsyncClient(base_url=api, timeout=30) as http:
-        upload = await http.post("/tasks/upload",
-                                 files={"file": ("t.tar.gz", task_archive(EXAMPLES / "hello-pass"))})
+        upload = await http.post(
+            "/tasks/upload", files={"file": ("t.tar.gz", task_archive(EXAMPLES / "hello-pass"))}
+        )
         assert upload.status_code == 200, upload.text
-        sweep = await http.post("/tasks/sweep", json={
-            "upload_id": upload.json()["upload_id"],
-            "configs": [{"agent": "oracle", "n_trials": 2}],
-            "harbor": {"environment": "local"},
-        })
+        sweep = await http.post(
+            "/tasks/sweep",
+            json={
+                "upload_id": upload.json()["upload_id"],
+                "configs": [{"agent": "oracle", "n_trials": 2}],
+                "harbor": {"environment": "local"},
+            },
+        )
         assert sweep.status_code == 200, sweep.text
         task_id = sweep.json()["id"]
         began = time.monotonic()
@@ -197,12 +219,22 @@ async def test_up_runs_a_task_stops_cleanly_and_keeps_its_data(
     assert httpx.get(f"http://127.0.0.1:{ports.ui}/", timeout=10).status_code == 200
 
     # While it runs: a second `up` on the same home, or on a taken port, refuses at once.
-    again = subprocess.run([sys.executable, "-m", "oddish.up", "--home", str(home), *ports.flags()],
-                           env=env, capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "oddish.up", "--home", str(home), *ports.flags()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 1 and "already running" in again.stderr, again.stderr
     other_home = tmp_path / "other-home"
-    taken = subprocess.run([sys.executable, "-m", "oddish.up", "--home", str(other_home),
-                            *ports.flags()], env=env, capture_output=True, text=True, timeout=60)
+    taken = subprocess.run(
+        [sys.executable, "-m", "oddish.up", "--home", str(other_home), *ports.flags()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert taken.returncode == 1, taken.stderr
     assert f"port {ports.api} is already in use" in taken.stderr and "--port" in taken.stderr
     assert not (other_home / "postgres").exists()
@@ -219,6 +251,8 @@ async def test_up_runs_a_task_stops_cleanly_and_keeps_its_data(
     assert described.status == WorkflowExecutionStatus.COMPLETED
     second_stop = stop_and_check_nothing_left(second, home, ports, ctrl_c=True)
 
-    print(f"\nup: ready in {first.started_sec:.1f}s (fresh home), {second.started_sec:.1f}s (again); "
-          f"task of 2 oracle trials completed in {ran_sec:.1f}s; "
-          f"stopped in {first_stop:.1f}s and {second_stop:.1f}s")
+    print(
+        f"\nup: ready in {first.started_sec:.1f}s (fresh home), {second.started_sec:.1f}s (again); "
+        f"task of 2 oracle trials completed in {ran_sec:.1f}s; "
+        f"stopped in {first_stop:.1f}s and {second_stop:.1f}s"
+    )

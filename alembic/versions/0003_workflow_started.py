@@ -17,10 +17,16 @@ def upgrade() -> None:
     op.add_column("tasks", sa.Column("workflow_started_at", sa.DateTime(timezone=True)))
     # A task past pending was recorded by its workflow, so it has one. Pending tasks stay unset:
     # workers ask Temporal about each once, and mark those it knows.
-    op.execute("UPDATE tasks SET workflow_started_at = coalesce(started_at, created_at) "
-               "WHERE status <> 'pending'")
-    op.create_index("ix_tasks_unstarted", "tasks", ["created_at", "id"],
-                    postgresql_where=sa.text("workflow_started_at IS NULL"))
+    op.execute(
+        "UPDATE tasks SET workflow_started_at = coalesce(started_at, created_at) "
+        "WHERE status <> 'pending'"
+    )
+    op.create_index(
+        "ix_tasks_unstarted",
+        "tasks",
+        ["created_at", "id"],
+        postgresql_where=sa.text("workflow_started_at IS NULL"),
+    )
 
 
 def downgrade() -> None:

@@ -125,8 +125,17 @@ class TemporalDevServer:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_sec: float = 60.0) -> None:
-        cmd = [temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1",
-               "--port", str(self.port), "--log-level", "warn"]
+        cmd = [
+            temporal_binary(),
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warn",
+        ]
         cmd += ["--ui-port", str(self.ui_port)] if self.ui_port else ["--headless"]
         if self.db_file:
             self.db_file.parent.mkdir(parents=True, exist_ok=True)
@@ -139,9 +148,13 @@ class TemporalDevServer:
             _terminate_with_parent if self.die_with_parent and sys.platform == "linux" else None
         )
         # Its own session, so a Ctrl-C meant for us is not delivered to it twice.
-        self.process = subprocess.Popen(cmd, stdout=log_out or subprocess.DEVNULL,
-                                        stderr=log_out or subprocess.DEVNULL,
-                                        start_new_session=True, preexec_fn=pre_exec)
+        self.process = subprocess.Popen(
+            cmd,
+            stdout=log_out or subprocess.DEVNULL,
+            stderr=log_out or subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=pre_exec,
+        )
         if log_out:
             log_out.close()  # the child holds its own copy
         deadline = time.monotonic() + timeout_sec
@@ -163,8 +176,9 @@ class TemporalDevServer:
                 self.process.wait()
 
 
-def ensure_embedded_services(home: Path, *, temporal_port: int = 7233,
-                             ui_port: int = 8233) -> TemporalDevServer | None:
+def ensure_embedded_services(
+    home: Path, *, temporal_port: int = 7233, ui_port: int = 8233
+) -> TemporalDevServer | None:
     """Fill in DATABASE_URL and ODDISH_TEMPORAL_ADDRESS with embedded services where unset.
 
     Returns the Temporal server this process started (to stop on exit), if any.
@@ -179,11 +193,15 @@ def ensure_embedded_services(home: Path, *, temporal_port: int = 7233,
     started: TemporalDevServer | None = None
     if not settings.temporal_address:
         if not port_open("127.0.0.1", temporal_port):
-            started = TemporalDevServer(temporal_port, ui_port, home / "temporal.db",
-                                        log_file=home / "temporal.log")
+            started = TemporalDevServer(
+                temporal_port, ui_port, home / "temporal.db", log_file=home / "temporal.log"
+            )
             started.start()
-            log.info("embedded Temporal at 127.0.0.1:%d, Web UI http://127.0.0.1:%d",
-                     temporal_port, ui_port)
+            log.info(
+                "embedded Temporal at 127.0.0.1:%d, Web UI http://127.0.0.1:%d",
+                temporal_port,
+                ui_port,
+            )
         os.environ["ODDISH_TEMPORAL_ADDRESS"] = f"127.0.0.1:{temporal_port}"
     get_settings.cache_clear()
     return started

@@ -51,7 +51,9 @@ def agent_config(spec: TrialSpec) -> AgentConfig:
     )
 
 
-def trial_config(spec: TrialSpec, *, task_path: Path, trials_dir: Path, trial_name: str) -> TrialConfig:
+def trial_config(
+    spec: TrialSpec, *, task_path: Path, trials_dir: Path, trial_name: str
+) -> TrialConfig:
     return TrialConfig(
         task=TaskConfig(path=task_path),
         trial_name=trial_name,

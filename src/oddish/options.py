@@ -4,7 +4,7 @@ import typer
 
 from oddish.config import parse_concurrency_json
 
-N_CONCURRENT_HELP = 'per queue key limits as JSON, e.g. \'{"openai/gpt-5": 4}\''
+N_CONCURRENT_HELP = "per queue key limits as JSON, e.g. '{\"openai/gpt-5\": 4}'"
 
 
 def limits_option(raw: str | None) -> dict[str, int]:

@@ -68,13 +68,19 @@ def classify(exception_type: str | None, rewards: dict[str, Any] | None) -> Clas
     if exception_type in AGENT_TIMEOUT_ERRORS:
         # The verifier may still have scored what the agent left; a timeout without a score is 0.
         return Classification(
-            JobStatus.FAILED, OutcomeKind.AGENT_TIMEOUT, reward if reward is not None else 0.0, False
+            JobStatus.FAILED,
+            OutcomeKind.AGENT_TIMEOUT,
+            reward if reward is not None else 0.0,
+            False,
         )
     if exception_type in VERIFIER_ERRORS:
         return Classification(JobStatus.FAILED, OutcomeKind.VERIFIER_ERROR, reward, False)
     if exception_type in AGENT_FAILURE_ERRORS:
         return Classification(
-            JobStatus.FAILED, OutcomeKind.AGENT_FAILURE, reward if reward is not None else 0.0, False
+            JobStatus.FAILED,
+            OutcomeKind.AGENT_FAILURE,
+            reward if reward is not None else 0.0,
+            False,
         )
     if exception_type == "CancelledError":
         return Classification(JobStatus.CANCELLED, OutcomeKind.CANCELLED, reward, False)

@@ -70,7 +70,9 @@ async def start_task_workflow(client: Client, inp: TaskWorkflowInput) -> None:
     """Start the task's workflow; starting it again (a retried submission) is a no-op,
     whether the first run is still going or has finished."""
     try:
-        await start_workflow_run(client, inp, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
+        await start_workflow_run(
+            client, inp, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE
+        )
     except WorkflowAlreadyStartedError:
         pass
 
@@ -88,12 +90,14 @@ async def start_workflow_run(
         task_queue=get_settings().temporal_task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
         id_reuse_policy=id_reuse_policy,
-        search_attributes=TypedSearchAttributes([
-            SearchAttributePair(sa.EXPERIMENT, inp.experiment_id),
-            SearchAttributePair(sa.TASK, inp.task_id),
-            SearchAttributePair(sa.STATUS, "pending"),
-            SearchAttributePair(sa.QUEUE_KEYS, queue_keys),
-        ]),
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(sa.EXPERIMENT, inp.experiment_id),
+                SearchAttributePair(sa.TASK, inp.task_id),
+                SearchAttributePair(sa.STATUS, "pending"),
+                SearchAttributePair(sa.QUEUE_KEYS, queue_keys),
+            ]
+        ),
         static_summary=f"{inp.task_name} · {len(inp.trials)} trials · {', '.join(queue_keys)}",
     )
 
@@ -112,15 +116,25 @@ async def create_task(submission: TaskSubmission, *, client: Client) -> str:
 
     task_id = new_id("task")
     try:
-        stored_path = store_task_dir(submission.task_path, task_id,
-                                     docker_image=submission.docker_image)
+        stored_path = store_task_dir(
+            submission.task_path, task_id, docker_image=submission.docker_image
+        )
         async with get_session() as session:
             # A name given where an id goes joins the experiment of that name.
-            experiment_id = (submission.experiment_id and await records.experiment_id_for(
-                session, submission.experiment_id)) or submission.experiment_id or new_id("exp")
+            experiment_id = (
+                (
+                    submission.experiment_id
+                    and await records.experiment_id_for(session, submission.experiment_id)
+                )
+                or submission.experiment_id
+                or new_id("exp")
+            )
             await records.ensure_experiment(
-                session, experiment_id,
-                submission.experiment_name or submission.experiment_id or generate_experiment_name(),
+                session,
+                experiment_id,
+                submission.experiment_name
+                or submission.experiment_id
+                or generate_experiment_name(),
             )
             task = TaskModel(
                 id=task_id,
@@ -176,7 +190,8 @@ class WorkflowNotStartedYet(Exception):
             f"task {task_id} is recorded, but its workflow could not be started yet "
             f"({type(cause).__name__}: {cause}); the workers start it once Temporal answers "
             f"(within ODDISH_SLOT_LEASE_SEC, {get_settings().slot_lease_sec:.0f} s); "
-            "do not submit it again")
+            "do not submit it again"
+        )
 
 
 async def mark_workflow_started(task_id: str) -> None:
@@ -236,7 +251,9 @@ def trial_dict(trial: TrialModel) -> dict[str, Any]:
             }
             for a in trial.attempts
         ],
-        "analysis": None if analysis is None else {
+        "analysis": None
+        if analysis is None
+        else {
             "status": analysis.status,
             "classification": analysis.classification,
             "summary": analysis.summary,
@@ -272,16 +289,24 @@ def task_summary(task: TaskModel) -> dict[str, Any]:
 
 
 async def list_tasks(
-    *, status: str | None = None, experiment_id: str | None = None, user: str | None = None,
-    limit: int = 50, offset: int = 0,
+    *,
+    status: str | None = None,
+    experiment_id: str | None = None,
+    user: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
 ) -> dict[str, Any]:
     """One page of tasks, newest first; ``next_offset`` is None on the last page."""
     async with get_session() as session:
         if experiment_id:
             experiment_id = await records.experiment_id_for(session, experiment_id) or experiment_id
         tasks, total = await records.list_tasks(
-            session, status=status, experiment_id=experiment_id, user=user,
-            limit=limit, offset=offset,
+            session,
+            status=status,
+            experiment_id=experiment_id,
+            user=user,
+            limit=limit,
+            offset=offset,
         )
     return {
         "tasks": [task_summary(t) for t in tasks],
@@ -295,8 +320,10 @@ async def list_tasks(
 async def list_experiments() -> list[dict[str, Any]]:
     async with get_session() as session:
         rows = await records.list_experiments(session)
-    return [{"id": e.id, "name": e.name, "created_at": _iso(e.created_at), "tasks_count": n}
-            for e, n in rows]
+    return [
+        {"id": e.id, "name": e.name, "created_at": _iso(e.created_at), "tasks_count": n}
+        for e, n in rows
+    ]
 
 
 async def get_experiment(experiment_id: str) -> dict[str, Any]:
@@ -344,7 +371,9 @@ async def get_task_with_trials(task_id: str) -> dict[str, Any]:
             "error_message": task.error_message,
             "started_at": _iso(task.started_at),
             "trials": [trial_dict(t) for t in task.trials],
-            "verdict": None if verdict is None else {
+            "verdict": None
+            if verdict is None
+            else {
                 "status": verdict.status,
                 "summary": verdict.summary,
                 "details": verdict.details,
@@ -359,8 +388,11 @@ async def get_queue_stats() -> dict[str, dict[str, int]]:
     default_limit = await get_default_limit()
     async with get_session() as session:
         rows = await slots.queue_stats(await session.connection(), default_limit)
-    return {r["key"]: {"waiting": r["waiting"], "running": r["running"], "limit": r["limit"]}
-            for r in rows if r["key"] != slots.DEFAULT_LIMIT_KEY}
+    return {
+        r["key"]: {"waiting": r["waiting"], "running": r["running"], "limit": r["limit"]}
+        for r in rows
+        if r["key"] != slots.DEFAULT_LIMIT_KEY
+    }
 
 
 async def get_default_limit() -> int:
@@ -376,7 +408,10 @@ async def apply_limits(overrides: dict[str, int]) -> None:
         conn = await session.connection()
         stored = await slots.limits(conn)
         # An explicit ODDISH_DEFAULT_MODEL_CONCURRENCY wins; otherwise keep what is stored.
-        if "default_model_concurrency" in settings.model_fields_set or slots.DEFAULT_LIMIT_KEY not in stored:
+        if (
+            "default_model_concurrency" in settings.model_fields_set
+            or slots.DEFAULT_LIMIT_KEY not in stored
+        ):
             await slots.set_limit(conn, slots.DEFAULT_LIMIT_KEY, settings.default_model_concurrency)
         for key, limit in {**settings.model_concurrency, **overrides}.items():
             await slots.set_limit(conn, limit_key(key), limit)

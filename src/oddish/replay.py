@@ -37,11 +37,15 @@ class ReplayReport:
         if not self.runs:
             return f"task {self.task_id} has no workflow history in Temporal (unknown task id?)"
         if self.deterministic:
-            return (f"task {self.task_id}: {len(self.runs)} run(s) replayed deterministically "
-                    "against the installed workflow code")
+            return (
+                f"task {self.task_id}: {len(self.runs)} run(s) replayed deterministically "
+                "against the installed workflow code"
+            )
         failed = [r for r in self.runs if r.error]
-        return (f"task {self.task_id}: {len(failed)} of {len(self.runs)} run(s) are NOT "
-                f"deterministic against the installed workflow code: {failed[0].error}")
+        return (
+            f"task {self.task_id}: {len(failed)} of {len(self.runs)} run(s) are NOT "
+            f"deterministic against the installed workflow code: {failed[0].error}"
+        )
 
 
 async def replay_history(history: WorkflowHistory) -> str | None:
@@ -67,7 +71,7 @@ async def replay_task(task_id: str, client: Client | None = None) -> ReplayRepor
             if exc.status == RPCStatusCode.NOT_FOUND:
                 continue
             raise
-        report.runs.append(RunReplay(
-            history.run_id, len(history.events), await replay_history(history)
-        ))
+        report.runs.append(
+            RunReplay(history.run_id, len(history.events), await replay_history(history))
+        )
     return report

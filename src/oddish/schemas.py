@@ -120,7 +120,8 @@ class TaskSubmission(BaseModel):
     @model_validator(mode="after")
     def _loadable(self) -> TaskSubmission:
         problem = task_dir_problem(
-            self.task_path, disable_verification=all(c.disable_verification for c in self.configs))
+            self.task_path, disable_verification=all(c.disable_verification for c in self.configs)
+        )
         if problem is not None:
             raise ValueError(f"{self.task_path.name}: {problem}")
         return self

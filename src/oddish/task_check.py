@@ -15,8 +15,10 @@ def task_dir_problem(task_dir: Path, *, disable_verification: bool) -> str | Non
     try:
         Task(task_dir, disable_verification=disable_verification)
     except ValidationError as exc:  # only task.toml is validated against a schema
-        fields = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'task.toml'}: {err['msg']}"
-                           for err in exc.errors())
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'task.toml'}: {err['msg']}"
+            for err in exc.errors()
+        )
         return f"task.toml does not match Harbor's task schema: {fields}"
     except tomllib.TOMLDecodeError as exc:
         return f"task.toml is not valid TOML: {exc}"

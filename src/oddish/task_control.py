@@ -47,8 +47,9 @@ async def cancel_experiment(experiment_id: str, *, client: Client) -> list[tuple
     """Cancel every unfinished task of the experiment; returns (task id, status now) of each."""
     async with get_session() as session:
         experiment = await records.get_experiment(session, experiment_id)
-        task_ids = [t.id for t in experiment.tasks
-                    if t.status not in records.TERMINAL_TASK_STATUSES]
+        task_ids = [
+            t.id for t in experiment.tasks if t.status not in records.TERMINAL_TASK_STATUSES
+        ]
     statuses = await asyncio.gather(*(cancel_task(t, client=client) for t in task_ids))
     return list(zip(task_ids, statuses))
 
@@ -70,8 +71,11 @@ async def delete_task(task_id: str, *, client: Client) -> None:
     """Stop the task's running work, then delete its rows, its stored copy and its Harbor output."""
     await _stop_and_wait(task_id, client)
     async with get_session() as session:
-        await slots.release_workflow(await session.connection(),
-                                     workflow_id=workflow_id_for_task(task_id), log_status="deleted")
+        await slots.release_workflow(
+            await session.connection(),
+            workflow_id=workflow_id_for_task(task_id),
+            log_status="deleted",
+        )
         await records.delete_task(session, task_id)
         await session.commit()
     remove_task_dir(task_id)

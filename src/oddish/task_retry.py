@@ -27,7 +27,9 @@ class RetryRefused(ValueError):
     """Nothing to retry: the trials are not failed or cancelled, or are being retried already."""
 
 
-async def retry_task(task_id: str, *, client: Client, trial_ids: list[str] | None = None) -> list[str]:
+async def retry_task(
+    task_id: str, *, client: Client, trial_ids: list[str] | None = None
+) -> list[str]:
     """Run the task's failed or cancelled trials (or those of ``trial_ids``) again.
 
     Returns the retried trial ids. Raises RecordNotFound for unknown ids and RetryRefused when
@@ -99,8 +101,11 @@ async def retry_experiment(experiment_id: str, *, client: Client) -> list[tuple[
     """Retry every task of the experiment that has failed or cancelled trials."""
     async with get_session() as session:
         experiment = await records.get_experiment(session, experiment_id)
-        task_ids = [t.id for t in experiment.tasks
-                    if any(tr.status in RETRYABLE_TRIAL_STATUSES for tr in t.trials)]
+        task_ids = [
+            t.id
+            for t in experiment.tasks
+            if any(tr.status in RETRYABLE_TRIAL_STATUSES for tr in t.trials)
+        ]
     if not task_ids:
         raise RetryRefused(f"experiment {experiment_id} has no failed or cancelled trials")
     retried = []

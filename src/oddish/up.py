@@ -140,8 +140,9 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise PortInUse(f"port {port} is already in use ({exc.strerror}); "
-                        "pass --port to use another") from None
+        raise PortInUse(
+            f"port {port} is already in use ({exc.strerror}); pass --port to use another"
+        ) from None
     return sock
 
 
@@ -165,13 +166,17 @@ def banner(endpoints: Endpoints, started_sec: float) -> str:
     lines += [f"  Postgres     {endpoints.database}", "", "Run a task, in another shell:"]
     if endpoints.api not in CLI_DEFAULT_API_URLS:
         lines.append(f"  export ODDISH_API_URL={endpoints.api}")
-    lines += [f"  oddish run {EXAMPLE_TASK} -a oracle --env local --n-trials 2", "",
-              "Press Ctrl-C to stop."]
+    lines += [
+        f"  oddish run {EXAMPLE_TASK} -a oracle --env local --n-trials 2",
+        "",
+        "Press Ctrl-C to stop.",
+    ]
     return "\n".join(lines)
 
 
-async def serve_api(server: uvicorn.Server, sock: socket.socket,
-                    announce: Callable[[], None]) -> None:
+async def serve_api(
+    server: uvicorn.Server, sock: socket.socket, announce: Callable[[], None]
+) -> None:
     async def announce_when_started() -> None:
         while not server.started:
             if server.should_exit:
@@ -186,14 +191,21 @@ async def serve_api(server: uvicorn.Server, sock: socket.socket,
         announcer.cancel()
 
 
-def run_up(*, port: int = 8000, temporal_port: int = 7233, ui_port: int = 8233,
-           home: Path | None = None, host: str = "127.0.0.1") -> int:
+def run_up(
+    *,
+    port: int = 8000,
+    temporal_port: int = 7233,
+    ui_port: int = 8233,
+    home: Path | None = None,
+    host: str = "127.0.0.1",
+) -> int:
     """Start everything, serve until SIGINT/SIGTERM, stop everything; returns the exit code."""
     from oddish.config import get_settings
 
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     # Their INFO lines are every command they run, with its full output.
     for chatty in ("pgserver", "alembic.runtime.plugins"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
@@ -212,14 +224,14 @@ def run_up(*, port: int = 8000, temporal_port: int = 7233, ui_port: int = 8233,
         print(f"oddish: cannot use {home} as home ({exc.strerror}); pass --home", file=sys.stderr)
         return 1
     try:
-        return _run_holding_home(port=port, temporal_port=temporal_port, ui_port=ui_port,
-                                 home=home, host=host)
+        return _run_holding_home(
+            port=port, temporal_port=temporal_port, ui_port=ui_port, home=home, host=host
+        )
     finally:
         lock.release()
 
 
-def _run_holding_home(*, port: int, temporal_port: int, ui_port: int, home: Path,
-                      host: str) -> int:
+def _run_holding_home(*, port: int, temporal_port: int, ui_port: int, home: Path, host: str) -> int:
     from oddish.config import get_settings
 
     settings = get_settings()
@@ -240,9 +252,13 @@ def _run_holding_home(*, port: int, temporal_port: int, ui_port: int, home: Path
         with sock, ExitStack() as running:
             # Callbacks run last-in first-out: Temporal stops before Postgres.
             try:
-                endpoints = _start_services(running, home=home, temporal_port=temporal_port,
-                                            ui_port=ui_port,
-                                            api=f"http://{display_host(host)}:{port}")
+                endpoints = _start_services(
+                    running,
+                    home=home,
+                    temporal_port=temporal_port,
+                    ui_port=ui_port,
+                    api=f"http://{display_host(host)}:{port}",
+                )
             except StopRequested:
                 raise
             except Exception as exc:  # one readable line; the log has the traceback
@@ -259,8 +275,9 @@ def _run_holding_home(*, port: int, temporal_port: int, ui_port: int, home: Path
         gate.restore()
 
 
-def _start_services(running: ExitStack, *, home: Path, temporal_port: int, ui_port: int,
-                    api: str) -> Endpoints:
+def _start_services(
+    running: ExitStack, *, home: Path, temporal_port: int, ui_port: int, api: str
+) -> Endpoints:
     from oddish.config import get_settings
     from oddish.embedded import TemporalDevServer, start_embedded_postgres
 
@@ -277,18 +294,28 @@ def _start_services(running: ExitStack, *, home: Path, temporal_port: int, ui_po
     temporal_ui: str | None = None
     temporal_address = settings.temporal_address
     if not temporal_address:
-        temporal = TemporalDevServer(temporal_port, ui_port, home / "temporal.db",
-                                     log_file=home / "temporal.log", die_with_parent=True)
+        temporal = TemporalDevServer(
+            temporal_port,
+            ui_port,
+            home / "temporal.db",
+            log_file=home / "temporal.log",
+            die_with_parent=True,
+        )
         running.callback(_stopping, "Temporal", temporal.stop)
         temporal.start()
         temporal_address = temporal.address
         temporal_ui = f"http://127.0.0.1:{ui_port}"
         os.environ["ODDISH_TEMPORAL_ADDRESS"] = temporal_address
-        log.info("embedded Temporal at %s, Web UI %s (log in %s)", temporal_address,
-                 temporal_ui, temporal.log_file)
+        log.info(
+            "embedded Temporal at %s, Web UI %s (log in %s)",
+            temporal_address,
+            temporal_ui,
+            temporal.log_file,
+        )
     get_settings.cache_clear()
-    return Endpoints(api=api, temporal_address=temporal_address, temporal_ui=temporal_ui,
-                     database=database)
+    return Endpoints(
+        api=api, temporal_address=temporal_address, temporal_ui=temporal_ui, database=database
+    )
 
 
 def keep_files_in_home(home: Path, explicit: set[str]) -> None:
@@ -317,8 +344,9 @@ def _serve(gate: SignalGate, sock: socket.socket, endpoints: Endpoints, began: f
     from oddish.api.app import create_app
 
     # Access logs would drown the banner under the CLI's status polls; errors still show.
-    config = uvicorn.Config(create_app(run_workers=True), lifespan="on", access_log=False,
-                            log_level="info")
+    config = uvicorn.Config(
+        create_app(run_workers=True), lifespan="on", access_log=False, log_level="info"
+    )
     server = uvicorn.Server(config)
     gate.server = server
     gate.phase = "serving"
@@ -351,11 +379,14 @@ def up(
     port: int = typer.Option(8000, help="port of the API"),
     temporal_port: int = typer.Option(7233, help="port of the embedded Temporal server"),
     ui_port: int = typer.Option(8233, help="port of the embedded Temporal Web UI"),
-    home: Path = typer.Option(None, help="where the data lives (default: $ODDISH_HOME or ~/.oddish)"),
+    home: Path = typer.Option(
+        None, help="where the data lives (default: $ODDISH_HOME or ~/.oddish)"
+    ),
     host: str = typer.Option("127.0.0.1", help="address the API listens on"),
 ) -> None:
-    raise typer.Exit(run_up(port=port, temporal_port=temporal_port, ui_port=ui_port,
-                            home=home, host=host))
+    raise typer.Exit(
+        run_up(port=port, temporal_port=temporal_port, ui_port=ui_port, home=home, host=host)
+    )
 
 
 if __name__ == "__main__":

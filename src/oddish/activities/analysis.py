@@ -44,8 +44,9 @@ def analyze(trial: TrialModel) -> tuple[str, str, dict[str, object]]:
 @activity.defn(name="analyze_trial")
 async def analyze_trial(inp: AnalyzeTrialInput) -> str:
     # A Postgres restart must not fail the task's analysis: wait for it.
-    return await until_database_answers(lambda: _analyze_and_save(inp.trial_id),
-                                        what=f"analysis of trial {inp.trial_id}")
+    return await until_database_answers(
+        lambda: _analyze_and_save(inp.trial_id), what=f"analysis of trial {inp.trial_id}"
+    )
 
 
 async def _analyze_and_save(trial_id: str) -> str:
@@ -53,8 +54,12 @@ async def _analyze_and_save(trial_id: str) -> str:
         trial = await records.get_trial(session, trial_id)
         classification, summary, details = analyze(trial)
         await records.save_analysis(
-            session, trial_id=trial.id, classification=classification,
-            summary=summary, details=details, analyzer=ANALYZER,
+            session,
+            trial_id=trial.id,
+            classification=classification,
+            summary=summary,
+            details=details,
+            analyzer=ANALYZER,
         )
         await session.commit()
     return classification

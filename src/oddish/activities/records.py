@@ -27,9 +27,11 @@ async def record_task_status(update: TaskStatusUpdate) -> None:
 async def request_slots(request: SlotRequest) -> None:
     """Put the trials in line for their queue keys' slots; the dispatcher signals each grant."""
     async with get_session() as session:
-        waiting = set(await records.queue_trials_for_run(
-            session, [t.trial_id for t in request.trials], request.run_number
-        ))
+        waiting = set(
+            await records.queue_trials_for_run(
+                session, [t.trial_id for t in request.trials], request.run_number
+            )
+        )
         await slots.enqueue(
             await session.connection(),
             trials=[(t.trial_id, t.queue_key) for t in request.trials if t.trial_id in waiting],
@@ -63,7 +65,9 @@ async def fail_trial(inp: FailTrialInput) -> TrialOutcome:
         if time.monotonic() > deadline:
             raise ApplicationError(
                 f"trial {inp.trial_id}: an attempt Temporal gave up on still runs; "
-                "waiting for the result it records", type=STILL_RUNNING)
+                "waiting for the result it records",
+                type=STILL_RUNNING,
+            )
         await asyncio.sleep(1.0)
 
 
@@ -73,24 +77,36 @@ async def _fail_unless_running(inp: FailTrialInput, alive_within: float) -> Tria
     async with get_session() as session:
         trial = await records.get_trial(session, inp.trial_id)
         if trial.run_number == inp.run_number and trial.status in records.TERMINAL_TRIAL_STATUSES:
-            return TrialOutcome(trial.id, trial.status, trial.outcome, trial.reward,
-                                trial.error_type, trial.error_message)
+            return TrialOutcome(
+                trial.id,
+                trial.status,
+                trial.outcome,
+                trial.reward,
+                trial.error_type,
+                trial.error_message,
+            )
         running = [a for a in trial.attempts if a.status == AttemptStatus.RUNNING]
-        if running and await slots.heard_from_within(await session.connection(), trial.id,
-                                                     alive_within):
+        if running and await slots.heard_from_within(
+            await session.connection(), trial.id, alive_within
+        ):
             return None
         fields = records.TrialResultFields(
-            status=JobStatus.FAILED, outcome=OutcomeKind.INFRASTRUCTURE_ERROR,
-            error_type=inp.error_type, error_message=inp.error_message,
+            status=JobStatus.FAILED,
+            outcome=OutcomeKind.INFRASTRUCTURE_ERROR,
+            error_type=inp.error_type,
+            error_message=inp.error_message,
         )
         await records.finish_trial(
-            session, trial_id=inp.trial_id,
+            session,
+            trial_id=inp.trial_id,
             attempt_id=running[-1].id if running else None,
-            attempt_status=AttemptStatus.LOST, fields=fields,
+            attempt_status=AttemptStatus.LOST,
+            fields=fields,
         )
         await session.commit()
-    return TrialOutcome(inp.trial_id, fields.status, fields.outcome, None,
-                        inp.error_type, inp.error_message)
+    return TrialOutcome(
+        inp.trial_id, fields.status, fields.outcome, None, inp.error_type, inp.error_message
+    )
 
 
 @activity.defn(name="cancel_task_records")

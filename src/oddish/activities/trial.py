@@ -33,8 +33,15 @@ log = logging.getLogger(__name__)
 
 # Errors raised before Harbor starts anything: the spec or the task is wrong, and another
 # attempt would fail the same way.
-CONFIGURATION_ERRORS = {"ValueError", "ValidationError", "FileNotFoundError", "ImportError",
-                        "ModuleNotFoundError", "NotImplementedError", "TypeError"}
+CONFIGURATION_ERRORS = {
+    "ValueError",
+    "ValidationError",
+    "FileNotFoundError",
+    "ImportError",
+    "ModuleNotFoundError",
+    "NotImplementedError",
+    "TypeError",
+}
 
 
 # A cancel reaches a running trial only in the answer to one of its heartbeats, so heartbeats go
@@ -128,8 +135,9 @@ async def _heartbeat(interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-async def _touch_slot(trial_id: str, attempt_id: int, interval: float,
-                      superseded: asyncio.Event) -> None:
+async def _touch_slot(
+    trial_id: str, attempt_id: int, interval: float, superseded: asyncio.Event
+) -> None:
     """Keeps the slot row's heartbeat fresh, for PGQueuer tools and for a later attempt asking
     whether this one still runs; apart from Temporal's heartbeat, so a slow database never makes
     a live trial look dead. Sets ``superseded`` once the attempt is no longer the running one
@@ -150,25 +158,36 @@ async def _touch_slot(trial_id: str, attempt_id: int, interval: float,
 
 async def _record_lost(attempt_id: int, details: Any) -> None:
     """This attempt stopped without a result; the next one starts without waiting for it."""
-    reason = ("its worker shut down" if details is not None and details.worker_shutdown
-              else "it was stopped") + "; Temporal runs the trial again"
+    reason = (
+        "its worker shut down"
+        if details is not None and details.worker_shutdown
+        else "it was stopped"
+    ) + "; Temporal runs the trial again"
     try:
         async with get_session() as session:
-            await records.mark_attempt_lost(session, attempt_id=attempt_id,
-                                            reason=f"this attempt ended without a result: {reason}")
+            await records.mark_attempt_lost(
+                session,
+                attempt_id=attempt_id,
+                reason=f"this attempt ended without a result: {reason}",
+            )
             await session.commit()
     except Exception as exc:  # the next attempt then waits until this one looks dead
         log.warning("could not mark attempt %d lost: %s", attempt_id, exc)
 
 
-async def _record_cancelled(trial_id: str, attempt_id: int, fields: records.TrialResultFields) -> None:
+async def _record_cancelled(
+    trial_id: str, attempt_id: int, fields: records.TrialResultFields
+) -> None:
     fields.status, fields.outcome = JobStatus.CANCELLED, "cancelled"
     try:
         async with get_session() as session:
             try:
                 await records.finish_trial(
-                    session, trial_id=trial_id, attempt_id=attempt_id,
-                    attempt_status=AttemptStatus.CANCELLED, fields=fields,
+                    session,
+                    trial_id=trial_id,
+                    attempt_id=attempt_id,
+                    attempt_status=AttemptStatus.CANCELLED,
+                    fields=fields,
                 )
             except records.StaleAttempt:
                 return
@@ -177,8 +196,11 @@ async def _record_cancelled(trial_id: str, attempt_id: int, fields: records.Tria
         if not database_unreachable(exc):
             raise
         # The cancelled workflow's own clean-up (cancel_task_records) settles the records.
-        log.warning("trial %s cancelled; database unreachable, records left to the workflow: %s",
-                    trial_id, exc)
+        log.warning(
+            "trial %s cancelled; database unreachable, records left to the workflow: %s",
+            trial_id,
+            exc,
+        )
 
 
 @dataclass(frozen=True)
@@ -197,8 +219,9 @@ class _Started:
     attempt_number: int
 
 
-async def _start(inp: RunTrialInput, info: activity.Info, *,
-                 alive_within_sec: float) -> TrialOutcome | _Busy | _Started:
+async def _start(
+    inp: RunTrialInput, info: activity.Info, *, alive_within_sec: float
+) -> TrialOutcome | _Busy | _Started:
     """Open the attempt; or, when this run of the trial already finished, its recorded outcome;
     or, when an earlier attempt is still running (its slot row touched lately), say so."""
     async with get_session() as session:
@@ -206,23 +229,31 @@ async def _start(inp: RunTrialInput, info: activity.Info, *,
         if trial.run_number == inp.run_number and trial.status in records.TERMINAL_TRIAL_STATUSES:
             # This run already finished; its completion just never reached Temporal. A slot
             # granted again (a re-run of a finished workflow) goes straight back.
-            await slots.release(await session.connection(), trial_ids=[trial.id],
-                                log_status="successful")
+            await slots.release(
+                await session.connection(), trial_ids=[trial.id], log_status="successful"
+            )
             await session.commit()
             return TrialOutcome(
-                trial_id=trial.id, status=trial.status, outcome=trial.outcome,
-                reward=trial.reward, error_type=trial.error_type,
+                trial_id=trial.id,
+                status=trial.status,
+                outcome=trial.outcome,
+                reward=trial.reward,
+                error_type=trial.error_type,
                 error_message=trial.error_message,
             )
         running = [a for a in trial.attempts if a.status == AttemptStatus.RUNNING]
-        if running and await slots.heard_from_within(await session.connection(), trial.id,
-                                                     alive_within_sec):
+        if running and await slots.heard_from_within(
+            await session.connection(), trial.id, alive_within_sec
+        ):
             return _Busy(running[-1].number, running[-1].worker)
         spec = TrialSpec.model_validate(trial.spec)
         task_path = Path(trial.task.task_path)
         attempt = await records.start_attempt(
-            session, trial_id=inp.trial_id, run_number=inp.run_number,
-            temporal_attempt=info.attempt, worker=worker_identity(),
+            session,
+            trial_id=inp.trial_id,
+            run_number=inp.run_number,
+            temporal_attempt=info.attempt,
+            worker=worker_identity(),
         )
         started = _Started(spec, task_path, attempt.id, attempt.number)
         await session.commit()
@@ -248,8 +279,9 @@ async def run_trial(inp: RunTrialInput) -> TrialOutcome:
             await heartbeat
 
 
-async def _open_attempt(inp: RunTrialInput, info: activity.Info, *,
-                        alive_within_sec: float) -> TrialOutcome | _Started:
+async def _open_attempt(
+    inp: RunTrialInput, info: activity.Info, *, alive_within_sec: float
+) -> TrialOutcome | _Started:
     """Open this attempt, once no earlier one still runs. An earlier attempt that Temporal gave
     up on while its worker lived (Temporal was unreachable for longer than the heartbeat
     timeout, say) goes on running; rather than start the trial over, this one waits for its
@@ -260,16 +292,24 @@ async def _open_attempt(inp: RunTrialInput, info: activity.Info, *,
         # A Postgres restart must not spend the trial's attempts: wait for it to answer.
         opened = await until_database_answers(
             lambda: _start(inp, info, alive_within_sec=alive_within_sec),
-            what=f"trial {inp.trial_id}: opening its attempt")
+            what=f"trial {inp.trial_id}: opening its attempt",
+        )
         if not isinstance(opened, _Busy):
             if waiting_since is not None:
-                log.info("trial %s: waited %.1fs for the earlier attempt", inp.trial_id,
-                         time.monotonic() - waiting_since)
+                log.info(
+                    "trial %s: waited %.1fs for the earlier attempt",
+                    inp.trial_id,
+                    time.monotonic() - waiting_since,
+                )
             return opened
         if waiting_since is None:
             waiting_since = time.monotonic()
-            log.warning("trial %s: attempt %d still runs on %s; waiting for its result",
-                        inp.trial_id, opened.attempt_number, opened.worker)
+            log.warning(
+                "trial %s: attempt %d still runs on %s; waiting for its result",
+                inp.trial_id,
+                opened.attempt_number,
+                opened.worker,
+            )
         await asyncio.sleep(1.0)
 
 
@@ -281,9 +321,12 @@ async def _harbor_run(config: Any) -> TrialResult:
 async def _workflow_still_runs(info: activity.Info) -> bool:
     """Whether the attempt's workflow runs; True when Temporal cannot be asked (it is down)."""
     try:
-        handle = activity.client().get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
+        handle = activity.client().get_workflow_handle(
+            info.workflow_id, run_id=info.workflow_run_id
+        )
         description = await asyncio.wait_for(
-            handle.describe(rpc_timeout=timedelta(seconds=5)), timeout=10)
+            handle.describe(rpc_timeout=timedelta(seconds=5)), timeout=10
+        )
     except RPCError as exc:
         return exc.status != RPCStatusCode.NOT_FOUND
     except (TimeoutError, RuntimeError):
@@ -311,8 +354,9 @@ async def _stop(run: asyncio.Future[TrialResult]) -> None:
         await run
 
 
-async def _await_run(run: asyncio.Future[TrialResult], superseded: asyncio.Event,
-                     info: activity.Info, trial_id: str) -> TrialResult:
+async def _await_run(
+    run: asyncio.Future[TrialResult], superseded: asyncio.Event, info: activity.Info, trial_id: str
+) -> TrialResult:
     """The Harbor run's result. A cancel stops it (raising CancelledError) unless the trial
     carries on; a run carrying on stops when its worker shuts down; a superseded run stops at
     once (raising StaleAttempt), so a trial never runs twice at once for long."""
@@ -335,9 +379,12 @@ async def _await_run(run: asyncio.Future[TrialResult], superseded: asyncio.Event
                     if current is not None:
                         current.uncancel()
                     shutdown = asyncio.ensure_future(activity.wait_for_worker_shutdown())
-                    log.warning("trial %s: Temporal gave up on this attempt (%s) but its workflow "
-                                "runs: the trial carries on and the next attempt takes its result",
-                                trial_id, activity.cancellation_details())
+                    log.warning(
+                        "trial %s: Temporal gave up on this attempt (%s) but its workflow "
+                        "runs: the trial carries on and the next attempt takes its result",
+                        trial_id,
+                        activity.cancellation_details(),
+                    )
                     continue
                 await _stop(run)
                 raise
@@ -353,11 +400,13 @@ async def _await_run(run: asyncio.Future[TrialResult], superseded: asyncio.Event
             shutdown.cancel()
 
 
-async def _run_trial(inp: RunTrialInput, info: activity.Info, *,
-                     heartbeat_timeout_sec: float) -> TrialOutcome:
+async def _run_trial(
+    inp: RunTrialInput, info: activity.Info, *, heartbeat_timeout_sec: float
+) -> TrialOutcome:
     touch_interval = touch_interval_sec(heartbeat_timeout_sec)
-    started = await _open_attempt(inp, info,
-                                  alive_within_sec=alive_within_sec(heartbeat_timeout_sec))
+    started = await _open_attempt(
+        inp, info, alive_within_sec=alive_within_sec(heartbeat_timeout_sec)
+    )
     if isinstance(started, TrialOutcome):
         return started
     attempt_id = started.attempt_id
@@ -372,8 +421,12 @@ async def _run_trial(inp: RunTrialInput, info: activity.Info, *,
     touch = asyncio.ensure_future(_touch_slot(inp.trial_id, attempt_id, touch_interval, superseded))
     try:
         try:
-            config = trial_config(started.spec, task_path=started.task_path,
-                                  trials_dir=trials_dir, trial_name=trial_name)
+            config = trial_config(
+                started.spec,
+                task_path=started.task_path,
+                trials_dir=trials_dir,
+                trial_name=trial_name,
+            )
             harbor_config = config.model_dump(mode="json")
             run = asyncio.ensure_future(_harbor_run(config))
             result = await _await_run(run, superseded, info, inp.trial_id)
@@ -386,9 +439,13 @@ async def _run_trial(inp: RunTrialInput, info: activity.Info, *,
             # attempt Temporal has already given up on, leaves it to the next attempt, which
             # need not wait for this one.
             if details is not None and details.cancel_requested:
-                fields = result_fields(result, error_type="CancelledError",
-                                       error_message="cancelled", trial_dir=trial_dir,
-                                       harbor_config=harbor_config)
+                fields = result_fields(
+                    result,
+                    error_type="CancelledError",
+                    error_message="cancelled",
+                    trial_dir=trial_dir,
+                    harbor_config=harbor_config,
+                )
                 await asyncio.shield(_record_cancelled(inp.trial_id, attempt_id, fields))
             else:
                 await asyncio.shield(_record_lost(attempt_id, details))
@@ -400,14 +457,27 @@ async def _run_trial(inp: RunTrialInput, info: activity.Info, *,
             if error_type in CONFIGURATION_ERRORS:
                 error_message = f"the trial could not be set up: {error_message}"
 
-        fields = result_fields(result, error_type=error_type, error_message=error_message,
-                               trial_dir=trial_dir, harbor_config=harbor_config)
-        retryable = (classify(error_type, fields.rewards).retryable
-                     and error_type not in CONFIGURATION_ERRORS)
+        fields = result_fields(
+            result,
+            error_type=error_type,
+            error_message=error_message,
+            trial_dir=trial_dir,
+            harbor_config=harbor_config,
+        )
+        retryable = (
+            classify(error_type, fields.rewards).retryable
+            and error_type not in CONFIGURATION_ERRORS
+        )
         # The result must not be lost to a Postgres restart: wait for it to answer.
         return await until_database_answers(
-            lambda: _record_result(inp, attempt_id, fields, retryable=retryable,
-                                   error_type=error_type, error_message=error_message),
+            lambda: _record_result(
+                inp,
+                attempt_id,
+                fields,
+                retryable=retryable,
+                error_type=error_type,
+                error_message=error_message,
+            ),
             what=f"trial {inp.trial_id}: recording its result",
         )
     finally:
@@ -417,8 +487,13 @@ async def _run_trial(inp: RunTrialInput, info: activity.Info, *,
 
 
 async def _record_result(
-    inp: RunTrialInput, attempt_id: int, fields: records.TrialResultFields, *,
-    retryable: bool, error_type: str | None, error_message: str | None,
+    inp: RunTrialInput,
+    attempt_id: int,
+    fields: records.TrialResultFields,
+    *,
+    retryable: bool,
+    error_type: str | None,
+    error_message: str | None,
 ) -> TrialOutcome:
     async with get_session() as session:
         if retryable and activity.info().attempt < inp.max_attempts:
@@ -431,8 +506,11 @@ async def _record_result(
             JobStatus.SUCCESS: AttemptStatus.SUCCESS,
         }.get(fields.status, AttemptStatus.INFRA_ERROR if retryable else AttemptStatus.FAILED)
         await records.finish_trial(
-            session, trial_id=inp.trial_id, attempt_id=attempt_id,
-            attempt_status=attempt_status, fields=fields,
+            session,
+            trial_id=inp.trial_id,
+            attempt_id=attempt_id,
+            attempt_status=attempt_status,
+            fields=fields,
         )
         await session.commit()
     return _outcome(inp.trial_id, fields)

@@ -23,7 +23,8 @@ def decide(trials: list[TrialModel]) -> tuple[str, dict[str, Any]]:
     summary = (
         f"{overall['passed']}/{overall['trials']} trials passed "
         f"(mean reward {overall['mean_reward']:.3f})"
-        if trials else "no trials"
+        if trials
+        else "no trials"
     )
     if infra:
         summary += f"; {infra} failed on infrastructure"
@@ -44,5 +45,6 @@ async def _decide_and_save(task_id: str) -> str:
 @activity.defn(name="decide_verdict")
 async def decide_verdict(inp: VerdictInput) -> str:
     # A Postgres restart must not fail a task whose trials all ran: wait for it.
-    return await until_database_answers(lambda: _decide_and_save(inp.task_id),
-                                        what=f"verdict of task {inp.task_id}")
+    return await until_database_answers(
+        lambda: _decide_and_save(inp.task_id), what=f"verdict of task {inp.task_id}"
+    )

@@ -15,19 +15,25 @@ from oddish.options import N_CONCURRENT_HELP, limits_option
 app = typer.Typer(add_completion=False)
 
 
-@app.command(help=__doc__ + """
+@app.command(
+    help=__doc__
+    + """
 
 With no DATABASE_URL / ODDISH_DATABASE_URL or ODDISH_TEMPORAL_ADDRESS it starts the embedded
-Postgres and Temporal dev server, as the worker does. OpenAPI docs are served at /docs.""")
+Postgres and Temporal dev server, as the worker does. OpenAPI docs are served at /docs."""
+)
 def main(
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(8000, help="port to listen on"),
     n_concurrent: str = typer.Option(None, "--n-concurrent", help=N_CONCURRENT_HELP),
-    workers: bool = typer.Option(True, "--workers/--no-workers",
-                                 help="run a worker in this process (default) or not"),
+    workers: bool = typer.Option(
+        True, "--workers/--no-workers", help="run a worker in this process (default) or not"
+    ),
     home: Path = typer.Option(None, help="data of embedded services [default: ~/.oddish]"),
 ) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     limits = limits_option(n_concurrent)
 
     from oddish.api.app import create_app

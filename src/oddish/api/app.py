@@ -73,20 +73,31 @@ async def refuse_oversized_body(request: Request) -> None:
     limit = get_settings().upload_max_bytes
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit + MULTIPART_OVERHEAD_BYTES:
-        raise HTTPException(413, detail=f"upload of {int(length)} bytes; the limit is {limit} bytes")
+        raise HTTPException(
+            413, detail=f"upload of {int(length)} bytes; the limit is {limit} bytes"
+        )
 
 
 def build_router() -> APIRouter:
     router = APIRouter(dependencies=[Depends(require_api_key)])
 
-    @router.post("/tasks/upload", summary="Upload a task: a gzipped tar of one task directory",
-                 dependencies=[Depends(refuse_oversized_body)])
+    @router.post(
+        "/tasks/upload",
+        summary="Upload a task: a gzipped tar of one task directory",
+        dependencies=[Depends(refuse_oversized_body)],
+    )
     async def upload_task(file: UploadFile = File(description="task.tar.gz")) -> dict[str, Any]:
         return await asyncio.to_thread(store_upload, file.file)
 
-    @router.post("/tasks/sweep", summary="Create a task of an uploaded version and run its trials",
-                 responses={202: {"description": "recorded; its workflow starts once Temporal "
-                                                 "answers (see `warning`)"}})
+    @router.post(
+        "/tasks/sweep",
+        summary="Create a task of an uploaded version and run its trials",
+        responses={
+            202: {
+                "description": "recorded; its workflow starts once Temporal answers (see `warning`)"
+            }
+        },
+    )
     async def create_sweep(body: SweepRequest, request: Request) -> Any:
         path = upload_path(body.upload_id)
         submission = body.submission(path, upload_name(body.upload_id))
@@ -97,9 +108,12 @@ def build_router() -> APIRouter:
             log.warning("%s", exc)
             task_id, warning = exc.task_id, str(exc)
         task = await queue.get_task_with_trials(task_id)
-        created = {"id": task_id, "experiment": task["experiment_id"],
-                   "trials_count": len(task["trials"]),
-                   "url": str(request.url_for("get_task", task_id=task_id))}
+        created = {
+            "id": task_id,
+            "experiment": task["experiment_id"],
+            "trials_count": len(task["trials"]),
+            "url": str(request.url_for("get_task", task_id=task_id)),
+        }
         if warning is None:
             return created
         return JSONResponse(status_code=202, content={**created, "warning": warning})
@@ -112,8 +126,9 @@ def build_router() -> APIRouter:
         limit: int = Query(default=50, ge=1, le=500),
         offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
     ) -> dict[str, Any]:
-        return await queue.list_tasks(status=status, experiment_id=experiment, user=user,
-                                      limit=limit, offset=offset)
+        return await queue.list_tasks(
+            status=status, experiment_id=experiment, user=user, limit=limit, offset=offset
+        )
 
     @router.get("/tasks/{task_id}", summary="A task with its trials and verdict")
     async def get_task(task_id: str) -> dict[str, Any]:
@@ -121,7 +136,8 @@ def build_router() -> APIRouter:
 
     @router.get("/tasks/{task_id}/trials/{index}", summary="A trial of a task by its index")
     async def get_trial_by_index(
-        task_id: str, index: int = Path(ge=0, lt=MAX_TRIALS_PER_TASK),
+        task_id: str,
+        index: int = Path(ge=0, lt=MAX_TRIALS_PER_TASK),
     ) -> dict[str, Any]:
         return await queue.get_trial_by_index(task_id, index)
 
@@ -143,8 +159,10 @@ def build_router() -> APIRouter:
         status = await task_control.cancel_task(task_id, client=request.app.state.temporal)
         return {"id": task_id, "status": status}
 
-    @router.post("/tasks/{task_id}/retry",
-                 summary="Run a task's failed and cancelled trials again, then redo its verdict")
+    @router.post(
+        "/tasks/{task_id}/retry",
+        summary="Run a task's failed and cancelled trials again, then redo its verdict",
+    )
     async def retry_task(task_id: str, request: Request) -> dict[str, Any]:
         retried = await task_retry.retry_task(task_id, client=request.app.state.temporal)
         return {"task_id": task_id, "retried": retried}
@@ -154,20 +172,28 @@ def build_router() -> APIRouter:
         task_id, retried = await task_retry.retry_trial(trial_id, client=request.app.state.temporal)
         return {"task_id": task_id, "retried": retried}
 
-    @router.post("/experiments/{experiment_id}/retry",
-                 summary="Run the failed and cancelled trials of every task of an experiment again")
+    @router.post(
+        "/experiments/{experiment_id}/retry",
+        summary="Run the failed and cancelled trials of every task of an experiment again",
+    )
     async def retry_experiment(experiment_id: str, request: Request) -> dict[str, Any]:
         done = await task_retry.retry_experiment(experiment_id, client=request.app.state.temporal)
-        return {"experiment_id": experiment_id,
-                "tasks": [{"task_id": t, "retried": r} for t, r in done]}
+        return {
+            "experiment_id": experiment_id,
+            "tasks": [{"task_id": t, "retried": r} for t, r in done],
+        }
 
-    @router.post("/experiments/{experiment_id}/cancel",
-                 summary="Stop every unfinished task of an experiment")
+    @router.post(
+        "/experiments/{experiment_id}/cancel", summary="Stop every unfinished task of an experiment"
+    )
     async def cancel_experiment(experiment_id: str, request: Request) -> dict[str, Any]:
-        cancelled = await task_control.cancel_experiment(experiment_id,
-                                                         client=request.app.state.temporal)
-        return {"experiment_id": experiment_id,
-                "tasks": [{"id": t, "status": s} for t, s in cancelled]}
+        cancelled = await task_control.cancel_experiment(
+            experiment_id, client=request.app.state.temporal
+        )
+        return {
+            "experiment_id": experiment_id,
+            "tasks": [{"id": t, "status": s} for t, s in cancelled],
+        }
 
     @router.delete("/tasks/{task_id}", summary="Stop a task, then delete it and its files")
     async def delete_task(task_id: str, request: Request) -> dict[str, Any]:
@@ -175,8 +201,10 @@ def build_router() -> APIRouter:
         await task_control.delete_task(task_id, client=request.app.state.temporal)
         return {"id": task_id, "deleted": True}
 
-    @router.delete("/experiments/{experiment_id}",
-                   summary="Stop an experiment's tasks, then delete them and the experiment")
+    @router.delete(
+        "/experiments/{experiment_id}",
+        summary="Stop an experiment's tasks, then delete them and the experiment",
+    )
     async def delete_experiment(experiment_id: str, request: Request) -> dict[str, Any]:
         n = await task_control.delete_experiment(experiment_id, client=request.app.state.temporal)
         return {"id": experiment_id, "deleted": True, "tasks_deleted": n}
@@ -190,8 +218,10 @@ def build_router() -> APIRouter:
     async def list_experiments() -> list[dict[str, Any]]:
         return await queue.list_experiments()
 
-    @router.get("/experiments/{experiment_id}",
-                summary="An experiment: per agent/model trials, pass rate, mean reward, statuses")
+    @router.get(
+        "/experiments/{experiment_id}",
+        summary="An experiment: per agent/model trials, pass rate, mean reward, statuses",
+    )
     async def get_experiment(experiment_id: str) -> dict[str, Any]:
         return await queue.get_experiment(experiment_id)
 
@@ -201,7 +231,8 @@ def build_router() -> APIRouter:
 
     @router.put("/limits/{queue_key:path}", summary="Set a queue key's limit; takes effect at once")
     async def put_limit(
-        update: LimitUpdate, queue_key: str = Path(min_length=1, max_length=200, pattern=r"\S"),
+        update: LimitUpdate,
+        queue_key: str = Path(min_length=1, max_length=200, pattern=r"\S"),
     ) -> dict[str, Any]:
         key = await queue.set_queue_limit(queue_key, update.limit)
         return {"queue_key": key, "limit": update.limit}
@@ -221,8 +252,7 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
         if run_workers:
             from oddish.worker.runner import run_worker
 
-            worker = asyncio.create_task(run_worker(stop, n_concurrent=n_concurrent,
-                                                migrate=False))
+            worker = asyncio.create_task(run_worker(stop, n_concurrent=n_concurrent, migrate=False))
         else:
             # Limits live in Postgres: the workers elsewhere honour them from their next grant.
             await queue.apply_limits(n_concurrent or {})
@@ -239,8 +269,11 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
         description="Durable evaluation scheduler for Harbor agent tasks.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodySizeLimit, paths={"/tasks/upload"},
-                       max_bytes=get_settings().upload_max_bytes + MULTIPART_OVERHEAD_BYTES)
+    app.add_middleware(
+        BodySizeLimit,
+        paths={"/tasks/upload"},
+        max_bytes=get_settings().upload_max_bytes + MULTIPART_OVERHEAD_BYTES,
+    )
 
     @app.exception_handler(RecordNotFound)
     async def not_found(_: Request, exc: RecordNotFound) -> JSONResponse:
@@ -265,11 +298,17 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
         if is_unstorable_value(exc):
             # The schemas bound what they can; whatever Postgres still refuses (a NUL character,
             # say) is the client's input too. Nothing was written: the transaction rolled back.
-            return JSONResponse(status_code=422, content={
-                "detail": f"a value the database cannot store: {str(exc.orig).splitlines()[0]}"})
+            return JSONResponse(
+                status_code=422,
+                content={
+                    "detail": f"a value the database cannot store: {str(exc.orig).splitlines()[0]}"
+                },
+            )
         if database_unreachable(exc):
-            return JSONResponse(status_code=503, content={
-                "detail": "the database cannot be reached; try again shortly"})
+            return JSONResponse(
+                status_code=503,
+                content={"detail": "the database cannot be reached; try again shortly"},
+            )
         log.exception("database error", exc_info=exc)
         return JSONResponse(status_code=500, content={"detail": "internal database error"})
 

@@ -92,10 +92,14 @@ class _Decompressed:
             data = self._gzip.read(size)
         except gzip.BadGzipFile as exc:
             if self.total == 0:
-                raise ArchiveError("The upload is not a gzip-compressed tar archive (.tar.gz).") from exc
+                raise ArchiveError(
+                    "The upload is not a gzip-compressed tar archive (.tar.gz)."
+                ) from exc
             raise ArchiveError(f"The archive is corrupt: {exc}.") from exc
         except EOFError as exc:
-            raise ArchiveError("The archive is truncated: the gzip stream ends prematurely.") from exc
+            raise ArchiveError(
+                "The archive is truncated: the gzip stream ends prematurely."
+            ) from exc
         except zlib.error as exc:
             raise ArchiveError(f"The archive is corrupt: {exc}.") from exc
         self.total += len(data)
@@ -192,7 +196,9 @@ def _extract(
                 break
             members += 1
             if members > max_members:
-                raise ArchiveError(f"The archive has more than the limit of {max_members} members.", 413)
+                raise ArchiveError(
+                    f"The archive has more than the limit of {max_members} members.", 413
+                )
             parts = _member_parts(member)
             name = member.name
             if not parts:
@@ -200,7 +206,9 @@ def _extract(
                     continue  # the "./" entry of `tar -C dir .`
                 raise ArchiveError(f"Archive member {name!r} has no usable file name.")
             if parts in seen:
-                raise ArchiveError(f"Archive member {name!r} appears more than once in the archive.")
+                raise ArchiveError(
+                    f"Archive member {name!r} appears more than once in the archive."
+                )
             seen.add(parts)
             for i in range(1, len(parts)):
                 if parts[:i] in files:
@@ -312,7 +320,9 @@ def _write_file(
     path = root.joinpath(*parts)
     # Defence in depth: names are already checked, and no links are ever created.
     if not path.resolve().is_relative_to(root.resolve()):
-        raise ArchiveError(f"Archive member {member.name!r} would be written outside the task directory.")
+        raise ArchiveError(
+            f"Archive member {member.name!r} would be written outside the task directory."
+        )
     data = tar.extractfile(member)
     assert data is not None  # regular file
     digest = hashlib.sha256()

@@ -42,10 +42,13 @@ class HarborSettings(Strict):
     override_memory_mb: int | None = Field(default=None, ge=1)
     override_gpus: int | None = Field(default=None, ge=0)
     override_storage_mb: int | None = Field(default=None, ge=1)
-    timeout_multiplier: float = Field(default=1.0, gt=0, description="scales every timeout of the task")
+    timeout_multiplier: float = Field(
+        default=1.0, gt=0, description="scales every timeout of the task"
+    )
     force_build: bool = False
-    docker_image: str | None = Field(default=None, min_length=1,
-                                     description="a pre-built image in place of the task's own")
+    docker_image: str | None = Field(
+        default=None, min_length=1, description="a pre-built image in place of the task's own"
+    )
 
 
 class SweepRequest(Strict):
@@ -58,8 +61,9 @@ class SweepRequest(Strict):
     experiment_name: str | None = None
     run_analysis: bool = True
     user: str | None = None
-    submission_key: str | None = Field(default=None, max_length=255,
-                                       description="resending the same key returns the same task")
+    submission_key: str | None = Field(
+        default=None, max_length=255, description="resending the same key returns the same task"
+    )
 
     def submission(self, task_path: Any, default_name: str) -> TaskSubmission:
         """Raises pydantic.ValidationError for unknown agents or environments, too many trials."""
@@ -76,16 +80,24 @@ class SweepRequest(Strict):
             docker_image=h.docker_image,
             configs=[
                 AgentRunConfig(
-                    agent=c.agent, model=c.model, n_trials=c.n_trials, environment=h.environment,
-                    agent_env=c.agent_config.env, agent_kwargs=c.agent_config.kwargs,
+                    agent=c.agent,
+                    model=c.model,
+                    n_trials=c.n_trials,
+                    environment=h.environment,
+                    agent_env=c.agent_config.env,
+                    agent_kwargs=c.agent_config.kwargs,
                     agent_timeout_sec=c.agent_config.timeout_sec,
                     agent_setup_timeout_sec=c.agent_config.setup_timeout_sec,
                     environment_kwargs=h.environment_kwargs,
                     verifier_timeout_sec=h.verifier.timeout_sec,
-                    disable_verification=h.verifier.disable, artifacts=h.artifacts,
-                    override_cpus=h.override_cpus, override_memory_mb=h.override_memory_mb,
-                    override_gpus=h.override_gpus, override_storage_mb=h.override_storage_mb,
-                    timeout_multiplier=h.timeout_multiplier, force_build=h.force_build,
+                    disable_verification=h.verifier.disable,
+                    artifacts=h.artifacts,
+                    override_cpus=h.override_cpus,
+                    override_memory_mb=h.override_memory_mb,
+                    override_gpus=h.override_gpus,
+                    override_storage_mb=h.override_storage_mb,
+                    timeout_multiplier=h.timeout_multiplier,
+                    force_build=h.force_build,
                 )
                 for c in self.configs
             ],

@@ -27,7 +27,9 @@ def store_upload(source: BinaryIO) -> dict[str, Any]:
     incoming.parent.mkdir(parents=True, exist_ok=True)
     try:
         extracted = extract_task_archive(
-            source, incoming, max_archive_bytes=settings.upload_max_bytes,
+            source,
+            incoming,
+            max_archive_bytes=settings.upload_max_bytes,
             max_unpacked_bytes=settings.upload_max_unpacked_bytes,
         )
         # Tests are checked at submission: a sweep may disable verification.
@@ -47,14 +49,21 @@ def store_upload(source: BinaryIO) -> dict[str, Any]:
                     raise
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
-    return {"upload_id": extracted.content_hash, "name": extracted.name,
-            "files": extracted.files, "bytes": extracted.unpacked_bytes, "reused": reused}
+    return {
+        "upload_id": extracted.content_hash,
+        "name": extracted.name,
+        "files": extracted.files,
+        "bytes": extracted.unpacked_bytes,
+        "reused": reused,
+    }
 
 
 def upload_path(upload_id: str) -> Path:
     path = _uploads_dir() / upload_id
     if not _UPLOAD_ID.match(upload_id) or not path.is_dir():
-        raise RecordNotFound(f"no uploaded task {upload_id!r}: POST the archive to /tasks/upload first")
+        raise RecordNotFound(
+            f"no uploaded task {upload_id!r}: POST the archive to /tasks/upload first"
+        )
     return path
 
 

@@ -37,7 +37,8 @@ def error_detail(response: httpx.Response) -> str:
     if isinstance(detail, list):  # FastAPI's validation errors: where, and what is wrong
         detail = "; ".join(
             f"{'.'.join(str(p) for p in item.get('loc', ()) if p != 'body')}: {item.get('msg')}"
-            if isinstance(item, dict) else str(item)
+            if isinstance(item, dict)
+            else str(item)
             for item in detail
         )
     return " ".join(str(detail).split())[:2000]
@@ -62,12 +63,23 @@ class ApiClient:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, *, retry: bool | None = None,
-                raise_api_errors: bool = False, **kwargs: Any) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        retry: bool | None = None,
+        raise_api_errors: bool = False,
+        **kwargs: Any,
+    ) -> Any:
         """The JSON answer of a request.
 
         ``retry`` (default: for GET and PUT) sends the request again after a timeout or a dropped
@@ -80,12 +92,16 @@ class ApiClient:
                 response = self._http.request(method, path, **kwargs)
                 break
             except httpx.ConnectError:
-                fail(f"cannot reach the oddish API at {self.base_url}; start it with `oddish up` "
-                     "or point ODDISH_API_URL at a running one")
+                fail(
+                    f"cannot reach the oddish API at {self.base_url}; start it with `oddish up` "
+                    "or point ODDISH_API_URL at a running one"
+                )
             except RETRYABLE_ERRORS as exc:
                 if attempt == attempts:
-                    fail(f"the oddish API at {self.base_url} did not answer {method} {path}: "
-                         f"{type(exc).__name__} after {attempts} attempts")
+                    fail(
+                        f"the oddish API at {self.base_url} did not answer {method} {path}: "
+                        f"{type(exc).__name__} after {attempts} attempts"
+                    )
                 time.sleep(attempt)
             except httpx.HTTPError as exc:
                 fail(f"request to the oddish API at {self.base_url} failed: {exc}")

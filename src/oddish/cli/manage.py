@@ -23,12 +23,19 @@ def one_target(task_id: str | None, **options: Any) -> None:
 
 
 def clean(
-    task_id: str | None = typer.Argument(None, metavar="TASK_ID", show_default=False,
-                                         help="a task to delete"),
-    experiment: str | None = typer.Option(None, "--experiment", "-E", show_default=False,
-                                          help="delete this experiment and all its tasks"),
-    all_experiments: bool = typer.Option(False, "--all-experiments",
-                                         help="delete every experiment and task"),
+    task_id: str | None = typer.Argument(
+        None, metavar="TASK_ID", show_default=False, help="a task to delete"
+    ),
+    experiment: str | None = typer.Option(
+        None,
+        "--experiment",
+        "-E",
+        show_default=False,
+        help="delete this experiment and all its tasks",
+    ),
+    all_experiments: bool = typer.Option(
+        False, "--all-experiments", help="delete every experiment and task"
+    ),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
     json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -48,8 +55,10 @@ def clean(
         else:
             found = api.get("/experiments")
             targets = [("experiments", e["id"]) for e in found]
-            question = (f"Delete all {len(found)} experiments "
-                        f"({sum(e['tasks_count'] for e in found)} tasks)?")
+            question = (
+                f"Delete all {len(found)} experiments "
+                f"({sum(e['tasks_count'] for e in found)} tasks)?"
+            )
         if targets and not yes:
             typer.confirm(question, abort=True, err=True)
         # Deleting stops running work first, which may take a while.
@@ -64,10 +73,16 @@ def clean(
 
 
 def cancel(
-    task_id: str | None = typer.Argument(None, metavar="TASK_ID", show_default=False,
-                                         help="a task to cancel"),
-    experiment: str | None = typer.Option(None, "--experiment", "-E", show_default=False,
-                                          help="cancel every unfinished task of this experiment"),
+    task_id: str | None = typer.Argument(
+        None, metavar="TASK_ID", show_default=False, help="a task to cancel"
+    ),
+    experiment: str | None = typer.Option(
+        None,
+        "--experiment",
+        "-E",
+        show_default=False,
+        help="cancel every unfinished task of this experiment",
+    ),
     json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Stop a task, or every unfinished task of an experiment.
@@ -92,10 +107,18 @@ def cancel(
 
 def retry(
     target_id: str | None = typer.Argument(
-        None, metavar="TRIAL_ID|TASK_ID", show_default=False,
-        help="a trial (trial-...) or task (task-...) id; an exp-... id works as --experiment"),
-    experiment: str | None = typer.Option(None, "--experiment", "-E", show_default=False,
-                                          help="retry the failed trials of every task of it"),
+        None,
+        metavar="TRIAL_ID|TASK_ID",
+        show_default=False,
+        help="a trial (trial-...) or task (task-...) id; an exp-... id works as --experiment",
+    ),
+    experiment: str | None = typer.Option(
+        None,
+        "--experiment",
+        "-E",
+        show_default=False,
+        help="retry the failed trials of every task of it",
+    ),
     json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Run failed and cancelled trials again.
@@ -113,8 +136,11 @@ def retry(
         kind = "trials" if target_id.startswith("trial-") else "tasks"
         path = path_of(kind, target_id, "retry")
     else:
-        raise typer.BadParameter(f"{target_id!r} is neither a trial-... nor a task-... id "
-                                 "(use --experiment for an experiment)", param_hint="TRIAL_ID")
+        raise typer.BadParameter(
+            f"{target_id!r} is neither a trial-... nor a task-... id "
+            "(use --experiment for an experiment)",
+            param_hint="TRIAL_ID",
+        )
     with ApiClient() as api:
         try:
             # Not sent twice: a lost answer must not retry the retried trials once more.
@@ -128,16 +154,20 @@ def retry(
         return
     for task in answer.get("tasks", [answer]):
         if task["retried"]:
-                stdout.print(f"{task['task_id']}: retrying {len(task['retried'])} trial(s) "
-                         f"{' '.join(task['retried'])}", highlight=False)
+            stdout.print(
+                f"{task['task_id']}: retrying {len(task['retried'])} trial(s) "
+                f"{' '.join(task['retried'])}",
+                highlight=False,
+            )
 
 
 limits_app = typer.Typer(rich_markup_mode="markdown")
 
 
 @limits_app.callback(invoke_without_command=True)
-def limits(ctx: typer.Context,
-           json_output: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+def limits(
+    ctx: typer.Context, json_output: bool = typer.Option(False, "--json", help=JSON_HELP)
+) -> None:
     """Per model (queue key) concurrency limits: show them, or set one with `limits set`.
 
     A queue key is a normalised model (`anthropic/claude-sonnet-4-5`); `oracle` and `nop`
@@ -161,9 +191,12 @@ def limits(ctx: typer.Context,
 
 @limits_app.command("set")
 def set_limit(
-    queue_key: str = typer.Argument(..., help="a model (claude-sonnet-4-5 is taken as "
-                                    "anthropic/claude-sonnet-4-5), default (oracle and nop), "
-                                    "agent/NAME, or '*' for the default limit"),
+    queue_key: str = typer.Argument(
+        ...,
+        help="a model (claude-sonnet-4-5 is taken as "
+        "anthropic/claude-sonnet-4-5), default (oracle and nop), "
+        "agent/NAME, or '*' for the default limit",
+    ),
     limit: int = typer.Argument(..., min=1, help="trials of this key that may run at once"),
     json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:

@@ -47,8 +47,9 @@ def parse_pairs(pairs: list[str] | None, *, option: str, json_values: bool) -> d
     return parsed
 
 
-def configs_from_options(agents: list[str], models: list[str], n_trials: int,
-                         env: dict[str, Any], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+def configs_from_options(
+    agents: list[str], models: list[str], n_trials: int, env: dict[str, Any], kwargs: dict[str, Any]
+) -> list[dict[str, Any]]:
     """One config per agent and model: ``-m MODEL`` is for every agent, ``-m AGENT=MODEL`` for one;
     an agent runs each of its models, like Harbor's repeated ``-m``."""
     shared: list[str | None] = []
@@ -58,27 +59,39 @@ def configs_from_options(agents: list[str], models: list[str], n_trials: int,
         if not sep:
             shared.append(model)
         elif agent not in agents:
-            raise typer.BadParameter(f"{model!r}: {agent!r} is not one of the --agent values",
-                                     param_hint="'-m' / '--model'")
+            raise typer.BadParameter(
+                f"{model!r}: {agent!r} is not one of the --agent values",
+                param_hint="'-m' / '--model'",
+            )
         else:
             own.setdefault(agent, []).append(name)
     return [
-        {"agent": agent, "model": model, "n_trials": n_trials,
-         "agent_config": {"env": env, "kwargs": kwargs}}
+        {
+            "agent": agent,
+            "model": model,
+            "n_trials": n_trials,
+            "agent_config": {"env": env, "kwargs": kwargs},
+        }
         for agent in agents
         for model in own.get(agent) or shared or [None]
     ]
 
 
-def configs_from_sweep(sweep: SweepFile, env: dict[str, Any],
-                       kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+def configs_from_sweep(
+    sweep: SweepFile, env: dict[str, Any], kwargs: dict[str, Any]
+) -> list[dict[str, Any]]:
     """The sweep file's agents; ``--ae`` / ``--ak`` given on the command line win."""
     return [
-        {"agent": a.name, "model": a.model_name, "n_trials": a.n_trials,
-         "agent_config": {
-             "env": {**a.env, **env}, "kwargs": {**a.kwargs, **kwargs},
-             "timeout_sec": a.timeout_minutes * 60 if a.timeout_minutes else None,
-         }}
+        {
+            "agent": a.name,
+            "model": a.model_name,
+            "n_trials": a.n_trials,
+            "agent_config": {
+                "env": {**a.env, **env},
+                "kwargs": {**a.kwargs, **kwargs},
+                "timeout_sec": a.timeout_minutes * 60 if a.timeout_minutes else None,
+            },
+        }
         for a in sweep.agents
     ]
 
@@ -90,12 +103,14 @@ def validated(check: Any, value: str, param_hint: str) -> str:
         raise typer.BadParameter(str(exc), param_hint=param_hint) from None
 
 
-def find_task_dirs(paths: list[Path], dataset: str | None, sweep: SweepFile | None,
-                   config: Path | None) -> list[Path]:
+def find_task_dirs(
+    paths: list[Path], dataset: str | None, sweep: SweepFile | None, config: Path | None
+) -> list[Path]:
     """Command-line paths or dataset first, then the sweep file's."""
     if paths and dataset:
-        raise typer.BadParameter("give task directories or --dataset, not both",
-                                 param_hint="'-d' / '--dataset'")
+        raise typer.BadParameter(
+            "give task directories or --dataset, not both", param_hint="'-d' / '--dataset'"
+        )
     if paths:
         return task_dirs_from_paths(paths, param_hint=PATH_HINT)
     if dataset:
@@ -104,12 +119,15 @@ def find_task_dirs(paths: list[Path], dataset: str | None, sweep: SweepFile | No
         return task_dirs_from_paths([sweep.path], param_hint=f"{config}: path")
     if sweep and sweep.dataset:
         return task_dirs_from_registry(sweep.dataset)
-    raise typer.BadParameter("no tasks: give task directories, --dataset, or a sweep file with "
-                             "a path", param_hint=PATH_HINT)
+    raise typer.BadParameter(
+        "no tasks: give task directories, --dataset, or a sweep file with a path",
+        param_hint=PATH_HINT,
+    )
 
 
-def submit(api: ApiClient, task_dirs: list[Path], sweep_body: dict[str, Any],
-           show_progress: bool) -> tuple[str, list[dict[str, Any]]]:
+def submit(
+    api: ApiClient, task_dirs: list[Path], sweep_body: dict[str, Any], show_progress: bool
+) -> tuple[str, list[dict[str, Any]]]:
     """Upload and submit each task; the first one's experiment is every other one's."""
     experiment_id: str | None = sweep_body["experiment_id"]
     created: list[dict[str, Any]] = []
@@ -121,13 +139,20 @@ def submit(api: ApiClient, task_dirs: list[Path], sweep_body: dict[str, Any],
                 bar.update(step, description=f"submitting {task_dir.name}")
                 archive = task_archive(task_dir)
                 upload = api.request(
-                    "POST", "/tasks/upload", retry=True, timeout=600,
+                    "POST",
+                    "/tasks/upload",
+                    retry=True,
+                    timeout=600,
                     files={"file": (f"{task_dir.name}.tar.gz", archive, "application/gzip")},
                 )
                 # A fresh key per task: should a timed-out request be sent again, the API
                 # answers with the task the first one created instead of a second task.
-                body = {**sweep_body, "upload_id": upload["upload_id"],
-                        "experiment_id": experiment_id, "submission_key": str(uuid.uuid4())}
+                body = {
+                    **sweep_body,
+                    "upload_id": upload["upload_id"],
+                    "experiment_id": experiment_id,
+                    "submission_key": str(uuid.uuid4()),
+                }
                 task = api.request("POST", "/tasks/sweep", json=body, retry=True)
                 if task.get("warning"):  # recorded; it starts once Temporal answers
                     stderr.print(f"[yellow]warning:[/yellow] {escape(task['warning'])}")
@@ -136,8 +161,10 @@ def submit(api: ApiClient, task_dirs: list[Path], sweep_body: dict[str, Any],
                 bar.advance(step)
     except typer.Exit:
         if created:
-            stderr.print(f"{len(created)} of {len(task_dirs)} tasks were submitted before the "
-                         f"error, to experiment {experiment_id}")
+            stderr.print(
+                f"{len(created)} of {len(task_dirs)} tasks were submitted before the "
+                f"error, to experiment {experiment_id}"
+            )
         raise
     assert experiment_id is not None
     return experiment_id, created
@@ -145,94 +172,173 @@ def submit(api: ApiClient, task_dirs: list[Path], sweep_body: dict[str, Any],
 
 def print_summary(experiment_id: str, created: list[dict[str, Any]], names: list[str]) -> None:
     total = sum(t["trials_count"] for t in created)
-    stdout.print(f"[bold green]submitted[/bold green] {len(created)} task(s), {total} trial(s), "
-                 f"to experiment [bold]{experiment_id}[/bold]")
+    stdout.print(
+        f"[bold green]submitted[/bold green] {len(created)} task(s), {total} trial(s), "
+        f"to experiment [bold]{experiment_id}[/bold]"
+    )
     for task, name in zip(created, names):
         stdout.print(f"  {task['id']}  {name}  ({task['trials_count']} trials)")
-    follow = (f"oddish status {created[0]['id']} --watch" if len(created) == 1
-              else f"oddish status --experiment {experiment_id} --watch")
+    follow = (
+        f"oddish status {created[0]['id']} --watch"
+        if len(created) == 1
+        else f"oddish status --experiment {experiment_id} --watch"
+    )
     stdout.print(f"follow with: [bold]{follow}[/bold]", highlight=False)
 
 
 def run(
     paths: list[Path] | None = typer.Argument(
-        None, show_default=False, metavar="PATH",
-        help="task directories (with task.toml), or directories of task directories"),
+        None,
+        show_default=False,
+        metavar="PATH",
+        help="task directories (with task.toml), or directories of task directories",
+    ),
     path_option: list[Path] | None = typer.Option(
-        None, "--path", "-p", show_default=False, help="a task or dataset directory, as PATH"),
+        None, "--path", "-p", show_default=False, help="a task or dataset directory, as PATH"
+    ),
     config: Path | None = typer.Option(
-        None, "--config", "-c", show_default=False,
+        None,
+        "--config",
+        "-c",
+        show_default=False,
         help="sweep file (YAML): agents with models and trial counts, tasks, environment; "
-             "see below"),
+        "see below",
+    ),
     dataset: str | None = typer.Option(
-        None, "--dataset", "-d", show_default=False,
-        help="a Harbor registry dataset, NAME or NAME@VERSION (the registry must be reachable)"),
+        None,
+        "--dataset",
+        "-d",
+        show_default=False,
+        help="a Harbor registry dataset, NAME or NAME@VERSION (the registry must be reachable)",
+    ),
     agents: list[str] | None = typer.Option(
-        None, "--agent", "-a", show_default=DEFAULT_AGENT,
+        None,
+        "--agent",
+        "-a",
+        show_default=DEFAULT_AGENT,
         help="agent to run: a Harbor agent name (oracle, nop, claude-code, codex, ...) or "
-             "module:Class; repeat for several"),
+        "module:Class; repeat for several",
+    ),
     models: list[str] | None = typer.Option(
-        None, "--model", "-m", show_default=False,
+        None,
+        "--model",
+        "-m",
+        show_default=False,
         help="model for every agent (MODEL) or for one (AGENT=MODEL); repeat to run each agent "
-             "on several models"),
+        "on several models",
+    ),
     n_trials: int | None = typer.Option(
-        None, "--n-trials", min=1, show_default="1",
-        help="trials per agent/model pair and task"),
+        None, "--n-trials", min=1, show_default="1", help="trials per agent/model pair and task"
+    ),
     task_names: list[str] | None = typer.Option(
-        None, "--task-name", "-t", show_default=False,
-        help="run only tasks whose directory name matches this glob; repeatable"),
+        None,
+        "--task-name",
+        "-t",
+        show_default=False,
+        help="run only tasks whose directory name matches this glob; repeatable",
+    ),
     exclude_task_names: list[str] | None = typer.Option(
-        None, "--exclude-task-name", "-x", show_default=False,
-        help="skip tasks whose directory name matches this glob; repeatable"),
+        None,
+        "--exclude-task-name",
+        "-x",
+        show_default=False,
+        help="skip tasks whose directory name matches this glob; repeatable",
+    ),
     n_tasks: int | None = typer.Option(
-        None, "--n-tasks", "-l", min=1, show_default=False,
-        help="run at most this many tasks (after the filters)"),
+        None,
+        "--n-tasks",
+        "-l",
+        min=1,
+        show_default=False,
+        help="run at most this many tasks (after the filters)",
+    ),
     environment: str | None = typer.Option(
-        None, "--env", "-e", show_default=DEFAULT_ENVIRONMENT,
+        None,
+        "--env",
+        "-e",
+        show_default=DEFAULT_ENVIRONMENT,
         help="where trials run: docker, daytona, e2b, modal, runloop, gke, ... (Harbor's "
-             "environments), local (a bubblewrap sandbox on the worker's machine, trusted tasks "
-             "only) or module:Class"),
+        "environments), local (a bubblewrap sandbox on the worker's machine, trusted tasks "
+        "only) or module:Class",
+    ),
     priority: str | None = typer.Option(
-        None, "--priority", "-P", show_default="low (0)",
-        help="low, high or a number; higher runs first when a model's slots are scarce"),
+        None,
+        "--priority",
+        "-P",
+        show_default="low (0)",
+        help="low, high or a number; higher runs first when a model's slots are scarce",
+    ),
     experiment: str | None = typer.Option(
-        None, "--experiment", "-E", show_default="a new one",
+        None,
+        "--experiment",
+        "-E",
+        show_default="a new one",
         help="experiment to add the tasks to: an id, or the name of an existing one "
-             "(a new experiment with this id otherwise)"),
+        "(a new experiment with this id otherwise)",
+    ),
     user: str | None = typer.Option(
-        None, "--user", "-u", show_default="your login name", help="who submits"),
+        None, "--user", "-u", show_default="your login name", help="who submits"
+    ),
     run_analysis: bool | None = typer.Option(
-        None, "--run-analysis/--no-run-analysis", show_default="run-analysis",
-        help="analyse each finished trial and give the task a verdict"),
+        None,
+        "--run-analysis/--no-run-analysis",
+        show_default="run-analysis",
+        help="analyse each finished trial and give the task a verdict",
+    ),
     agent_env: list[str] | None = typer.Option(
-        None, "--ae", "--agent-env", show_default=False,
-        help="environment variable for the agent, KEY=VALUE; repeatable"),
+        None,
+        "--ae",
+        "--agent-env",
+        show_default=False,
+        help="environment variable for the agent, KEY=VALUE; repeatable",
+    ),
     agent_kwargs: list[str] | None = typer.Option(
-        None, "--ak", "--agent-kwarg", show_default=False,
-        help="agent keyword argument, key=value (JSON values are parsed); repeatable"),
+        None,
+        "--ak",
+        "--agent-kwarg",
+        show_default=False,
+        help="agent keyword argument, key=value (JSON values are parsed); repeatable",
+    ),
     artifacts: list[str] | None = typer.Option(
-        None, "--artifact", show_default=False,
-        help="path in the environment to keep after each trial; repeatable"),
+        None,
+        "--artifact",
+        show_default=False,
+        help="path in the environment to keep after each trial; repeatable",
+    ),
     override_cpus: int | None = typer.Option(
-        None, "--override-cpus", min=1, show_default=False, help="CPUs for the environment"),
+        None, "--override-cpus", min=1, show_default=False, help="CPUs for the environment"
+    ),
     override_memory_mb: int | None = typer.Option(
-        None, "--override-memory-mb", min=1, show_default=False,
-        help="memory (MB) for the environment"),
+        None,
+        "--override-memory-mb",
+        min=1,
+        show_default=False,
+        help="memory (MB) for the environment",
+    ),
     override_gpus: int | None = typer.Option(
-        None, "--override-gpus", min=0, show_default=False, help="GPUs for the environment"),
+        None, "--override-gpus", min=0, show_default=False, help="GPUs for the environment"
+    ),
     force_build: bool = typer.Option(
-        False, "--force-build/--no-force-build", help="rebuild the environment's image"),
+        False, "--force-build/--no-force-build", help="rebuild the environment's image"
+    ),
     disable_verification: bool | None = typer.Option(
-        None, "--disable-verification/--enable-verification", show_default="enable-verification",
-        help="skip the task's tests (no reward)"),
+        None,
+        "--disable-verification/--enable-verification",
+        show_default="enable-verification",
+        help="skip the task's tests (no reward)",
+    ),
     watch: bool = typer.Option(
-        True, "--watch/--no-watch", "-w", help="show live progress until the tasks are done"),
+        True, "--watch/--no-watch", "-w", help="show live progress until the tasks are done"
+    ),
     background: bool = typer.Option(
-        False, "--background", "-b", "--async", help="submit and return at once (no --watch)"),
+        False, "--background", "-b", "--async", help="submit and return at once (no --watch)"
+    ),
     json_output: bool = typer.Option(
-        False, "--json",
+        False,
+        "--json",
         help='print only {"experiment", "total_trials", "tasks": [{"id", "trials_count", '
-             '"url"}]}; implies --background'),
+        '"url"}]}; implies --background',
+    ),
 ) -> None:
     """Run Harbor tasks: upload each task directory and start its trials.
 
@@ -266,23 +372,31 @@ def run(
     """
     sweep = load_sweep_file(config) if config else None
     if sweep and (agents or models or n_trials is not None):
-        raise typer.BadParameter("--agent, --model and --n-trials cannot be combined with a "
-                                 "sweep file: list the agents in it",
-                                 param_hint="'-c' / '--config'")
+        raise typer.BadParameter(
+            "--agent, --model and --n-trials cannot be combined with a "
+            "sweep file: list the agents in it",
+            param_hint="'-c' / '--config'",
+        )
     env = parse_pairs(agent_env, option="--ae", json_values=False)
     kwargs = parse_pairs(agent_kwargs, option="--ak", json_values=True)
     if sweep:
         configs = configs_from_sweep(sweep, env, kwargs)
     else:
-        chosen = [validated(validate_agent_name, a, "'-a' / '--agent'")
-                  for a in agents or [DEFAULT_AGENT]]
+        chosen = [
+            validated(validate_agent_name, a, "'-a' / '--agent'") for a in agents or [DEFAULT_AGENT]
+        ]
         configs = configs_from_options(chosen, models or [], n_trials or 1, env, kwargs)
-    environment = validated(validate_environment_name,
-                            environment or (sweep and sweep.environment) or DEFAULT_ENVIRONMENT,
-                            "'-e' / '--env'")
+    environment = validated(
+        validate_environment_name,
+        environment or (sweep and sweep.environment) or DEFAULT_ENVIRONMENT,
+        "'-e' / '--env'",
+    )
     try:
-        priority_value = parse_priority(priority) if priority is not None else (
-            sweep.priority if sweep and sweep.priority is not None else 0)
+        priority_value = (
+            parse_priority(priority)
+            if priority is not None
+            else (sweep.priority if sweep and sweep.priority is not None else 0)
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'-P' / '--priority'") from None
 
@@ -293,8 +407,10 @@ def run(
         limit=n_tasks or (sweep and sweep.n_tasks) or None,
     )
     if not task_dirs:
-        raise typer.BadParameter("no task is left after --task-name / --exclude-task-name",
-                                 param_hint="'-t' / '--task-name'")
+        raise typer.BadParameter(
+            "no task is left after --task-name / --exclude-task-name",
+            param_hint="'-t' / '--task-name'",
+        )
 
     def pick(flag: Any, field: str) -> Any:
         """The command line's value, else the sweep file's."""
@@ -320,18 +436,26 @@ def run(
     with ApiClient() as api:
         experiment_id, created = submit(api, task_dirs, sweep_body, show_progress=not json_output)
         if json_output:
-            print_json({
-                "experiment": experiment_id,
-                "total_trials": sum(t["trials_count"] for t in created),
-                "tasks": [{"id": t["id"], "trials_count": t["trials_count"], "url": t["url"]}
-                          for t in created],
-            })
+            print_json(
+                {
+                    "experiment": experiment_id,
+                    "total_trials": sum(t["trials_count"] for t in created),
+                    "tasks": [
+                        {"id": t["id"], "trials_count": t["trials_count"], "url": t["url"]}
+                        for t in created
+                    ],
+                }
+            )
             return
         print_summary(experiment_id, created, [d.name for d in task_dirs])
         if background or not watch:
             return
         stdout.print()
-        tasks = (TaskSet(api, task_id=created[0]["id"]) if len(created) == 1
-                 else TaskSet(api, experiment=experiment_id, only={t["id"] for t in created}))
-        show(tasks, watch=True, json_output=False, as_json=list,
-             title=f"experiment {experiment_id}")
+        tasks = (
+            TaskSet(api, task_id=created[0]["id"])
+            if len(created) == 1
+            else TaskSet(api, experiment=experiment_id, only={t["id"] for t in created})
+        )
+        show(
+            tasks, watch=True, json_output=False, as_json=list, title=f"experiment {experiment_id}"
+        )

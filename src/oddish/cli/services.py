@@ -26,29 +26,38 @@ def load(module: str, command: str) -> ModuleType:
 
 def up(
     port: int = typer.Option(8000, "--port", help="port of the REST API"),
-    temporal_port: int = typer.Option(7233, "--temporal-port",
-                                      help="port of the embedded Temporal server"),
+    temporal_port: int = typer.Option(
+        7233, "--temporal-port", help="port of the embedded Temporal server"
+    ),
     ui_port: int = typer.Option(8233, "--ui-port", help="port of the Temporal Web UI"),
-    home: Path | None = typer.Option(None, "--home", show_default=False,
-                                     help="data of the embedded services [default: ~/.oddish "
-                                          "or $ODDISH_HOME]"),
-    host: str = typer.Option("127.0.0.1", "--host",
-                             help="address the API listens on (0.0.0.0 for every interface)"),
+    home: Path | None = typer.Option(
+        None,
+        "--home",
+        show_default=False,
+        help="data of the embedded services [default: ~/.oddish or $ODDISH_HOME]",
+    ),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="address the API listens on (0.0.0.0 for every interface)"
+    ),
 ) -> None:
     """Start oddish on this machine: Postgres, Temporal and its Web UI, the API, a worker.
 
     Runs until Ctrl+C; meanwhile `oddish run` and `oddish status` talk to it.
     """
-    code = load("oddish.up", "up").run_up(port=port, temporal_port=temporal_port,
-                                          ui_port=ui_port, home=home, host=host)
+    code = load("oddish.up", "up").run_up(
+        port=port, temporal_port=temporal_port, ui_port=ui_port, home=home, host=host
+    )
     raise typer.Exit(code)
 
 
 def replay(
     task_id: str = typer.Argument(..., help="a task id (task-...)"),
     temporal_address: str = typer.Option(
-        "localhost:7233", "--temporal-address", envvar="ODDISH_TEMPORAL_ADDRESS",
-        help="the Temporal server the task's workflow ran on (host:port)"),
+        "localhost:7233",
+        "--temporal-address",
+        envvar="ODDISH_TEMPORAL_ADDRESS",
+        help="the Temporal server the task's workflow ran on (host:port)",
+    ),
     json_output: bool = typer.Option(False, "--json", help="print JSON only"),
 ) -> None:
     """Check a task's recorded workflow history replays on this version of the code.
@@ -68,8 +77,10 @@ def replay(
     except RuntimeError as exc:
         if "connect" not in str(exc):
             raise
-        fail(f"cannot reach Temporal at {temporal_address}; pass --temporal-address or set "
-             "ODDISH_TEMPORAL_ADDRESS")
+        fail(
+            f"cannot reach Temporal at {temporal_address}; pass --temporal-address or set "
+            "ODDISH_TEMPORAL_ADDRESS"
+        )
     except Exception as exc:  # the replay reads Temporal: say what failed
         fail(f"replay of {task_id} failed: {type(exc).__name__}: {exc}")
     read = result.get if isinstance(result, dict) else lambda name: getattr(result, name, None)
@@ -80,6 +91,9 @@ def replay(
         print_json({"task_id": task_id, "deterministic": deterministic, "message": message})
     else:
         style = "green" if deterministic else "red"
-        stdout.print(f"[{style}]{'deterministic' if deterministic else 'NOT deterministic'}"
-                     f"[/{style}]: {escape(message)}", highlight=False)
+        stdout.print(
+            f"[{style}]{'deterministic' if deterministic else 'NOT deterministic'}"
+            f"[/{style}]: {escape(message)}",
+            highlight=False,
+        )
     raise typer.Exit(0 if deterministic else 1)

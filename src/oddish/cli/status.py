@@ -59,8 +59,9 @@ class TaskSet:
             wanted = _signature(summary["status"], summary["trial_status_counts"])
             if cached is None or cached[0] != wanted:
                 try:
-                    detail = with_error_fields(self.api.get(path_of("tasks", summary["id"]),
-                                                            raise_api_errors=True))
+                    detail = with_error_fields(
+                        self.api.get(path_of("tasks", summary["id"]), raise_api_errors=True)
+                    )
                 except ApiError as exc:
                     if exc.status_code == 404:  # deleted since the list was read
                         continue
@@ -72,9 +73,15 @@ class TaskSet:
         return tasks
 
 
-def show(tasks: TaskSet, *, watch: bool, json_output: bool,
-         as_json: Callable[[list[dict[str, Any]]], Any], interval: float = 2.0,
-         title: str | None = None) -> None:
+def show(
+    tasks: TaskSet,
+    *,
+    watch: bool,
+    json_output: bool,
+    as_json: Callable[[list[dict[str, Any]]], Any],
+    interval: float = 2.0,
+    title: str | None = None,
+) -> None:
     """Print the tasks once, or with ``watch`` until every one is done (live, or JSON then)."""
     current = tasks.load()
     try:
@@ -88,8 +95,11 @@ def show(tasks: TaskSet, *, watch: bool, json_output: bool,
         if not watch:
             stdout.print(render(current, title=title, with_trials=with_trials))
             return
-        with Live(render(current, title=title, with_trials=with_trials), console=stdout,
-                  auto_refresh=False) as live:
+        with Live(
+            render(current, title=title, with_trials=with_trials),
+            console=stdout,
+            auto_refresh=False,
+        ) as live:
             while not all(is_done(t) for t in current):
                 time.sleep(interval)
                 current = tasks.load()
@@ -100,17 +110,30 @@ def show(tasks: TaskSet, *, watch: bool, json_output: bool,
 
 
 def status(
-    task_id: str | None = typer.Argument(None, metavar="TASK_ID", show_default=False,
-                                         help="a task id (task-...)"),
-    experiment: str | None = typer.Option(None, "--experiment", "-E",
-                                          help="show every task of this experiment (id or name)"),
-    watch: bool = typer.Option(False, "--watch", "-w",
-                               help="refresh until every shown task is done (completed, failed "
-                                    "or cancelled, analysis and verdict included)"),
-    json_output: bool = typer.Option(False, "--json",
-                                     help="print JSON only (with --watch: once all are done)"),
-    limit: int = typer.Option(20, "--limit", "-n", min=1, max=500,
-                              help="without TASK_ID or --experiment: how many recent tasks"),
+    task_id: str | None = typer.Argument(
+        None, metavar="TASK_ID", show_default=False, help="a task id (task-...)"
+    ),
+    experiment: str | None = typer.Option(
+        None, "--experiment", "-E", help="show every task of this experiment (id or name)"
+    ),
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        "-w",
+        help="refresh until every shown task is done (completed, failed "
+        "or cancelled, analysis and verdict included)",
+    ),
+    json_output: bool = typer.Option(
+        False, "--json", help="print JSON only (with --watch: once all are done)"
+    ),
+    limit: int = typer.Option(
+        20,
+        "--limit",
+        "-n",
+        min=1,
+        max=500,
+        help="without TASK_ID or --experiment: how many recent tasks",
+    ),
     interval: float = typer.Option(2.0, "--interval", min=0.2, help="seconds between refreshes"),
 ) -> None:
     """Show tasks: progress, trials by status, mean reward and verdict.
@@ -127,17 +150,34 @@ def status(
     `{"experiment": ID, "tasks": [...]}` or `{"tasks": [...]}` with every task in full.
     """
     if task_id and experiment:
-        raise typer.BadParameter("give a TASK_ID or --experiment, not both",
-                                 param_hint="'--experiment'")
+        raise typer.BadParameter(
+            "give a TASK_ID or --experiment, not both", param_hint="'--experiment'"
+        )
     with ApiClient() as api:
         if task_id:
-            show(TaskSet(api, task_id=task_id), watch=watch, json_output=json_output,
-                 interval=interval, as_json=lambda tasks: tasks[0])
+            show(
+                TaskSet(api, task_id=task_id),
+                watch=watch,
+                json_output=json_output,
+                interval=interval,
+                as_json=lambda tasks: tasks[0],
+            )
         elif experiment:
             found = api.get(path_of("experiments", experiment))
-            show(TaskSet(api, experiment=found["id"]), watch=watch, json_output=json_output,
-                 interval=interval, title=f"experiment {found['name']} ({found['id']})",
-                 as_json=lambda tasks: {"experiment": found["id"], "tasks": tasks})
+            show(
+                TaskSet(api, experiment=found["id"]),
+                watch=watch,
+                json_output=json_output,
+                interval=interval,
+                title=f"experiment {found['name']} ({found['id']})",
+                as_json=lambda tasks: {"experiment": found["id"], "tasks": tasks},
+            )
         else:
-            show(TaskSet(api, recent=limit), watch=watch, json_output=json_output,
-                 interval=interval, title="latest tasks", as_json=lambda tasks: {"tasks": tasks})
+            show(
+                TaskSet(api, recent=limit),
+                watch=watch,
+                json_output=json_output,
+                interval=interval,
+                title="latest tasks",
+                as_json=lambda tasks: {"tasks": tasks},
+            )

@@ -1,20 +1,20 @@
 """Sweep files (``oddish run -c sweep.yaml``), in the original Oddish's format.
 
-    agents:
-      - name: claude-code
-        model_name: claude-sonnet-4-5
-        n_trials: 3
-        env: {CUSTOM_VAR: value}        # agent environment variables
-        kwargs: {max_thinking_tokens: 8000}
-        timeout_minutes: 120            # agent timeout
-      - name: oracle
-    path: ./my-dataset                  # a task directory or a directory of them (or: dataset)
-    task_names: ["django__*"]           # glob patterns to keep
-    exclude_task_names: ["*-slow"]      # glob patterns to drop
-    n_tasks: 10
-    environment: docker
-    priority: high                      # low, high or a number
-    experiment_id: my-experiment
+agents:
+  - name: claude-code
+    model_name: claude-sonnet-4-5
+    n_trials: 3
+    env: {CUSTOM_VAR: value}        # agent environment variables
+    kwargs: {max_thinking_tokens: 8000}
+    timeout_minutes: 120            # agent timeout
+  - name: oracle
+path: ./my-dataset                  # a task directory or a directory of them (or: dataset)
+task_names: ["django__*"]           # glob patterns to keep
+exclude_task_names: ["*-slow"]      # glob patterns to drop
+n_tasks: 10
+environment: docker
+priority: high                      # low, high or a number
+experiment_id: my-experiment
 """
 
 from __future__ import annotations
@@ -116,8 +116,9 @@ def load_sweep_file(path: Path) -> SweepFile:
         problem = getattr(exc, "problem", None) or exc
         raise typer.BadParameter(f"{path}: not valid YAML{line}: {problem}", param_hint=PARAM_HINT)
     if not isinstance(raw, dict):
-        raise typer.BadParameter(f"{path}: expected a mapping with an 'agents' list",
-                                 param_hint=PARAM_HINT)
+        raise typer.BadParameter(
+            f"{path}: expected a mapping with an 'agents' list", param_hint=PARAM_HINT
+        )
     try:
         return SweepFile.model_validate(raw)
     except ValidationError as exc:

@@ -50,13 +50,16 @@ def task_dirs_from_registry(dataset: str) -> list[Path]:
     try:
         items = asyncio.run(RegistryClientFactory.create().download_dataset(dataset))
     except Exception as exc:  # any failure of the registry means the same to the user
-        fail(f"the Harbor dataset registry could not be reached or has no {dataset!r} "
-             f"({type(exc).__name__}: {exc}); pass task directories instead")
+        fail(
+            f"the Harbor dataset registry could not be reached or has no {dataset!r} "
+            f"({type(exc).__name__}: {exc}); pass task directories instead"
+        )
     return [item.downloaded_path for item in items]
 
 
-def select_tasks(dirs: list[Path], *, include: list[str] | None, exclude: list[str] | None,
-                 limit: int | None) -> list[Path]:
+def select_tasks(
+    dirs: list[Path], *, include: list[str] | None, exclude: list[str] | None, limit: int | None
+) -> list[Path]:
     """Harbor's task filters: name globs to keep, name globs to drop, then at most ``limit``."""
     if include:
         dirs = [d for d in dirs if any(fnmatch(d.name, p) for p in include)]

@@ -14,9 +14,16 @@ from rich.text import Text
 TERMINAL_TASK_STATUSES = {"completed", "failed", "cancelled"}
 FINISHED_TRIAL_STATUSES = {"success", "failed", "cancelled"}
 STYLES = {
-    "pending": "dim", "queued": "yellow", "running": "blue", "retrying": "yellow",
-    "analyzing": "cyan", "verdict_pending": "magenta", "success": "green",
-    "completed": "green", "failed": "red", "cancelled": "yellow",
+    "pending": "dim",
+    "queued": "yellow",
+    "running": "blue",
+    "retrying": "yellow",
+    "analyzing": "cyan",
+    "verdict_pending": "magenta",
+    "success": "green",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "yellow",
 }
 # Trial statuses in the order a trial passes through them.
 TRIAL_STATUS_ORDER = ["pending", "queued", "running", "retrying", "success", "failed", "cancelled"]
@@ -40,15 +47,18 @@ def mean_reward(trials: list[dict[str, Any]]) -> float | None:
 def trial_counts(trials: list[dict[str, Any]]) -> Text:
     counts = Counter(t["status"] for t in trials)
     order = TRIAL_STATUS_ORDER + sorted(set(counts) - set(TRIAL_STATUS_ORDER))
-    return Text(" · ").join(Text(f"{counts[s]} {s}", style=STYLES.get(s, ""))
-                           for s in order if counts[s])
+    return Text(" · ").join(
+        Text(f"{counts[s]} {s}", style=STYLES.get(s, "")) for s in order if counts[s]
+    )
 
 
 def progress(trials: list[dict[str, Any]]) -> Table:
     finished = sum(t["status"] in FINISHED_TRIAL_STATUSES for t in trials)
     cell = Table.grid(padding=(0, 1))
-    cell.add_row(ProgressBar(total=max(len(trials), 1), completed=finished, width=16),
-                 f"{finished}/{len(trials)}")
+    cell.add_row(
+        ProgressBar(total=max(len(trials), 1), completed=finished, width=16),
+        f"{finished}/{len(trials)}",
+    )
     return cell
 
 
@@ -58,8 +68,14 @@ def reward_text(reward: float | None) -> str:
 
 def tasks_table(tasks: list[dict[str, Any]], title: str | None = None) -> Table:
     table = Table(title=title, title_justify="left", expand=False)
-    for column in ("task", "status", "trials finished", "trials by status", "mean reward",
-                   "verdict"):
+    for column in (
+        "task",
+        "status",
+        "trials finished",
+        "trials by status",
+        "mean reward",
+        "verdict",
+    ):
         table.add_column(column, justify="right" if column == "mean reward" else "left")
     for task in tasks:
         verdict = task.get("verdict") or {}
@@ -78,25 +94,37 @@ def trials_table(task: dict[str, Any]) -> Table:
     table = Table(title=f"trials of {task['id']}", title_justify="left")
     for column in ("#", "trial", "agent", "model", "status", "reward", "attempts", "error"):
         numeric = column in ("#", "reward", "attempts")
-        table.add_column(column, justify="right" if numeric else "left",
-                         overflow="fold" if column == "error" else "ellipsis")
+        table.add_column(
+            column,
+            justify="right" if numeric else "left",
+            overflow="fold" if column == "error" else "ellipsis",
+        )
     for trial in task["trials"]:
         table.add_row(
-            str(trial["index"]), trial["id"], escape(trial["agent"]), escape(trial["model"] or "-"),
-            styled(trial["status"]), reward_text(trial["reward"]), str(len(trial["attempts"])),
+            str(trial["index"]),
+            trial["id"],
+            escape(trial["agent"]),
+            escape(trial["model"] or "-"),
+            styled(trial["status"]),
+            reward_text(trial["reward"]),
+            str(len(trial["attempts"])),
             escape((trial.get("error") or "")[:200]),
         )
     return table
 
 
-def render(tasks: list[dict[str, Any]], *, title: str | None = None,
-           with_trials: bool = False) -> RenderableType:
+def render(
+    tasks: list[dict[str, Any]], *, title: str | None = None, with_trials: bool = False
+) -> RenderableType:
     if not tasks:
         return Text("no tasks", style="dim")
     done = sum(is_done(t) for t in tasks)
     trials = [trial for task in tasks for trial in task["trials"]]
-    footer = Text(f"{done}/{len(tasks)} tasks done · {len(trials)} trials · mean reward "
-                  f"{reward_text(mean_reward(trials))}", style="bold")
+    footer = Text(
+        f"{done}/{len(tasks)} tasks done · {len(trials)} trials · mean reward "
+        f"{reward_text(mean_reward(trials))}",
+        style="bold",
+    )
     parts: list[RenderableType] = [tasks_table(tasks, title)]
     if with_trials:
         parts += [trials_table(task) for task in tasks]

@@ -26,8 +26,10 @@ reset: drop all oddish tables and recreate them; purge: delete all data, keep th
 
 
 @app.command(help=HELP)
-def main(action: Action = typer.Argument(..., help="setup | init | install-pgqueuer | reset | purge"),
-         yes: bool = typer.Option(False, "--yes", "-y", help="do not ask before reset or purge")) -> None:
+def main(
+    action: Action = typer.Argument(..., help="setup | init | install-pgqueuer | reset | purge"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask before reset or purge"),
+) -> None:
     if action in (Action.reset, Action.purge) and not yes:
         typer.confirm(f"{action.value} deletes every task and trial. Continue?", abort=True)
 

@@ -11,7 +11,12 @@ from typing import TypeVar
 import asyncpg
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from oddish.config import get_settings
 
@@ -36,8 +41,10 @@ def asyncpg_url(url: str) -> str:
 
 def plain_dsn(url: str) -> str:
     """The libpq/asyncpg form of a URL (no SQLAlchemy driver suffix), for raw asyncpg connections."""
-    return make_url(asyncpg_url(url)).set(drivername="postgresql").render_as_string(
-        hide_password=False
+    return (
+        make_url(asyncpg_url(url))
+        .set(drivername="postgresql")
+        .render_as_string(hide_password=False)
     )
 
 
@@ -76,8 +83,13 @@ async def dispose_engine() -> None:
 
 
 # The server is down, restarting or dropped the connection: nothing is wrong with the statement.
-_UNREACHABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-                asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
+_UNREACHABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
 
 
 def database_unreachable(exc: BaseException) -> bool:
@@ -115,7 +127,12 @@ async def until_database_answers(
         except Exception as exc:
             if not database_unreachable(exc):
                 raise
-            log.warning("%s: database unreachable (%s: %s); retrying in %.1fs",
-                        what, type(exc).__name__, exc, delay)
+            log.warning(
+                "%s: database unreachable (%s: %s); retrying in %.1fs",
+                what,
+                type(exc).__name__,
+                exc,
+                delay,
+            )
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_delay_sec)

@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-
     BigInteger,
     Boolean,
     DateTime,
@@ -49,8 +48,12 @@ class ExperimentModel(Base):
 class TaskModel(Base):
     __tablename__ = "tasks"
     __table_args__ = (
-        Index("ix_tasks_unstarted", "created_at", "id",
-              postgresql_where=text("workflow_started_at IS NULL")),
+        Index(
+            "ix_tasks_unstarted",
+            "created_at",
+            "id",
+            postgresql_where=text("workflow_started_at IS NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

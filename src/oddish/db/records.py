@@ -37,7 +37,9 @@ class StaleAttempt(RuntimeError):
     """A newer attempt of the trial has started (or the trial was settled) since this one began."""
 
 
-async def _current_attempt(session: AsyncSession, trial_id: str, attempt_id: int) -> TrialAttemptModel:
+async def _current_attempt(
+    session: AsyncSession, trial_id: str, attempt_id: int
+) -> TrialAttemptModel:
     """The attempt, if it is still its trial's running, latest attempt; the trial row is locked."""
     await session.get(TrialModel, trial_id, with_for_update=True, populate_existing=True)
     attempt = await session.get(TrialAttemptModel, attempt_id, populate_existing=True)
@@ -80,10 +82,14 @@ async def experiment_id_for(session: AsyncSession, ref: str) -> str | None:
     """The experiment ``ref`` names: the one with that id, else the newest with that name."""
     if await session.get(ExperimentModel, ref) is not None:
         return ref
-    return (await session.execute(
-        select(ExperimentModel.id).where(ExperimentModel.name == ref)
-        .order_by(ExperimentModel.created_at.desc()).limit(1)
-    )).scalar_one_or_none()
+    return (
+        await session.execute(
+            select(ExperimentModel.id)
+            .where(ExperimentModel.name == ref)
+            .order_by(ExperimentModel.created_at.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
 
 
 async def task_by_submission_key(session: AsyncSession, key: str) -> TaskModel | None:
@@ -111,8 +117,11 @@ async def get_trial(session: AsyncSession, trial_id: str) -> TrialModel:
         await session.execute(
             select(TrialModel)
             .where(TrialModel.id == trial_id)
-            .options(selectinload(TrialModel.task), selectinload(TrialModel.attempts),
-                     selectinload(TrialModel.analysis))
+            .options(
+                selectinload(TrialModel.task),
+                selectinload(TrialModel.attempts),
+                selectinload(TrialModel.analysis),
+            )
         )
     ).scalar_one_or_none()
     if trial is None:
@@ -150,21 +159,35 @@ async def queue_trials_for_run(
         .where(
             TrialModel.id.in_(trial_ids),
             (TrialModel.status == JobStatus.PENDING)
-            | ((TrialModel.run_number < run_number)
-               & TrialModel.status.in_([JobStatus.FAILED, JobStatus.CANCELLED])),
+            | (
+                (TrialModel.run_number < run_number)
+                & TrialModel.status.in_([JobStatus.FAILED, JobStatus.CANCELLED])
+            ),
         )
         .values(
-            status=JobStatus.QUEUED, run_number=run_number, outcome=None, reward=None,
-            rewards=None, error_type=None, error_message=None, finished_at=None,
+            status=JobStatus.QUEUED,
+            run_number=run_number,
+            outcome=None,
+            reward=None,
+            rewards=None,
+            error_type=None,
+            error_message=None,
+            finished_at=None,
         )
     )
-    waiting = list((await session.execute(
-        select(TrialModel.id).where(
-            TrialModel.id.in_(trial_ids),
-            TrialModel.status == JobStatus.QUEUED,
-            TrialModel.run_number == run_number,
+    waiting = list(
+        (
+            await session.execute(
+                select(TrialModel.id).where(
+                    TrialModel.id.in_(trial_ids),
+                    TrialModel.status == JobStatus.QUEUED,
+                    TrialModel.run_number == run_number,
+                )
+            )
         )
-    )).scalars().all())
+        .scalars()
+        .all()
+    )
     # The analysis of an earlier run no longer describes the trial; it is redone after this run.
     await session.execute(delete(AnalysisModel).where(AnalysisModel.trial_id.in_(waiting)))
     return waiting
@@ -178,10 +201,14 @@ async def start_attempt(
     if trial is None:
         raise RecordNotFound(f"no trial {trial_id!r}")
     attempts = (
-        await session.execute(
-            select(TrialAttemptModel).where(TrialAttemptModel.trial_id == trial_id)
+        (
+            await session.execute(
+                select(TrialAttemptModel).where(TrialAttemptModel.trial_id == trial_id)
+            )
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     for earlier in attempts:
         if earlier.status == AttemptStatus.RUNNING:
             earlier.status = AttemptStatus.LOST
@@ -210,9 +237,11 @@ async def start_attempt(
 async def attempt_running(session: AsyncSession, attempt_id: int) -> bool:
     """Whether the attempt is still its trial's running one (no later attempt, cancel or reaper
     has settled it)."""
-    status = (await session.execute(
-        select(TrialAttemptModel.status).where(TrialAttemptModel.id == attempt_id)
-    )).scalar_one_or_none()
+    status = (
+        await session.execute(
+            select(TrialAttemptModel.status).where(TrialAttemptModel.id == attempt_id)
+        )
+    ).scalar_one_or_none()
     return status == AttemptStatus.RUNNING
 
 
@@ -221,9 +250,15 @@ async def mark_attempt_lost(session: AsyncSession, *, attempt_id: int, reason: s
     wait for it."""
     await session.execute(
         update(TrialAttemptModel)
-        .where(TrialAttemptModel.id == attempt_id, TrialAttemptModel.status == AttemptStatus.RUNNING)
-        .values(status=AttemptStatus.LOST, finished_at=now(), error_type="WorkerLost",
-                error_message=reason)
+        .where(
+            TrialAttemptModel.id == attempt_id, TrialAttemptModel.status == AttemptStatus.RUNNING
+        )
+        .values(
+            status=AttemptStatus.LOST,
+            finished_at=now(),
+            error_type="WorkerLost",
+            error_message=reason,
+        )
     )
 
 
@@ -290,8 +325,10 @@ async def finish_trial(
     }
     values.update({k: v for k, v in optional.items() if v is not None})
     await session.execute(update(TrialModel).where(TrialModel.id == trial_id).values(**values))
-    log_status = "successful" if fields.status == JobStatus.SUCCESS else (
-        "canceled" if fields.status == JobStatus.CANCELLED else "exception"
+    log_status = (
+        "successful"
+        if fields.status == JobStatus.SUCCESS
+        else ("canceled" if fields.status == JobStatus.CANCELLED else "exception")
     )
     await slots.release(await session.connection(), trial_ids=[trial_id], log_status=log_status)
 
@@ -335,7 +372,9 @@ async def cancel_unfinished_trials(session: AsyncSession, task_id: str) -> list[
     await session.execute(
         update(TrialAttemptModel)
         .where(
-            TrialAttemptModel.trial_id.in_(select(TrialModel.id).where(TrialModel.task_id == task_id)),
+            TrialAttemptModel.trial_id.in_(
+                select(TrialModel.id).where(TrialModel.task_id == task_id)
+            ),
             TrialAttemptModel.status == AttemptStatus.RUNNING,
         )
         .values(status=AttemptStatus.CANCELLED, finished_at=now())
@@ -358,8 +397,9 @@ async def settle_abandoned_task(session: AsyncSession, task_id: str) -> None:
     if task is None or task.status in TERMINAL_TASK_STATUSES:
         return
     await cancel_unfinished_trials(session, task_id)
-    await set_task_status(session, task_id, TaskStatus.CANCELLED,
-                          "the task's workflow ended before the task finished")
+    await set_task_status(
+        session, task_id, TaskStatus.CANCELLED, "the task's workflow ended before the task finished"
+    )
 
 
 async def mark_workflow_started(session: AsyncSession, task_id: str) -> None:
@@ -371,7 +411,11 @@ async def mark_workflow_started(session: AsyncSession, task_id: str) -> None:
 
 
 async def unstarted_task_keys(
-    session: AsyncSession, *, older_than_sec: float, after: tuple[datetime, str] | None, limit: int,
+    session: AsyncSession,
+    *,
+    older_than_sec: float,
+    after: tuple[datetime, str] | None,
+    limit: int,
 ) -> list[tuple[datetime, str]]:
     """(created_at, id) of tasks older than ``older_than_sec`` that no workflow is known to
     have started, in that order, the next ``limit`` of them after ``after``."""
@@ -387,8 +431,13 @@ async def unstarted_task_keys(
 
 
 async def list_tasks(
-    session: AsyncSession, *, status: str | None, experiment_id: str | None, user: str | None,
-    limit: int, offset: int,
+    session: AsyncSession,
+    *,
+    status: str | None,
+    experiment_id: str | None,
+    user: str | None,
+    limit: int,
+    offset: int,
 ) -> tuple[list[TaskModel], int]:
     """A page of tasks, newest first, and the total matching the filters."""
     query = select(TaskModel)

@@ -104,8 +104,7 @@ async def enqueue(
 async def keys_with_waiting_trials(conn: AsyncConnection) -> list[str]:
     rows = await conn.execute(
         text(
-            "SELECT DISTINCT entrypoint FROM pgqueuer "
-            "WHERE status = 'queued' AND headers ? :owner"
+            "SELECT DISTINCT entrypoint FROM pgqueuer WHERE status = 'queued' AND headers ? :owner"
         ),
         {"owner": OWNER_HEADER},
     )
@@ -221,8 +220,14 @@ async def unsignalled_holders(conn: AsyncConnection, *, older_than_sec: float) -
         {"owner": OWNER_HEADER, "age": older_than_sec},
     )
     return [
-        SlotClaim(r.id, r.entrypoint, r.slot, r.headers["trial_id"], r.headers["workflow_id"],
-                  r.headers.get("run", 1))
+        SlotClaim(
+            r.id,
+            r.entrypoint,
+            r.slot,
+            r.headers["trial_id"],
+            r.headers["workflow_id"],
+            r.headers.get("run", 1),
+        )
         for r in rows
     ]
 

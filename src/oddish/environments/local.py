@@ -142,17 +142,13 @@ class LocalEnvironment(BaseEnvironment):
         if self._bwrap is None:
             raise FileNotFoundError("bubblewrap (`bwrap`) is not installed or not on PATH")
         if (self.environment_dir / "docker-compose.yaml").exists():
-            raise ValueError(
-                "The local environment cannot run docker-compose task environments"
-            )
+            raise ValueError("The local environment cannot run docker-compose task environments")
         workdir = self.task_env_config.workdir
         if workdir is not None and not posixpath.isabs(workdir):
             raise ValueError(f"[environment].workdir must be absolute, got {workdir!r}")
         for mount in self._mounts:
             if mount.get("type") != "bind":
-                raise ValueError(
-                    f"The local environment only supports bind mounts, got {mount!r}"
-                )
+                raise ValueError(f"The local environment only supports bind mounts, got {mount!r}")
             if _normalize(mount["target"]) == "/":
                 raise ValueError("Cannot bind-mount over the sandbox root")
 
@@ -356,9 +352,7 @@ class LocalEnvironment(BaseEnvironment):
         if self._scratch_dir is None:
             raise RuntimeError("The local environment is not started")
         path = _normalize(sandbox_path)
-        matches = [
-            b for b in self._binds if path == b.target or path.startswith(b.target + "/")
-        ]
+        matches = [b for b in self._binds if path == b.target or path.startswith(b.target + "/")]
         if not matches:
             targets = ", ".join(b.target for b in self._binds)
             raise ValueError(
@@ -376,8 +370,7 @@ class LocalEnvironment(BaseEnvironment):
             return
         self._warned_user = True
         self.logger.debug(
-            f"local environment runs every command as uid {os.getuid()}; "
-            f"ignoring user={user!r}"
+            f"local environment runs every command as uid {os.getuid()}; ignoring user={user!r}"
         )
 
 

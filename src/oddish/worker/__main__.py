@@ -15,36 +15,45 @@ from oddish.options import N_CONCURRENT_HELP, limits_option
 app = typer.Typer(add_completion=False)
 
 
-@app.command(help=__doc__ + """
+@app.command(
+    help=__doc__
+    + """
 
 With no DATABASE_URL / ODDISH_DATABASE_URL it starts an embedded Postgres, and with no
 ODDISH_TEMPORAL_ADDRESS an embedded Temporal dev server (Web UI on --ui-port), both keeping
-their data under --home.""")
+their data under --home."""
+)
 def main(
     n_concurrent: str = typer.Option(None, "--n-concurrent", help=N_CONCURRENT_HELP),
     max_concurrent_activities: int = typer.Option(
         100, min=1, help="activities (trials, analyses, records) this process runs at once"
     ),
-    home: Path = typer.Option(None, help="data of embedded services [default: $ODDISH_HOME or ~/.oddish]"),
+    home: Path = typer.Option(
+        None, help="data of embedded services [default: $ODDISH_HOME or ~/.oddish]"
+    ),
     temporal_port: int = typer.Option(7233, help="port of the embedded Temporal server"),
     ui_port: int = typer.Option(8233, help="port of the embedded Temporal Web UI"),
 ) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     limits = limits_option(n_concurrent)
 
     from oddish.embedded import ensure_embedded_services
     from oddish.worker.runner import run_worker
 
-    temporal = ensure_embedded_services(home or get_settings().home,
-                                        temporal_port=temporal_port, ui_port=ui_port)
+    temporal = ensure_embedded_services(
+        home or get_settings().home, temporal_port=temporal_port, ui_port=ui_port
+    )
 
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_worker(stop, n_concurrent=limits,
-                         max_concurrent_activities=max_concurrent_activities)
+        await run_worker(
+            stop, n_concurrent=limits, max_concurrent_activities=max_concurrent_activities
+        )
 
     try:
         asyncio.run(serve())

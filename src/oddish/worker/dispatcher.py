@@ -67,8 +67,9 @@ class SlotDispatcher:
             await self._guarded(self._resignal)
             waiter = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({waiter, stopper}, timeout=self._poll_interval,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {waiter, stopper}, timeout=self._poll_interval, return_when=asyncio.FIRST_COMPLETED
+            )
             waiter.cancel()
             stopper.cancel()
             self._wake.clear()
@@ -102,7 +103,9 @@ class SlotDispatcher:
             try:
                 async with engine.begin() as conn:
                     claims = await slots.claim(
-                        conn, queue_key=key, default_limit=self._default_limit,
+                        conn,
+                        queue_key=key,
+                        default_limit=self._default_limit,
                         manager_id=self.manager_id,
                     )
             except IntegrityError:
@@ -132,7 +135,9 @@ class SlotDispatcher:
         """True when told; False when the workflow no longer runs (its slot is given back)."""
         handle = self._client.get_workflow_handle(claim.workflow_id)
         try:
-            await handle.signal("slot_granted", SlotGrant(claim.trial_id, claim.slot, claim.run_number))
+            await handle.signal(
+                "slot_granted", SlotGrant(claim.trial_id, claim.slot, claim.run_number)
+            )
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 return False
@@ -164,8 +169,9 @@ class SlotDispatcher:
                 if running:
                     await slots.touch_workflow(conn, workflow_id)
                 else:
-                    n = await slots.release_workflow(conn, workflow_id=workflow_id,
-                                                     log_status="canceled")
+                    n = await slots.release_workflow(
+                        conn, workflow_id=workflow_id, log_status="canceled"
+                    )
                     task_id = task_id_of_workflow(workflow_id)
                     if task_id is not None:
                         await records.settle_abandoned_task(session, task_id)

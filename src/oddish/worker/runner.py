@@ -56,8 +56,11 @@ async def run_worker(
         # a cancel only reaches a trial in the answer to one: send them as the trial beats.
         max_heartbeat_throttle_interval=timedelta(seconds=MAX_HEARTBEAT_INTERVAL_SEC),
     )
-    log.info("worker on task queue %r, dispatcher %s", settings.temporal_task_queue,
-             dispatcher.manager_id)
+    log.info(
+        "worker on task queue %r, dispatcher %s",
+        settings.temporal_task_queue,
+        dispatcher.manager_id,
+    )
     dispatcher_task = asyncio.create_task(dispatcher.run(stop))
     async with worker:
         await stop.wait()

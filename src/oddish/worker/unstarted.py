@@ -41,7 +41,8 @@ class UnstartedTaskStarter:
         """Look at the next batch of pending tasks; returns how many workflows were started."""
         async with get_session() as session:
             batch = await records.unstarted_task_keys(
-                session, older_than_sec=self._older_than_sec, after=self._after, limit=BATCH)
+                session, older_than_sec=self._older_than_sec, after=self._after, limit=BATCH
+            )
         self._after = batch[-1] if len(batch) == BATCH else None
         started = 0
         for _, task_id in batch:
@@ -69,8 +70,11 @@ class UnstartedTaskStarter:
             task = await records.get_task(session, task_id, with_trials=True)
         try:
             # REJECT_DUPLICATE: a submitter that started it meanwhile wins.
-            await start_workflow_run(self._client, workflow_input(task, list(task.trials)),
-                                     id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
+            await start_workflow_run(
+                self._client,
+                workflow_input(task, list(task.trials)),
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            )
         except WorkflowAlreadyStartedError:
             await self._mark_started(task_id)
             return False

@@ -34,7 +34,9 @@ from oddish.statuses import JobStatus, TaskStatus
 
 # Bookkeeping activities touch only Postgres: retried until it answers (it may be restarting).
 RECORD_TIMEOUT = timedelta(seconds=60)
-RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+RECORD_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+)
 ANALYSIS_TIMEOUT = timedelta(minutes=30)
 ANALYSIS_RETRY = RetryPolicy(maximum_attempts=5)
 # The error type of a retry refused because the workflow is completing; a new run takes it.
@@ -98,15 +100,19 @@ class TaskWorkflow:
     @retry_trials.validator
     def _validate_retry(self, request: RetryTrialsRequest) -> None:
         if self._finishing:
-            raise ApplicationError("the task is finishing; retry it once it has finished",
-                                   type=TASK_FINISHING)
+            raise ApplicationError(
+                "the task is finishing; retry it once it has finished", type=TASK_FINISHING
+            )
         if not request.trial_ids:
             raise ValueError("no trials to retry")
         unknown = [t for t in request.trial_ids if t not in self._trials]
         if unknown:
             raise ValueError(f"trials not in task {self._task_id}: {', '.join(unknown)}")
-        busy = [t for t in request.trial_ids
-                if self._trial_status[t] not in (JobStatus.FAILED, JobStatus.CANCELLED)]
+        busy = [
+            t
+            for t in request.trial_ids
+            if self._trial_status[t] not in (JobStatus.FAILED, JobStatus.CANCELLED)
+        ]
         if busy:
             raise ValueError(
                 "only failed or cancelled trials can be retried; "
@@ -134,7 +140,9 @@ class TaskWorkflow:
             for trial_task in self._trial_tasks.values():
                 trial_task.cancel()
             await asyncio.gather(*self._trial_tasks.values(), return_exceptions=True)
-            await self._set_status(inp.task_id, TaskStatus.CANCELLED, activity="cancel_task_records")
+            await self._set_status(
+                inp.task_id, TaskStatus.CANCELLED, activity="cancel_task_records"
+            )
             raise
 
     async def _pipeline(self, inp: TaskWorkflowInput) -> str:
@@ -148,7 +156,9 @@ class TaskWorkflow:
             if self._status != TaskStatus.RUNNING:
                 await self._set_status(inp.task_id, TaskStatus.RUNNING)
             await self._run_trials_as_granted(inp)
-            final = await self._analyse_and_decide(inp) if inp.run_analysis else TaskStatus.COMPLETED
+            final = (
+                await self._analyse_and_decide(inp) if inp.run_analysis else TaskStatus.COMPLETED
+            )
             # A retry accepted meanwhile may still be putting its trials in line.
             await workflow.wait_condition(workflow.all_handlers_finished)
             if not self._waiting:
@@ -172,12 +182,16 @@ class TaskWorkflow:
         await workflow.execute_activity(
             "request_slots",
             SlotRequest(
-                workflow_id=workflow.info().workflow_id, task_id=self._task_id,
-                priority=self._priority, trials=trials, run_number=run_number,
+                workflow_id=workflow.info().workflow_id,
+                task_id=self._task_id,
+                priority=self._priority,
+                trials=trials,
+                run_number=run_number,
             ),
             start_to_close_timeout=RECORD_TIMEOUT,
             retry_policy=RECORD_RETRY,
-            summary=f"queue {len(trials)} trials" + (f" (run {run_number})" if run_number > 1 else ""),
+            summary=f"queue {len(trials)} trials"
+            + (f" (run {run_number})" if run_number > 1 else ""),
         )
 
     def _trials_running(self) -> bool:
@@ -203,19 +217,25 @@ class TaskWorkflow:
         self._analysis_error = None
         try:
             await self._set_status(inp.task_id, TaskStatus.ANALYZING)
-            await asyncio.gather(*(
-                workflow.execute_activity(
-                    "analyze_trial", AnalyzeTrialInput(trial_id),
-                    start_to_close_timeout=ANALYSIS_TIMEOUT, retry_policy=ANALYSIS_RETRY,
-                    summary=f"analyse trial {self._trials[trial_id].index}",
+            await asyncio.gather(
+                *(
+                    workflow.execute_activity(
+                        "analyze_trial",
+                        AnalyzeTrialInput(trial_id),
+                        start_to_close_timeout=ANALYSIS_TIMEOUT,
+                        retry_policy=ANALYSIS_RETRY,
+                        summary=f"analyse trial {self._trials[trial_id].index}",
+                    )
+                    for trial_id in finished
+                    if self._trial_status[trial_id] != JobStatus.CANCELLED
                 )
-                for trial_id in finished
-                if self._trial_status[trial_id] != JobStatus.CANCELLED
-            ))
+            )
             await self._set_status(inp.task_id, TaskStatus.VERDICT_PENDING)
             await workflow.execute_activity(
-                "decide_verdict", VerdictInput(inp.task_id),
-                start_to_close_timeout=ANALYSIS_TIMEOUT, retry_policy=ANALYSIS_RETRY,
+                "decide_verdict",
+                VerdictInput(inp.task_id),
+                start_to_close_timeout=ANALYSIS_TIMEOUT,
+                retry_policy=ANALYSIS_RETRY,
                 summary="verdict",
             )
         except ActivityError as err:
@@ -226,14 +246,20 @@ class TaskWorkflow:
             return TaskStatus.FAILED
         return TaskStatus.COMPLETED
 
-    async def _run_trial(self, inp: TaskWorkflowInput, trial: TrialRef, run_number: int) -> TrialOutcome:
+    async def _run_trial(
+        self, inp: TaskWorkflowInput, trial: TrialRef, run_number: int
+    ) -> TrialOutcome:
         self._trial_status[trial.trial_id] = JobStatus.RUNNING
         policy = inp.retry_policy
         try:
             outcome: TrialOutcome = await workflow.execute_activity(
                 "run_trial",
-                RunTrialInput(inp.task_id, trial.trial_id, run_number=run_number,
-                              max_attempts=policy.max_attempts),
+                RunTrialInput(
+                    inp.task_id,
+                    trial.trial_id,
+                    run_number=run_number,
+                    max_attempts=policy.max_attempts,
+                ),
                 result_type=TrialOutcome,
                 start_to_close_timeout=timedelta(seconds=policy.start_to_close_timeout_sec),
                 heartbeat_timeout=timedelta(seconds=policy.heartbeat_timeout_sec),
@@ -265,8 +291,12 @@ class TaskWorkflow:
         return outcome
 
     async def _set_status(
-        self, task_id: str, status: TaskStatus, error_message: str | None = None,
-        *, activity: str = "record_task_status",
+        self,
+        task_id: str,
+        status: TaskStatus,
+        error_message: str | None = None,
+        *,
+        activity: str = "record_task_status",
     ) -> None:
         self._status = status
         workflow.upsert_search_attributes([sa.STATUS.value_set(status.value)])
