@@ -42,7 +42,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     ) as stack:
         from oddish.queue import create_task, get_task_with_trials
         from oddish.schemas import AgentRunConfig, TaskSubmission
-        from oddish.temporal_client import connect
+        from oddish.temporal_gateway import connect
         from oddish.workflows import workflow_id_for_task
 
         client = await connect()

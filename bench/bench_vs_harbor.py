@@ -53,7 +53,7 @@ async def run_oddish(
     async with embedded_stack(work, n_workers=n_workers, limits={key: concurrency}):
         from oddish.queue import create_task, get_task_with_trials
         from oddish.schemas import AgentRunConfig, TaskSubmission
-        from oddish.temporal_client import connect
+        from oddish.temporal_gateway import connect
         from oddish.workflows import workflow_id_for_task
 
         client = await connect()

@@ -1,8 +1,10 @@
-"""Inputs and outputs of the workflow and its activities: plain dataclasses, safe in the workflow sandbox."""
+"""Inputs and outputs of the workflow and its activities: plain dataclasses, safe in the workflow
+sandbox."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass
@@ -78,6 +80,21 @@ class RunTrialInput:
     max_attempts: int
 
 
+class HasTrialOutcome(Protocol):
+    """A trial row or an attempt's result fields: whatever carries a trial's outcome."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def outcome(self) -> str | None: ...
+    @property
+    def reward(self) -> float | None: ...
+    @property
+    def error_type(self) -> str | None: ...
+    @property
+    def error_message(self) -> str | None: ...
+
+
 @dataclass
 class TrialOutcome:
     trial_id: str
@@ -86,6 +103,17 @@ class TrialOutcome:
     reward: float | None
     error_type: str | None = None
     error_message: str | None = None
+
+    @classmethod
+    def of(cls, trial_id: str, source: HasTrialOutcome) -> TrialOutcome:
+        return cls(
+            trial_id,
+            source.status,
+            source.outcome,
+            source.reward,
+            source.error_type,
+            source.error_message,
+        )
 
 
 @dataclass

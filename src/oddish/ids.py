@@ -1,4 +1,5 @@
-"""Record ids: a readable prefix and 96 random bits, so collisions stay negligible at billions of rows."""
+"""Record ids: a readable prefix and 96 random bits, so collisions stay negligible at billions of
+rows."""
 
 import secrets
 

@@ -1,4 +1,5 @@
-"""Classifies what Harbor reported for a trial: a task outcome to record, or an infrastructure failure to retry."""
+"""Classifies what Harbor reported for a trial: a task outcome to record, or an infrastructure
+failure to retry."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from datetime import datetime
@@ -9,15 +10,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from temporalio.client import Client
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
-from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from oddish import search_attributes as sa
 from oddish.config import get_settings
 from oddish.contracts import TaskWorkflowInput, TrialRef, TrialRetryPolicy
 from oddish.db import records, slots
@@ -25,11 +18,13 @@ from oddish.db.connection import get_session
 from oddish.db.models import TaskModel, TrialModel
 from oddish.experiment import generate_experiment_name
 from oddish.ids import new_id
-from oddish.trial_stats import group_by_agent_model, group_stats
-from oddish.queue_keys import limit_key
+from oddish.queue_keys import DEFAULT_LIMIT_KEY, limit_key
 from oddish.schemas import TaskSubmission
+from oddish.statuses import TERMINAL_JOB_STATUSES
 from oddish.task_store import remove_task_dir, store_task_dir
-from oddish.workflows import TaskWorkflow, workflow_id_for_task
+from oddish.temporal_gateway import start_task_workflow
+from oddish.trial_stats import group_by_agent_model, group_stats
+from oddish.workflows import workflow_id_for_task
 
 log = logging.getLogger(__name__)
 
@@ -63,42 +58,6 @@ def workflow_input(
         retry_policy=retry_policy_from_settings(),
         run_numbers={t.id: t.run_number + 1 for t in rerun_trials},
         settled={} if rerun is None else {t.id: t.status for t in trials if t.id not in rerun},
-    )
-
-
-async def start_task_workflow(client: Client, inp: TaskWorkflowInput) -> None:
-    """Start the task's workflow; starting it again (a retried submission) is a no-op,
-    whether the first run is still going or has finished."""
-    try:
-        await start_workflow_run(
-            client, inp, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE
-        )
-    except WorkflowAlreadyStartedError:
-        pass
-
-
-async def start_workflow_run(
-    client: Client, inp: TaskWorkflowInput, *, id_reuse_policy: WorkflowIDReusePolicy
-) -> None:
-    """Start a run of the task's workflow; raises WorkflowAlreadyStartedError when one runs
-    (or, with REJECT_DUPLICATE, has ever run)."""
-    queue_keys = sorted({t.queue_key for t in inp.trials})
-    await client.start_workflow(
-        TaskWorkflow.run,
-        inp,
-        id=workflow_id_for_task(inp.task_id),
-        task_queue=get_settings().temporal_task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-        id_reuse_policy=id_reuse_policy,
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(sa.EXPERIMENT, inp.experiment_id),
-                SearchAttributePair(sa.TASK, inp.task_id),
-                SearchAttributePair(sa.STATUS, "pending"),
-                SearchAttributePair(sa.QUEUE_KEYS, queue_keys),
-            ]
-        ),
-        static_summary=f"{inp.task_name} · {len(inp.trials)} trials · {', '.join(queue_keys)}",
     )
 
 
@@ -219,19 +178,7 @@ def trial_dict(trial: TrialModel) -> dict[str, Any]:
         "model": trial.model,
         "queue_key": trial.queue_key,
         "environment": trial.environment,
-        "status": trial.status,
-        "outcome": trial.outcome,
-        "reward": trial.reward,
-        "rewards": trial.rewards,
-        "error_type": trial.error_type,
-        "error_message": trial.error_message,
-        "timings": trial.timings,
-        "n_input_tokens": trial.n_input_tokens,
-        "n_cache_tokens": trial.n_cache_tokens,
-        "n_output_tokens": trial.n_output_tokens,
-        "cost_usd": trial.cost_usd,
-        "harbor_trial_dir": trial.harbor_trial_dir,
-        "harbor_config": trial.harbor_config,
+        **{f.name: getattr(trial, f.name) for f in dataclasses.fields(records.TrialResultFields)},
         "started_at": _iso(trial.started_at),
         "finished_at": _iso(trial.finished_at),
         "attempts": [
@@ -241,11 +188,7 @@ def trial_dict(trial: TrialModel) -> dict[str, Any]:
                 "temporal_attempt": a.temporal_attempt,
                 "worker": a.worker,
                 "status": a.status,
-                "outcome": a.outcome,
-                "reward": a.reward,
-                "error_type": a.error_type,
-                "error_message": a.error_message,
-                "harbor_trial_dir": a.harbor_trial_dir,
+                **{name: getattr(a, name) for name in records.ATTEMPT_RESULT_FIELDS},
                 "started_at": _iso(a.started_at),
                 "finished_at": _iso(a.finished_at),
             }
@@ -278,7 +221,7 @@ def _task_fields(task: TaskModel) -> dict[str, Any]:
 
 def task_summary(task: TaskModel) -> dict[str, Any]:
     """A task without its trials' details (for lists); the mean reward is of finished trials."""
-    finished = [t for t in task.trials if t.status in records.TERMINAL_TRIAL_STATUSES]
+    finished = [t for t in task.trials if t.status in TERMINAL_JOB_STATUSES]
     return {
         **_task_fields(task),
         "trials_count": len(task.trials),
@@ -391,13 +334,13 @@ async def get_queue_stats() -> dict[str, dict[str, int]]:
     return {
         r["key"]: {"waiting": r["waiting"], "running": r["running"], "limit": r["limit"]}
         for r in rows
-        if r["key"] != slots.DEFAULT_LIMIT_KEY
+        if r["key"] != DEFAULT_LIMIT_KEY
     }
 
 
 async def get_default_limit() -> int:
     async with get_session() as session:
-        stored = (await slots.limits(await session.connection())).get(slots.DEFAULT_LIMIT_KEY)
+        stored = (await slots.limits(await session.connection())).get(DEFAULT_LIMIT_KEY)
     return stored or get_settings().default_model_concurrency
 
 
@@ -410,9 +353,9 @@ async def apply_limits(overrides: dict[str, int]) -> None:
         # An explicit ODDISH_DEFAULT_MODEL_CONCURRENCY wins; otherwise keep what is stored.
         if (
             "default_model_concurrency" in settings.model_fields_set
-            or slots.DEFAULT_LIMIT_KEY not in stored
+            or DEFAULT_LIMIT_KEY not in stored
         ):
-            await slots.set_limit(conn, slots.DEFAULT_LIMIT_KEY, settings.default_model_concurrency)
+            await slots.set_limit(conn, DEFAULT_LIMIT_KEY, settings.default_model_concurrency)
         for key, limit in {**settings.model_concurrency, **overrides}.items():
             await slots.set_limit(conn, limit_key(key), limit)
         await session.commit()

@@ -23,7 +23,8 @@ _PROVIDER_BY_PREFIX = (
 
 
 def normalize_model(model: str) -> str:
-    """``claude-sonnet-4-5`` and ``Anthropic/Claude-Sonnet-4-5`` both become ``anthropic/claude-sonnet-4-5``."""
+    """``claude-sonnet-4-5`` and ``Anthropic/Claude-Sonnet-4-5`` both become
+    ``anthropic/claude-sonnet-4-5``."""
     name = model.strip().lower()
     if "/" in name:
         return name

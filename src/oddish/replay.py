@@ -9,11 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from temporalio.client import Client, WorkflowHistory
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer
 
-from oddish.temporal_client import connect
-from oddish.workflows import ALL_WORKFLOWS, workflow_id_for_task
+from oddish.temporal_gateway import connect, task_workflow_histories
+from oddish.workflows import ALL_WORKFLOWS
 
 
 @dataclass
@@ -59,18 +58,8 @@ async def replay_history(history: WorkflowHistory) -> str | None:
 async def replay_task(task_id: str, client: Client | None = None) -> ReplayReport:
     """Fetch every run of the task's workflow from Temporal and replay each one."""
     client = client or await connect()
-    workflow_id = workflow_id_for_task(task_id)
-    run_ids = [w.run_id async for w in client.list_workflows(f'WorkflowId = "{workflow_id}"')]
-    if not run_ids:  # visibility can lag behind a run just started
-        run_ids = [None]  # type: ignore[list-item]
     report = ReplayReport(task_id)
-    for run_id in reversed(run_ids):
-        try:
-            history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                continue
-            raise
+    for history in await task_workflow_histories(client, task_id):
         report.runs.append(
             RunReplay(history.run_id, len(history.events), await replay_history(history))
         )

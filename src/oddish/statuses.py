@@ -28,7 +28,8 @@ class JobStatus(StrEnum):
 class AttemptStatus(StrEnum):
     RUNNING = "running"
     SUCCESS = "success"
-    # The trial ended with a task outcome (agent timeout, missing reward, ...): recorded, not retried.
+    # The trial ended with a task outcome (agent timeout, missing reward, ...): recorded, not
+    # retried.
     FAILED = "failed"
     # Infrastructure failure: Temporal retries the trial.
     INFRA_ERROR = "infra_error"
@@ -48,3 +49,10 @@ class OutcomeKind(StrEnum):
     VERIFIER_ERROR = "verifier_error"
     INFRASTRUCTURE_ERROR = "infrastructure_error"
     CANCELLED = "cancelled"
+
+
+TERMINAL_TASK_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+# A trial, analysis or verdict in one of these is done; a trial may still be retried.
+TERMINAL_JOB_STATUSES = frozenset({JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED})
+WAITING_JOB_STATUSES = frozenset({JobStatus.PENDING, JobStatus.QUEUED})
+RETRYABLE_TRIAL_STATUSES = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})

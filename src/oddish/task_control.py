@@ -5,41 +5,37 @@ from __future__ import annotations
 import asyncio
 import shutil
 
-from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client
 
 from oddish.config import get_settings
 from oddish.db import records, slots
 from oddish.db.connection import get_session
+from oddish.statuses import TERMINAL_TASK_STATUSES
 from oddish.task_store import remove_task_dir
+from oddish.temporal_gateway import (
+    cancel_task_workflow,
+    task_workflow_running,
+    terminate_task_workflow,
+)
 from oddish.workflows import workflow_id_for_task
 
 # How long a delete waits for a cancelled task's sandboxes to be torn down.
 STOP_TIMEOUT_SEC = 120.0
 
 
-async def _workflow_running(client: Client, task_id: str) -> bool:
-    try:
-        description = await client.get_workflow_handle(workflow_id_for_task(task_id)).describe()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return description.status == WorkflowExecutionStatus.RUNNING
-
-
 async def cancel_task(task_id: str, *, client: Client) -> str:
-    """Ask the task's workflow to stop; returns the task's status now (``cancelling`` if running)."""
+    """Ask the task's workflow to stop; returns the task's status now (``cancelling`` if
+    running)."""
     async with get_session() as session:
         task = await records.get_task(session, task_id)
-        if task.status in records.TERMINAL_TASK_STATUSES:
+        if task.status in TERMINAL_TASK_STATUSES:
             return task.status
-    if not await _workflow_running(client, task_id):
+    if not await task_workflow_running(client, task_id):
         async with get_session() as session:
             await records.settle_abandoned_task(session, task_id)
             await session.commit()
         return "cancelled"
-    await client.get_workflow_handle(workflow_id_for_task(task_id)).cancel()
+    await cancel_task_workflow(client, task_id)
     return "cancelling"
 
 
@@ -47,22 +43,18 @@ async def cancel_experiment(experiment_id: str, *, client: Client) -> list[tuple
     """Cancel every unfinished task of the experiment; returns (task id, status now) of each."""
     async with get_session() as session:
         experiment = await records.get_experiment(session, experiment_id)
-        task_ids = [
-            t.id for t in experiment.tasks if t.status not in records.TERMINAL_TASK_STATUSES
-        ]
+        task_ids = [t.id for t in experiment.tasks if t.status not in TERMINAL_TASK_STATUSES]
     statuses = await asyncio.gather(*(cancel_task(t, client=client) for t in task_ids))
-    return list(zip(task_ids, statuses))
+    return list(zip(task_ids, statuses, strict=True))
 
 
 async def _stop_and_wait(task_id: str, client: Client) -> None:
     await cancel_task(task_id, client=client)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + STOP_TIMEOUT_SEC
-    while await _workflow_running(client, task_id):
+    while await task_workflow_running(client, task_id):
         if loop.time() > deadline:
-            await client.get_workflow_handle(workflow_id_for_task(task_id)).terminate(
-                "deleted: did not stop in time"
-            )
+            await terminate_task_workflow(client, task_id, "deleted: did not stop in time")
             break
         await asyncio.sleep(0.5)
 

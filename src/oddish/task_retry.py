@@ -1,23 +1,22 @@
-"""Running failed trials again: an Update to a workflow still running, a new run of a finished one."""
+"""Running failed trials again: an Update to a workflow still running, a new run of a finished
+one."""
 
 from __future__ import annotations
 
 import asyncio
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, FailureError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from oddish.contracts import RetryTrialsRequest, RetryTrialsResult
 from oddish.db import records
 from oddish.db.connection import get_session
-from oddish.queue import start_workflow_run, workflow_input
-from oddish.statuses import JobStatus
-from oddish.workflows import workflow_id_for_task
+from oddish.queue import workflow_input
+from oddish.statuses import RETRYABLE_TRIAL_STATUSES
+from oddish.temporal_gateway import retry_trials, start_task_workflow_run, task_workflow_running
 from oddish.workflows.task_workflow import TASK_FINISHING
 
-RETRYABLE_TRIAL_STATUSES = {JobStatus.FAILED, JobStatus.CANCELLED}
 # A workflow between its last round and its end refuses Updates; by then it is about to close.
 FINISHING_WAIT_SEC = 0.5
 MAX_ROUNDS = 40
@@ -55,18 +54,10 @@ async def retry_task(
                     + ", ".join(f"{t} is {trials[t].status}" for t in busy)
                 )
 
-        handle = client.get_workflow_handle(workflow_id_for_task(task_id))
-        try:
-            running = (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise
-            running = False
-
-        if not running:
+        if not await task_workflow_running(client, task_id):
             inp = workflow_input(task, list(task.trials), rerun=set(chosen))
             try:
-                await start_workflow_run(
+                await start_task_workflow_run(
                     client, inp, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE
                 )
                 return chosen
@@ -74,16 +65,15 @@ async def retry_task(
                 continue  # another retry started a run first: ask that run instead
 
         try:
-            result = await handle.execute_update(
-                "retry_trials", RetryTrialsRequest(chosen), result_type=RetryTrialsResult
-            )
-            return result.retried
+            return (await retry_trials(client, task_id, chosen)).retried
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
             if isinstance(cause, ApplicationError) and cause.type == TASK_FINISHING:
                 await asyncio.sleep(FINISHING_WAIT_SEC)
                 continue
-            raise RetryRefused(cause.message if cause is not None else str(exc)) from exc
+            # The validator's refusal arrives as an ApplicationError; anything else says little.
+            reason = cause.message if isinstance(cause, FailureError) else str(cause or exc)
+            raise RetryRefused(reason) from exc
         except RPCError as exc:
             # The run closed between describe and update: the next round starts a new one.
             if exc.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):

@@ -1,4 +1,5 @@
-"""Keeps a private copy of each submitted task, so later edits of the user's directory change nothing."""
+"""Keeps a private copy of each submitted task, so later edits of the user's directory change
+nothing."""
 
 from __future__ import annotations
 

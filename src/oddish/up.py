@@ -105,7 +105,7 @@ class SignalGate:
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+            signal.signal(sig, handler)
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -334,7 +334,7 @@ def _stopping(name: str, stop: Callable[[], None]) -> None:
     log.info("stopping %s", name)
     try:
         stop()
-    except Exception:  # noqa: BLE001 - one failure must not keep the others running
+    except Exception:
         log.exception("could not stop %s", name)
 
 

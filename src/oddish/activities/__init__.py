@@ -1,5 +1,8 @@
 """Every side effect the workflows need; registered on each worker."""
 
+from collections.abc import Callable
+from typing import Any
+
 from oddish.activities.analysis import analyze_trial
 from oddish.activities.records import (
     cancel_task_records,
@@ -10,7 +13,7 @@ from oddish.activities.records import (
 from oddish.activities.trial import run_trial
 from oddish.activities.verdict import decide_verdict
 
-ALL_ACTIVITIES = [
+ALL_ACTIVITIES: list[Callable[..., Any]] = [
     analyze_trial,
     cancel_task_records,
     decide_verdict,

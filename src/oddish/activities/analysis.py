@@ -1,4 +1,5 @@
-"""Per-trial analysis. Rule-based for now: an LLM classifier can replace ``analyze_trial`` keeping its input and name."""
+"""Per-trial analysis. Rule-based for now: an LLM classifier can replace ``analyze_trial`` keeping
+its input and name."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def analyze(trial: TrialModel) -> tuple[str, str, dict[str, object]]:
         summary += f" Reward {trial.reward:g}."
     if trial.error_type:
         summary += f" {trial.error_type}: {(trial.error_message or '').strip()[:500]}"
-    details = {
+    details: dict[str, object] = {
         "outcome": kind.value,
         "reward": trial.reward,
         "rewards": trial.rewards,

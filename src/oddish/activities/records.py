@@ -13,7 +13,7 @@ from oddish.config import get_settings
 from oddish.contracts import FailTrialInput, SlotRequest, TaskStatusUpdate, TrialOutcome
 from oddish.db import records, slots
 from oddish.db.connection import get_session
-from oddish.statuses import AttemptStatus, JobStatus, OutcomeKind
+from oddish.statuses import TERMINAL_JOB_STATUSES, AttemptStatus, JobStatus, OutcomeKind
 
 
 @activity.defn(name="record_task_status")
@@ -76,15 +76,8 @@ async def _fail_unless_running(inp: FailTrialInput, alive_within: float) -> Tria
     of it still runs."""
     async with get_session() as session:
         trial = await records.get_trial(session, inp.trial_id)
-        if trial.run_number == inp.run_number and trial.status in records.TERMINAL_TRIAL_STATUSES:
-            return TrialOutcome(
-                trial.id,
-                trial.status,
-                trial.outcome,
-                trial.reward,
-                trial.error_type,
-                trial.error_message,
-            )
+        if trial.run_number == inp.run_number and trial.status in TERMINAL_JOB_STATUSES:
+            return TrialOutcome.of(trial.id, trial)
         running = [a for a in trial.attempts if a.status == AttemptStatus.RUNNING]
         if running and await slots.heard_from_within(
             await session.connection(), trial.id, alive_within
@@ -104,9 +97,7 @@ async def _fail_unless_running(inp: FailTrialInput, alive_within: float) -> Tria
             fields=fields,
         )
         await session.commit()
-    return TrialOutcome(
-        inp.trial_id, fields.status, fields.outcome, None, inp.error_type, inp.error_message
-    )
+    return TrialOutcome.of(inp.trial_id, fields)
 
 
 @activity.defn(name="cancel_task_records")

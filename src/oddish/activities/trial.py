@@ -18,7 +18,7 @@ from harbor.trial.trial import Trial
 from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from oddish.config import get_settings
 from oddish.contracts import RunTrialInput, TrialOutcome
@@ -27,7 +27,8 @@ from oddish.db.connection import database_unreachable, get_session, until_databa
 from oddish.harbor_config import trial_config
 from oddish.outcomes import classify
 from oddish.schemas import TrialSpec
-from oddish.statuses import AttemptStatus, JobStatus
+from oddish.statuses import TERMINAL_JOB_STATUSES, AttemptStatus, JobStatus
+from oddish.temporal_gateway import workflow_status
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +63,6 @@ def alive_within_sec(heartbeat_timeout_sec: float) -> float:
 
 def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _outcome(trial_id: str, fields: records.TrialResultFields) -> TrialOutcome:
-    return TrialOutcome(
-        trial_id=trial_id,
-        status=fields.status,
-        outcome=fields.outcome,
-        reward=fields.reward,
-        error_type=fields.error_type,
-        error_message=fields.error_message,
-    )
 
 
 def _timings(result: TrialResult) -> dict[str, Any]:
@@ -226,21 +216,14 @@ async def _start(
     or, when an earlier attempt is still running (its slot row touched lately), say so."""
     async with get_session() as session:
         trial = await records.get_trial(session, inp.trial_id)
-        if trial.run_number == inp.run_number and trial.status in records.TERMINAL_TRIAL_STATUSES:
+        if trial.run_number == inp.run_number and trial.status in TERMINAL_JOB_STATUSES:
             # This run already finished; its completion just never reached Temporal. A slot
             # granted again (a re-run of a finished workflow) goes straight back.
             await slots.release(
                 await session.connection(), trial_ids=[trial.id], log_status="successful"
             )
             await session.commit()
-            return TrialOutcome(
-                trial_id=trial.id,
-                status=trial.status,
-                outcome=trial.outcome,
-                reward=trial.reward,
-                error_type=trial.error_type,
-                error_message=trial.error_message,
-            )
+            return TrialOutcome.of(trial.id, trial)
         running = [a for a in trial.attempts if a.status == AttemptStatus.RUNNING]
         if running and await slots.heard_from_within(
             await session.connection(), trial.id, alive_within_sec
@@ -320,18 +303,21 @@ async def _harbor_run(config: Any) -> TrialResult:
 
 async def _workflow_still_runs(info: activity.Info) -> bool:
     """Whether the attempt's workflow runs; True when Temporal cannot be asked (it is down)."""
+    if info.workflow_id is None:
+        return False
     try:
-        handle = activity.client().get_workflow_handle(
-            info.workflow_id, run_id=info.workflow_run_id
+        status = await asyncio.wait_for(
+            workflow_status(
+                activity.client(),
+                info.workflow_id,
+                run_id=info.workflow_run_id,
+                rpc_timeout=timedelta(seconds=5),
+            ),
+            timeout=10,
         )
-        description = await asyncio.wait_for(
-            handle.describe(rpc_timeout=timedelta(seconds=5)), timeout=10
-        )
-    except RPCError as exc:
-        return exc.status != RPCStatusCode.NOT_FOUND
-    except (TimeoutError, RuntimeError):
+    except (RPCError, TimeoutError, RuntimeError):
         return True
-    return description.status == WorkflowExecutionStatus.RUNNING
+    return status == WorkflowExecutionStatus.RUNNING
 
 
 async def _carry_on(info: activity.Info) -> bool:
@@ -502,9 +488,10 @@ async def _record_result(
             )
             await session.commit()
             raise ApplicationError(f"{error_type}: {error_message}", type=error_type)
-        attempt_status = {
-            JobStatus.SUCCESS: AttemptStatus.SUCCESS,
-        }.get(fields.status, AttemptStatus.INFRA_ERROR if retryable else AttemptStatus.FAILED)
+        if fields.status == JobStatus.SUCCESS:
+            attempt_status = AttemptStatus.SUCCESS
+        else:
+            attempt_status = AttemptStatus.INFRA_ERROR if retryable else AttemptStatus.FAILED
         await records.finish_trial(
             session,
             trial_id=inp.trial_id,
@@ -513,4 +500,4 @@ async def _record_result(
             fields=fields,
         )
         await session.commit()
-    return _outcome(inp.trial_id, fields)
+    return TrialOutcome.of(inp.trial_id, fields)

@@ -1,4 +1,5 @@
-"""Per-task verdict from the trials' results. Rule-based; an LLM judge can replace ``decide_verdict``."""
+"""Per-task verdict from the trials' results. Rule-based; an LLM judge can replace
+``decide_verdict``."""
 
 from __future__ import annotations
 

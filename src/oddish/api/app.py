@@ -27,11 +27,11 @@ from sqlalchemy.exc import DBAPIError
 
 from oddish import queue, task_control, task_retry
 from oddish.api.archive import ArchiveError
-from oddish.api.body_limit import BodySizeLimit
 from oddish.api.auth import require_api_key
+from oddish.api.body_limit import BodySizeLimit
 from oddish.api.sweeps import SweepRequest
-from oddish.api.uploads import store_upload, upload_name, upload_path
 from oddish.api.trial_files import read_logs, read_result
+from oddish.api.uploads import store_upload, upload_name, upload_path
 from oddish.config import get_settings
 from oddish.db import migrations
 from oddish.db.connection import (
@@ -43,7 +43,7 @@ from oddish.db.connection import (
 from oddish.db.records import RecordNotFound
 from oddish.schemas import MAX_TRIALS_PER_TASK
 from oddish.statuses import TaskStatus
-from oddish.temporal_client import connect
+from oddish.temporal_gateway import connect
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,8 @@ class _FileEntry:
 
 
 class _LimitedReader:
-    """Reads the compressed upload, refusing it once it exceeds ``limit`` bytes (reads at most limit+1)."""
+    """Reads the compressed upload, refusing it once it exceeds ``limit`` bytes (reads at most
+    limit+1)."""
 
     def __init__(self, raw: BinaryIO, limit: int) -> None:
         self._raw = raw
@@ -68,10 +69,7 @@ class _LimitedReader:
         allowed = self._limit + 1 - self.consumed
         if size is None or size < 0 or size > allowed:
             size = allowed
-        if size <= 0:
-            data = b""
-        else:
-            data = self._raw.read(size)
+        data = b"" if size <= 0 else self._raw.read(size)
         self.consumed += len(data)
         if self.consumed > self._limit:
             raise ArchiveError(f"The archive is larger than the limit of {self._limit} bytes.", 413)
@@ -82,7 +80,7 @@ class _Decompressed:
     """The decompressed tar stream, with gzip failures turned into ArchiveErrors and a size cap."""
 
     def __init__(self, compressed: _LimitedReader, limit: int, unpacked_limit: int) -> None:
-        self._gzip = gzip.GzipFile(fileobj=compressed, mode="rb")  # type: ignore[arg-type]
+        self._gzip = gzip.GzipFile(fileobj=compressed, mode="rb")  # type: ignore[call-overload]
         self._limit = limit
         self._unpacked_limit = unpacked_limit
         self.total = 0
@@ -213,7 +211,8 @@ def _extract(
             for i in range(1, len(parts)):
                 if parts[:i] in files:
                     raise ArchiveError(
-                        f"Archive member {name!r} is inside {'/'.join(parts[:i])!r}, which is a file."
+                        f"Archive member {name!r} is inside {'/'.join(parts[:i])!r}, "
+                        "which is a file."
                     )
 
             if member.isdir():
@@ -362,8 +361,8 @@ def _check_task_toml(task_root: Path) -> str | None:
     toml_path = task_root / "task.toml"
     if not toml_path.is_file():
         raise ArchiveError(
-            "The archive is not a Harbor task: a Harbor task directory needs a task.toml at its root "
-            "(either at the archive root or inside a single top-level folder).",
+            "The archive is not a Harbor task: a Harbor task directory needs a task.toml "
+            "at its root (either at the archive root or inside a single top-level folder).",
             422,
         )
     try:

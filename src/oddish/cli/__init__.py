@@ -1,4 +1,4 @@
-"""The ``oddish`` command line (Typer), a client of the REST API."""
+"""The ``oddish`` command line's client commands (Typer): they speak HTTP to the REST API only."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import typer
 
 from oddish.cli.manage import cancel, clean, limits_app, retry
 from oddish.cli.run import run
-from oddish.cli.services import replay, up
 from oddish.cli.status import status
 
 app = typer.Typer(
@@ -28,9 +27,3 @@ app.command()(cancel)
 app.command()(retry)
 app.command()(clean)
 app.add_typer(limits_app, name="limits")
-app.command()(up)
-app.command()(replay)
-
-
-def main() -> None:
-    app()

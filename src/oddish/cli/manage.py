@@ -94,7 +94,7 @@ def cancel(
     with ApiClient() as api:
         if task_id:
             answers = [api.request("POST", path_of("tasks", task_id, "cancel"))]
-        else:
+        elif experiment:
             answers = api.request("POST", path_of("experiments", experiment, "cancel"))["tasks"]
     if json_output:
         print_json(answers[0] if task_id else {"experiment": experiment, "tasks": answers})

@@ -176,7 +176,7 @@ def print_summary(experiment_id: str, created: list[dict[str, Any]], names: list
         f"[bold green]submitted[/bold green] {len(created)} task(s), {total} trial(s), "
         f"to experiment [bold]{experiment_id}[/bold]"
     )
-    for task, name in zip(created, names):
+    for task, name in zip(created, names, strict=True):
         stdout.print(f"  {task['id']}  {name}  ({task['trials_count']} trials)")
     follow = (
         f"oddish status {created[0]['id']} --watch"

@@ -109,12 +109,16 @@ def load_sweep_file(path: Path) -> SweepFile:
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise typer.BadParameter(f"{path}: cannot read it ({exc.strerror})", param_hint=PARAM_HINT)
+        raise typer.BadParameter(
+            f"{path}: cannot read it ({exc.strerror})", param_hint=PARAM_HINT
+        ) from exc
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
         problem = getattr(exc, "problem", None) or exc
-        raise typer.BadParameter(f"{path}: not valid YAML{line}: {problem}", param_hint=PARAM_HINT)
+        raise typer.BadParameter(
+            f"{path}: not valid YAML{line}: {problem}", param_hint=PARAM_HINT
+        ) from exc
     if not isinstance(raw, dict):
         raise typer.BadParameter(
             f"{path}: expected a mapping with an 'agents' list", param_hint=PARAM_HINT

@@ -11,8 +11,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-TERMINAL_TASK_STATUSES = {"completed", "failed", "cancelled"}
-FINISHED_TRIAL_STATUSES = {"success", "failed", "cancelled"}
+from oddish.statuses import TERMINAL_JOB_STATUSES, TERMINAL_TASK_STATUSES, JobStatus
+
 STYLES = {
     "pending": "dim",
     "queued": "yellow",
@@ -26,7 +26,15 @@ STYLES = {
     "cancelled": "yellow",
 }
 # Trial statuses in the order a trial passes through them.
-TRIAL_STATUS_ORDER = ["pending", "queued", "running", "retrying", "success", "failed", "cancelled"]
+TRIAL_STATUS_ORDER: list[str] = [
+    JobStatus.PENDING,
+    JobStatus.QUEUED,
+    JobStatus.RUNNING,
+    JobStatus.RETRYING,
+    JobStatus.SUCCESS,
+    JobStatus.FAILED,
+    JobStatus.CANCELLED,
+]
 
 
 def is_done(task: dict[str, Any]) -> bool:
@@ -53,7 +61,7 @@ def trial_counts(trials: list[dict[str, Any]]) -> Text:
 
 
 def progress(trials: list[dict[str, Any]]) -> Table:
-    finished = sum(t["status"] in FINISHED_TRIAL_STATUSES for t in trials)
+    finished = sum(t["status"] in TERMINAL_JOB_STATUSES for t in trials)
     cell = Table.grid(padding=(0, 1))
     cell.add_row(
         ProgressBar(total=max(len(trials), 1), completed=finished, width=16),

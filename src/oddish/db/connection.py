@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TypeVar
 
 import asyncpg
 from sqlalchemy.engine import make_url
@@ -21,7 +20,6 @@ from sqlalchemy.ext.asyncio import (
 from oddish.config import get_settings
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 _engine: AsyncEngine | None = None
 _sessionmaker: async_sessionmaker[AsyncSession] | None = None
@@ -40,7 +38,8 @@ def asyncpg_url(url: str) -> str:
 
 
 def plain_dsn(url: str) -> str:
-    """The libpq/asyncpg form of a URL (no SQLAlchemy driver suffix), for raw asyncpg connections."""
+    """The libpq/asyncpg form of a URL (no SQLAlchemy driver suffix), for raw asyncpg
+    connections."""
     return (
         make_url(asyncpg_url(url))
         .set(drivername="postgresql")
@@ -112,7 +111,7 @@ def is_unstorable_value(exc: DBAPIError) -> bool:
     return str(getattr(exc.orig, "sqlstate", "") or "").startswith("22")
 
 
-async def until_database_answers(
+async def until_database_answers[T](
     step: Callable[[], Awaitable[T]], *, what: str, max_delay_sec: float = 5.0
 ) -> T:
     """Run ``step`` (one transaction), again and again while the database cannot be reached.

@@ -1,4 +1,5 @@
-"""Schema management: Alembic migrations (version table ``alembic_version_oddish``), reset and purge."""
+"""Schema management: Alembic migrations (version table ``alembic_version_oddish``), reset and
+purge."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ async def drop_all() -> None:
         await conn.run_sync(Base.metadata.drop_all)
         await conn.execute(text("DROP TABLE IF EXISTS alembic_version_oddish"))
         raw = await conn.get_raw_connection()
+        assert raw.driver_connection is not None, "an asyncpg connection"
         await raw.driver_connection.execute(UNINSTALL_SQL)
 
 

@@ -28,7 +28,8 @@ JsonDict = JSONB()
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JsonDict, list[Any]: JsonDict}
+    # SQLAlchemy reads it from the class.
+    type_annotation_map = {dict[str, Any]: JsonDict, list[Any]: JsonDict}  # noqa: RUF012
 
 
 def _created() -> Mapped[datetime]:

@@ -1,7 +1,9 @@
-"""Queries that read and write the canonical records (tasks, trials, attempts, analyses, verdicts)."""
+"""Queries that read and write the canonical records (tasks, trials, attempts, analyses,
+verdicts)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,10 +21,13 @@ from oddish.db.models import (
     TrialModel,
     VerdictModel,
 )
-from oddish.statuses import AttemptStatus, JobStatus, TaskStatus
-
-TERMINAL_TASK_STATUSES = {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}
-TERMINAL_TRIAL_STATUSES = {JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED}
+from oddish.statuses import (
+    TERMINAL_JOB_STATUSES,
+    TERMINAL_TASK_STATUSES,
+    AttemptStatus,
+    JobStatus,
+    TaskStatus,
+)
 
 
 def now() -> datetime:
@@ -70,6 +75,37 @@ class TrialResultFields:
     cost_usd: float | None = None
     harbor_trial_dir: str | None = None
     harbor_config: dict[str, Any] | None = None
+
+    def trial_values(self) -> dict[str, Any]:
+        """The trial row's columns to write; what an attempt did not report keeps its value."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None or f.name not in KEPT_WHEN_UNREPORTED
+        }
+
+
+# Trial columns an attempt may not report (it died before Harbor measured them).
+KEPT_WHEN_UNREPORTED = frozenset(
+    {
+        "timings",
+        "n_input_tokens",
+        "n_cache_tokens",
+        "n_output_tokens",
+        "cost_usd",
+        "harbor_trial_dir",
+        "harbor_config",
+    }
+)
+# The result columns an attempt row keeps of its own.
+ATTEMPT_RESULT_FIELDS = (
+    "reward",
+    "rewards",
+    "outcome",
+    "error_type",
+    "error_message",
+    "harbor_trial_dir",
+)
 
 
 async def ensure_experiment(session: AsyncSession, experiment_id: str, name: str) -> None:
@@ -281,12 +317,8 @@ async def record_retryable_attempt(
 def _fill_attempt(attempt: TrialAttemptModel, fields: TrialResultFields, status: str) -> None:
     attempt.status = status
     attempt.finished_at = now()
-    attempt.reward = fields.reward
-    attempt.rewards = fields.rewards
-    attempt.outcome = fields.outcome
-    attempt.error_type = fields.error_type
-    attempt.error_message = fields.error_message
-    attempt.harbor_trial_dir = fields.harbor_trial_dir
+    for name in ATTEMPT_RESULT_FIELDS:
+        setattr(attempt, name, getattr(fields, name))
 
 
 async def finish_trial(
@@ -305,26 +337,11 @@ async def finish_trial(
     if attempt_id is not None:
         attempt = await _current_attempt(session, trial_id, attempt_id)
         _fill_attempt(attempt, fields, attempt_status)
-    values: dict[str, Any] = {
-        "status": fields.status,
-        "outcome": fields.outcome,
-        "reward": fields.reward,
-        "rewards": fields.rewards,
-        "error_type": fields.error_type,
-        "error_message": fields.error_message,
-        "finished_at": now(),
-    }
-    optional = {
-        "timings": fields.timings,
-        "n_input_tokens": fields.n_input_tokens,
-        "n_cache_tokens": fields.n_cache_tokens,
-        "n_output_tokens": fields.n_output_tokens,
-        "cost_usd": fields.cost_usd,
-        "harbor_trial_dir": fields.harbor_trial_dir,
-        "harbor_config": fields.harbor_config,
-    }
-    values.update({k: v for k, v in optional.items() if v is not None})
-    await session.execute(update(TrialModel).where(TrialModel.id == trial_id).values(**values))
+    await session.execute(
+        update(TrialModel)
+        .where(TrialModel.id == trial_id)
+        .values(**fields.trial_values(), finished_at=now())
+    )
     log_status = (
         "successful"
         if fields.status == JobStatus.SUCCESS
@@ -383,7 +400,7 @@ async def cancel_unfinished_trials(session: AsyncSession, task_id: str) -> list[
         update(TrialModel)
         .where(
             TrialModel.task_id == task_id,
-            TrialModel.status.not_in([s.value for s in TERMINAL_TRIAL_STATUSES]),
+            TrialModel.status.not_in([s.value for s in TERMINAL_JOB_STATUSES]),
         )
         .values(status=JobStatus.CANCELLED, finished_at=now(), outcome="cancelled")
         .returning(TrialModel.id)

@@ -4,25 +4,25 @@ A waiting trial is a ``queued`` row whose entrypoint is its queue key; a trial h
 key's slots is a ``picked`` row with ``slot`` in ``0..limit-1``. Our rows carry an
 ``execute_after`` in the year 9999: PGQueuer's own dequeue only takes rows with
 ``execute_after < now()``, so a PGQueuer worker sharing a key counts our holders against its
-limit but never runs our rows, while ``queue_size()`` and ``pgq dashboard`` still see them. The partial unique index on
-``(entrypoint, slot) WHERE status = 'picked'`` makes over-admission impossible even when claims race.
+limit but never runs our rows, while ``queue_size()`` and ``pgq dashboard`` still see them. The
+partial unique index on ``(entrypoint, slot) WHERE status = 'picked'`` makes over-admission
+impossible even when claims race.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from oddish.queue_keys import DEFAULT_LIMIT_KEY
-
 NOTIFY_CHANNEL = "ch_pgqueuer"
-# Our own wake-ups (a changed limit) go on a channel of ours: PGQueuer parses every ch_pgqueuer payload.
+# Our own wake-ups (a changed limit) go on a channel of ours: PGQueuer parses every
+# ch_pgqueuer payload.
 LIMITS_CHANNEL = "oddish_limits"
 # Marks a row as ours; rows without it belong to other PGQueuer producers and are never touched.
 OWNER_HEADER = "oddish"
@@ -66,7 +66,8 @@ async def enqueue(
     priority: int,
     run_number: int,
 ) -> None:
-    """Insert a waiting row per ``(trial_id, queue_key)``; a trial already waiting or holding is left alone."""
+    """Insert a waiting row per ``(trial_id, queue_key)``; a trial already waiting or holding is
+    left alone."""
     if not trials:
         return
     await conn.execute(
@@ -114,7 +115,7 @@ async def keys_with_waiting_trials(conn: AsyncConnection) -> list[str]:
 async def claim(
     conn: AsyncConnection, *, queue_key: str, default_limit: int, manager_id: uuid.UUID
 ) -> list[SlotClaim]:
-    """Give free slots of ``queue_key`` to its waiting trials, highest priority first, FIFO within one.
+    """Give free slots of ``queue_key`` to its waiting trials: highest priority first, then FIFO.
 
     Must run inside a transaction. Claims of one key are serialised by an advisory lock, so our
     dispatchers never race each other; a PGQueuer worker racing us loses on the unique slot index
@@ -208,7 +209,8 @@ async def mark_signalled(conn: AsyncConnection, job_ids: list[int]) -> None:
 
 
 async def unsignalled_holders(conn: AsyncConnection, *, older_than_sec: float) -> list[SlotClaim]:
-    """Holders whose owner was never told (the dispatcher that claimed them died before signalling)."""
+    """Holders whose owner was never told (the dispatcher that claimed them died before
+    signalling)."""
     rows = await conn.execute(
         text(
             """
@@ -294,7 +296,8 @@ async def release_workflow(conn: AsyncConnection, *, workflow_id: str, log_statu
 
 
 async def stale_workflow_ids(conn: AsyncConnection, *, lease_sec: float) -> list[str]:
-    """Workflows owning rows not heard from within the lease; the reaper asks Temporal about them."""
+    """Workflows owning rows not heard from within the lease; the reaper asks Temporal about
+    them."""
     rows = await conn.execute(
         text(
             """

@@ -1,4 +1,5 @@
-"""``python -m oddish.worker``: a Temporal worker plus the slot dispatcher. Run as many as you like."""
+"""``python -m oddish.worker``: a Temporal worker plus the slot dispatcher. Run as many as you
+like."""
 
 from __future__ import annotations
 

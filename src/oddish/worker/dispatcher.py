@@ -15,11 +15,12 @@ from collections.abc import Awaitable, Callable, Iterable
 import asyncpg
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from oddish.contracts import SlotGrant
 from oddish.db import records, slots
 from oddish.db.connection import database_url, get_engine, get_session, plain_dsn
+from oddish.temporal_gateway import grant_slot, workflow_status
 from oddish.worker.unstarted import UnstartedTaskStarter
 from oddish.workflows.ids import task_id_of_workflow
 
@@ -120,29 +121,20 @@ class SlotDispatcher:
         if not claims:
             return
         results = await asyncio.gather(
-            *(self._signal_one(c) for c in claims), return_exceptions=True
+            *(
+                grant_slot(self._client, c.workflow_id, SlotGrant(c.trial_id, c.slot, c.run_number))
+                for c in claims
+            ),
+            return_exceptions=True,
         )
-        told = [c.job_id for c, ok in zip(claims, results) if ok is True]
-        gone = [c.trial_id for c, ok in zip(claims, results) if ok is False]
+        told = [c.job_id for c, ok in zip(claims, results, strict=True) if ok is True]
+        gone = [c.trial_id for c, ok in zip(claims, results, strict=True) if ok is False]
         async with get_engine().begin() as conn:
             await slots.mark_signalled(conn, told)
             await slots.release(conn, trial_ids=gone, log_status="canceled")
-        for c, ok in zip(claims, results):
+        for c, ok in zip(claims, results, strict=True):
             if isinstance(ok, BaseException):
                 log.warning("could not signal %s about trial %s: %s", c.workflow_id, c.trial_id, ok)
-
-    async def _signal_one(self, claim: slots.SlotClaim) -> bool:
-        """True when told; False when the workflow no longer runs (its slot is given back)."""
-        handle = self._client.get_workflow_handle(claim.workflow_id)
-        try:
-            await handle.signal(
-                "slot_granted", SlotGrant(claim.trial_id, claim.slot, claim.run_number)
-            )
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return False
-            raise
-        return True
 
     async def _resignal(self) -> None:
         async with get_engine().connect() as conn:
@@ -157,13 +149,8 @@ class SlotDispatcher:
         async with get_engine().connect() as conn:
             workflow_ids = await slots.stale_workflow_ids(conn, lease_sec=self._lease_sec)
         for workflow_id in workflow_ids:
-            try:
-                description = await self._client.get_workflow_handle(workflow_id).describe()
-                running = description.status == WorkflowExecutionStatus.RUNNING
-            except RPCError as exc:
-                if exc.status != RPCStatusCode.NOT_FOUND:
-                    raise
-                running = False
+            status = await workflow_status(self._client, workflow_id)
+            running = status == WorkflowExecutionStatus.RUNNING
             async with get_session() as session:
                 conn = await session.connection()
                 if running:

@@ -15,7 +15,7 @@ from oddish.activities.trial import MAX_HEARTBEAT_INTERVAL_SEC
 from oddish.config import get_settings
 from oddish.db import migrations
 from oddish.db.connection import dispose_engine
-from oddish.temporal_client import connect
+from oddish.temporal_gateway import connect
 from oddish.worker.dispatcher import SlotDispatcher
 from oddish.workflows import ALL_WORKFLOWS
 

@@ -14,11 +14,11 @@ from datetime import datetime
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
 
 from oddish.db import records
 from oddish.db.connection import get_session
-from oddish.queue import start_workflow_run, workflow_input
+from oddish.queue import workflow_input
+from oddish.temporal_gateway import start_task_workflow_run, workflow_status
 from oddish.workflows import workflow_id_for_task
 
 log = logging.getLogger(__name__)
@@ -50,13 +50,7 @@ class UnstartedTaskStarter:
         return started
 
     async def _start_if_unstarted(self, task_id: str) -> bool:
-        handle = self._client.get_workflow_handle(workflow_id_for_task(task_id))
-        try:
-            status = (await handle.describe()).status
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise
-            status = None
+        status = await workflow_status(self._client, workflow_id_for_task(task_id))
         if status == WorkflowExecutionStatus.RUNNING:
             await self._mark_started(task_id)
             return False
@@ -70,7 +64,7 @@ class UnstartedTaskStarter:
             task = await records.get_task(session, task_id, with_trials=True)
         try:
             # REJECT_DUPLICATE: a submitter that started it meanwhile wins.
-            await start_workflow_run(
+            await start_task_workflow_run(
                 self._client,
                 workflow_input(task, list(task.trials)),
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,

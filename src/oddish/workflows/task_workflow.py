@@ -30,7 +30,13 @@ from oddish.contracts import (
     TrialRef,
     VerdictInput,
 )
-from oddish.statuses import JobStatus, TaskStatus
+from oddish.statuses import (
+    RETRYABLE_TRIAL_STATUSES,
+    TERMINAL_JOB_STATUSES,
+    WAITING_JOB_STATUSES,
+    JobStatus,
+    TaskStatus,
+)
 
 # Bookkeeping activities touch only Postgres: retried until it answers (it may be restarting).
 RECORD_TIMEOUT = timedelta(seconds=60)
@@ -81,15 +87,14 @@ class TaskWorkflow:
             task_id=self._task_id,
             status=self._status,
             trials_total=len(statuses),
-            trials_waiting=sum(s in (JobStatus.PENDING, JobStatus.QUEUED) for s in statuses),
+            trials_waiting=sum(s in WAITING_JOB_STATUSES for s in statuses),
             trials_running=statuses.count(JobStatus.RUNNING),
-            trials_finished=sum(
-                s in (JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED) for s in statuses
-            ),
+            trials_finished=sum(s in TERMINAL_JOB_STATUSES for s in statuses),
             trial_statuses=dict(self._trial_status),
         )
 
-    @workflow.update(name="retry_trials")
+    # Named by its method: "retry_trials" (the named form of the decorator loses its typing).
+    @workflow.update
     async def retry_trials(self, request: RetryTrialsRequest) -> RetryTrialsResult:
         """Run failed trials of this (still running) workflow again, each as a new attempt."""
         for trial_id in request.trial_ids:
@@ -109,9 +114,7 @@ class TaskWorkflow:
         if unknown:
             raise ValueError(f"trials not in task {self._task_id}: {', '.join(unknown)}")
         busy = [
-            t
-            for t in request.trial_ids
-            if self._trial_status[t] not in (JobStatus.FAILED, JobStatus.CANCELLED)
+            t for t in request.trial_ids if self._trial_status[t] not in RETRYABLE_TRIAL_STATUSES
         ]
         if busy:
             raise ValueError(
@@ -201,7 +204,8 @@ class TaskWorkflow:
         return sorted(t for t in self._waiting if self._grants.get(t) == self._run_numbers[t])
 
     async def _run_trials_as_granted(self, inp: TaskWorkflowInput) -> None:
-        """Start each trial when its slot arrives; a waiting trial costs no coroutine, only a row."""
+        """Start each trial when its slot arrives; a waiting trial costs no coroutine, only a
+        row."""
         while self._waiting or self._trials_running():
             await workflow.wait_condition(
                 lambda: bool(self._granted()) or not (self._waiting or self._trials_running())

@@ -1,27 +1,16 @@
-"""``oddish up`` and ``oddish replay``: thin wrappers of ``oddish.up`` and ``oddish.replay``."""
+"""``oddish up`` and ``oddish replay``: the two commands that run server-side code rather than
+talk to the API, kept out of ``oddish.cli`` so that the client stays HTTP-only. Their modules are
+imported on use: the client commands start faster without them."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import typer
 from rich.markup import escape
 
 from oddish.cli.output import fail, print_json, stdout
-
-
-def load(module: str, command: str) -> ModuleType:
-    # Imported on use: these pull in the server side, which the client commands do not need.
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        fail(f"`oddish {command}` is not available in this installation ({module} is missing)")
 
 
 def up(
@@ -44,9 +33,9 @@ def up(
 
     Runs until Ctrl+C; meanwhile `oddish run` and `oddish status` talk to it.
     """
-    code = load("oddish.up", "up").run_up(
-        port=port, temporal_port=temporal_port, ui_port=ui_port, home=home, host=host
-    )
+    from oddish.up import run_up
+
+    code = run_up(port=port, temporal_port=temporal_port, ui_port=ui_port, home=home, host=host)
     raise typer.Exit(code)
 
 
@@ -65,15 +54,14 @@ def replay(
     Exits 0 when the code reproduces the history (deterministic), 1 when it does not: a sign
     that a workflow change needs `workflow.patched` before it is deployed next to running tasks.
     """
-    replay_task = load("oddish.replay", "replay").replay_task
+    from oddish.replay import ReplayReport, replay_task
+    from oddish.temporal_gateway import connect
 
-    async def replay_on_server() -> Any:
-        from oddish.temporal_client import connect
-
+    async def replay_on_server() -> ReplayReport:
         return await replay_task(task_id, await connect(temporal_address))
 
     try:
-        result: Any = asyncio.run(replay_on_server())
+        report = asyncio.run(replay_on_server())
     except RuntimeError as exc:
         if "connect" not in str(exc):
             raise
@@ -83,10 +71,9 @@ def replay(
         )
     except Exception as exc:  # the replay reads Temporal: say what failed
         fail(f"replay of {task_id} failed: {type(exc).__name__}: {exc}")
-    read = result.get if isinstance(result, dict) else lambda name: getattr(result, name, None)
-    if not read("runs"):
-        fail(str(read("message")))
-    deterministic, message = bool(read("deterministic")), str(read("message") or "")
+    if not report.runs:
+        fail(report.message)
+    deterministic, message = report.deterministic, report.message
     if json_output:
         print_json({"task_id": task_id, "deterministic": deterministic, "message": message})
     else:

@@ -1,0 +1,3 @@
+from oddish.main import main
+
+main()

@@ -1,3 +1,0 @@
-from oddish.cli import main
-
-main()
