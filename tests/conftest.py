@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from temporalio.client import Client
 
+from helpers import serve_api
 from oddish.config import get_settings
 from oddish.db.connection import dispose_engine, plain_dsn
 from oddish.embedded import TemporalDevServer, free_port, start_postgres
@@ -98,7 +99,7 @@ async def migrated(oddish_env: dict[str, str]) -> AsyncIterator[None]:
 
 @pytest.fixture(scope="session")
 async def temporal_client(oddish_env: dict[str, str], migrated: None) -> Client:
-    from oddish.temporal_client import connect
+    from oddish.temporal_gateway import connect
 
     return await connect()
 
@@ -162,3 +163,20 @@ def start_worker(oddish_env: dict[str, str], task_queue: str, work_dir: Path, mi
     yield start
     for worker in workers:
         worker.stop()
+
+
+@pytest.fixture
+def api(
+    oddish_env: dict[str, str], task_queue: str, work_dir: Path, migrated: None
+) -> Iterator[str]:
+    env = {
+        **os.environ,
+        **oddish_env,
+        "ODDISH_TEMPORAL_TASK_QUEUE": task_queue,
+        "ODDISH_UPLOAD_MAX_BYTES": str(2 * 1024 * 1024),
+    }
+    """An API process on this test's own task queue, with no worker of its own."""
+    process, url = serve_api(env, work_dir / f"api-{task_queue}.log", "--no-workers")
+    yield url
+    process.terminate()
+    process.wait(timeout=20)

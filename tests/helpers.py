@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
+import secrets
+import subprocess
+import sys
+import tarfile
+import time
+from datetime import datetime
 from pathlib import Path
 
+import httpx
+from sqlalchemy import text
 from temporalio.client import Client
 
+from oddish.db.connection import get_session
+from oddish.embedded import free_port
 from oddish.queue import create_task, get_task_with_trials
 from oddish.replay import replay_history
 from oddish.schemas import AgentRunConfig, TaskSubmission
@@ -71,3 +82,174 @@ async def check_history(client: Client, task_id: str, scenario: str) -> None:
         if os.environ.get("ODDISH_RECORD_HISTORIES") == "1":
             HISTORIES.mkdir(exist_ok=True)
             (HISTORIES / f"{scenario}-run{number}.json").write_text(history.to_json())
+
+
+def unique_key(label: str) -> str:
+    return f"test/{label}-{secrets.token_hex(3)}"
+
+
+def intervals(task: dict) -> list[tuple[datetime, datetime]]:
+    return [
+        (datetime.fromisoformat(t["started_at"]), datetime.fromisoformat(t["finished_at"]))
+        for t in task["trials"]
+    ]
+
+
+def max_overlap(spans: list[tuple[datetime, datetime]]) -> int:
+    events = sorted(
+        [(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda ev: (ev[0], ev[1])
+    )
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def sleeping_sandboxes(seconds: int) -> str:
+    return subprocess.run(
+        ["pgrep", "-af", f"^sleep {seconds}$"], capture_output=True, text=True
+    ).stdout.strip()
+
+
+async def slot_rows(queue_key: str) -> int:
+    """Rows of the slot table (waiting or holding) of one queue key."""
+    async with get_session() as session:
+        return (
+            await session.execute(
+                text("SELECT count(*) FROM pgqueuer WHERE entrypoint = :key"), {"key": queue_key}
+            )
+        ).scalar_one()
+
+
+# Attempt statuses: the one that settled the trial, and those a later attempt may follow.
+FINAL_ATTEMPT = {"success", "failed"}
+
+
+SUPERSEDED_ATTEMPT = {"lost", "infra_error"}
+
+
+def parse(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp)
+
+
+def attempts_of(trial: dict) -> list[dict]:
+    return sorted(trial["attempts"], key=lambda a: a["number"])
+
+
+def assert_each_trial_recorded_once(task: dict, n_trials: int) -> None:
+    """n trials, each with exactly one final attempt, last; every earlier one superseded."""
+    trials = task["trials"]
+    assert sorted(t["index"] for t in trials) == list(range(n_trials))
+    for trial in trials:
+        statuses = [a["status"] for a in attempts_of(trial)]
+        assert statuses, f"trial {trial['index']} has no attempt"
+        assert statuses[-1] in FINAL_ATTEMPT, (trial["index"], statuses)
+        assert all(s in SUPERSEDED_ATTEMPT for s in statuses[:-1]), (trial["index"], statuses)
+        assert sum(s in FINAL_ATTEMPT for s in statuses) == 1
+        assert trial["status"] == "success" and trial["reward"] == 1.0, trial
+        assert parse(trial["finished_at"]) >= parse(attempts_of(trial)[-1]["finished_at"])
+
+
+def next_attempt_start(trial: dict) -> datetime:
+    """When the attempt after the trial's lost one started."""
+    attempts = attempts_of(trial)
+    i = next(i for i, a in enumerate(attempts) if a["status"] == "lost")
+    return parse(attempts[i + 1]["started_at"])
+
+
+def attempt_spans(
+    task: dict, *, lost_ended_by: datetime | None = None
+) -> list[tuple[datetime, datetime]]:
+    """When each attempt ran. An attempt that ran to the end records its own finish. A ``lost``
+    attempt's ``finished_at`` is when the next attempt noticed it lost, later than when it stopped:
+    it is cut at ``lost_ended_by`` (the moment its worker was killed; the sandbox dies with the
+    worker) when that is known, and otherwise kept whole, which can only over-count."""
+    spans = []
+    for trial in task["trials"]:
+        for a in trial["attempts"]:
+            start, end = parse(a["started_at"]), parse(a["finished_at"])
+            if a["status"] == "lost" and lost_ended_by is not None:
+                end = min(end, lost_ended_by)
+            spans.append((start, end))
+    return spans
+
+
+def sleeping(seconds: int) -> int:
+    """Sandboxed agents asleep for ``seconds`` right now (the sleep task's solve.sh)."""
+    out = subprocess.run(
+        ["pgrep", "-f", f"^sleep {seconds}$"], capture_output=True, text=True, check=False
+    ).stdout
+    return len(out.split())
+
+
+async def poll(condition, *, timeout: float, every: float = 0.2, what: str = "condition"):
+    """The first truthy value of ``await condition()`` within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s (last: {value!r})")
+        await asyncio.sleep(every)
+
+
+def task_archive(
+    task_dir: Path, *, extra: dict[str, bytes] | None = None, folder: str = ""
+) -> bytes:
+    """A gzipped tar of ``task_dir`` (optionally under one folder), with extra raw members."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(task_dir.rglob("*")):
+            if path.is_file():
+                tar.add(path, arcname=f"{folder}{path.relative_to(task_dir)}")
+        for name, data in (extra or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def task_archive_without(task_dir: Path, skipped: str) -> bytes:
+    """A gzipped tar of ``task_dir`` without its top-level entry ``skipped``."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(task_dir.rglob("*")):
+            relative = path.relative_to(task_dir)
+            if path.is_file() and relative.parts[0] != skipped:
+                tar.add(path, arcname=str(relative))
+    return buffer.getvalue()
+
+
+def symlink_archive() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("task.toml")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info)
+    return buffer.getvalue()
+
+
+def serve_api(
+    env: dict[str, str], log_path: Path, *args: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    with open(log_path, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "oddish.api", "--port", str(port), *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"API did not start:\n{log_path.read_text()}")
+        time.sleep(0.2)

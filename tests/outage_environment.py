@@ -1,4 +1,5 @@
-"""A local sandbox that cannot start while an outage file exists: an outage the test switches off."""
+"""A local sandbox that cannot start while an outage file exists: an outage the test switches
+off."""
 
 from pathlib import Path
 from typing import Any

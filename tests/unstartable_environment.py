@@ -1,4 +1,5 @@
-"""An environment whose sandbox never comes up, loaded by import path like any custom environment."""
+"""An environment whose sandbox never comes up, loaded by import path like any custom
+environment."""
 
 from oddish.environments.local import LocalEnvironment
 

@@ -1,4 +1,5 @@
-"""kill -9 of the worker running a trial: the trial finishes elsewhere, once, and its slot comes back."""
+"""kill -9 of the worker running a trial: the trial finishes elsewhere, once, and its slot comes
+back."""
 
 from __future__ import annotations
 
@@ -10,8 +11,15 @@ import time
 import pytest
 from temporalio.client import Client
 
-from helpers import check_history, local, submit, wait_for_task, wait_until_running
-from test_slots import slot_rows, unique_key
+from helpers import (
+    check_history,
+    local,
+    slot_rows,
+    submit,
+    unique_key,
+    wait_for_task,
+    wait_until_running,
+)
 
 pytestmark = pytest.mark.timeout(600)
 

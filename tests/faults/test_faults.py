@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -20,86 +19,31 @@ import pytest
 from sqlalchemy import func, select
 from temporalio.client import Client, WorkflowFailureError
 
-from helpers import EXAMPLES, check_history, local, submit, wait_for_task
+from helpers import (
+    EXAMPLES,
+    assert_each_trial_recorded_once,
+    attempt_spans,
+    attempts_of,
+    check_history,
+    local,
+    max_overlap,
+    next_attempt_start,
+    parse,
+    poll,
+    sleeping,
+    slot_rows,
+    submit,
+    task_archive,
+    unique_key,
+    wait_for_task,
+)
 from oddish import task_control
 from oddish.db.connection import get_session
 from oddish.db.models import TaskModel
 from oddish.queue import get_task_with_trials
 from oddish.workflows import workflow_id_for_task
-from test_api import api, task_archive  # noqa: F401  (``api`` is a fixture: serve_api on its own queue)
-from test_slots import max_overlap, slot_rows, unique_key
 
 pytestmark = pytest.mark.timeout(600)
-
-# Attempt statuses: the one that settled the trial, and those a later attempt may follow.
-FINAL_ATTEMPT = {"success", "failed"}
-SUPERSEDED_ATTEMPT = {"lost", "infra_error"}
-
-
-def parse(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp)
-
-
-def attempts_of(trial: dict) -> list[dict]:
-    return sorted(trial["attempts"], key=lambda a: a["number"])
-
-
-def assert_each_trial_recorded_once(task: dict, n_trials: int) -> None:
-    """n trials, each with exactly one final attempt, last; every earlier one superseded."""
-    trials = task["trials"]
-    assert sorted(t["index"] for t in trials) == list(range(n_trials))
-    for trial in trials:
-        statuses = [a["status"] for a in attempts_of(trial)]
-        assert statuses, f"trial {trial['index']} has no attempt"
-        assert statuses[-1] in FINAL_ATTEMPT, (trial["index"], statuses)
-        assert all(s in SUPERSEDED_ATTEMPT for s in statuses[:-1]), (trial["index"], statuses)
-        assert sum(s in FINAL_ATTEMPT for s in statuses) == 1
-        assert trial["status"] == "success" and trial["reward"] == 1.0, trial
-        assert parse(trial["finished_at"]) >= parse(attempts_of(trial)[-1]["finished_at"])
-
-
-def next_attempt_start(trial: dict) -> datetime:
-    """When the attempt after the trial's lost one started."""
-    attempts = attempts_of(trial)
-    i = next(i for i, a in enumerate(attempts) if a["status"] == "lost")
-    return parse(attempts[i + 1]["started_at"])
-
-
-def attempt_spans(
-    task: dict, *, lost_ended_by: datetime | None = None
-) -> list[tuple[datetime, datetime]]:
-    """When each attempt ran. An attempt that ran to the end records its own finish. A ``lost``
-    attempt's ``finished_at`` is when the next attempt noticed it lost, later than when it stopped:
-    it is cut at ``lost_ended_by`` (the moment its worker was killed; the sandbox dies with the
-    worker) when that is known, and otherwise kept whole, which can only over-count."""
-    spans = []
-    for trial in task["trials"]:
-        for a in trial["attempts"]:
-            start, end = parse(a["started_at"]), parse(a["finished_at"])
-            if a["status"] == "lost" and lost_ended_by is not None:
-                end = min(end, lost_ended_by)
-            spans.append((start, end))
-    return spans
-
-
-def sleeping(seconds: int) -> int:
-    """Sandboxed agents asleep for ``seconds`` right now (the sleep task's solve.sh)."""
-    out = subprocess.run(
-        ["pgrep", "-f", f"^sleep {seconds}$"], capture_output=True, text=True, check=False
-    ).stdout
-    return len(out.split())
-
-
-async def poll(condition, *, timeout: float, every: float = 0.2, what: str = "condition"):
-    """The first truthy value of ``await condition()`` within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s (last: {value!r})")
-        await asyncio.sleep(every)
 
 
 async def test_worker_killed_mid_run_of_30_trials(start_worker, temporal_client: Client) -> None:
@@ -222,7 +166,7 @@ async def test_cancel_with_trials_running_and_waiting(
 async def test_same_sweep_posted_twice_at_once_makes_one_task(
     api: str,
     start_worker,
-    temporal_client: Client,  # noqa: F811
+    temporal_client: Client,
 ) -> None:
     """The library path is in test_inputs; here two HTTP requests race inside one API process."""
     start_worker()

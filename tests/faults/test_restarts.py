@@ -22,14 +22,24 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from conftest import reset_settings
-from helpers import check_history, local, submit
+from helpers import (
+    assert_each_trial_recorded_once,
+    attempt_spans,
+    check_history,
+    local,
+    max_overlap,
+    parse,
+    poll,
+    sleeping,
+    slot_rows,
+    submit,
+    unique_key,
+)
 from oddish.config import get_settings
 from oddish.embedded import TemporalDevServer, free_port
 from oddish.queue import get_task_with_trials
-from oddish.temporal_client import connect
+from oddish.temporal_gateway import connect
 from oddish.workflows import workflow_id_for_task
-from test_faults import assert_each_trial_recorded_once, attempt_spans, parse, poll, sleeping
-from test_slots import max_overlap, slot_rows, unique_key
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -70,7 +80,7 @@ async def read_task(task_id: str) -> dict | None:
     """The task, or None while the database cannot be reached."""
     try:
         return await get_task_with_trials(task_id)
-    except Exception:  # noqa: BLE001 - Postgres may be down on purpose
+    except Exception:
         return None
 
 
@@ -196,7 +206,8 @@ async def test_temporal_server_restarted_mid_run(
             f"\nTemporal down {OUTAGE_SEC:.0f}s: {len(finished_in_outage)} trials finished and "
             f"were recorded meanwhile; after the restart trials started at "
             f"{[round(x, 1) for x in started]}s; task done {all_done:.1f}s after the restart; "
-            f"grants the dispatcher could not signal in the outage: {log.count('could not signal')}; "
+            "grants the dispatcher could not signal in the outage: "
+            f"{log.count('could not signal')}; "
             f"trials carried on through it: {log.count('carries on')} (at most "
             f"{trial_max_attempts} attempts each); errors the client "
             f"saw: {len(client_errors)}"

@@ -3,64 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import os
-import subprocess
-import sys
-import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from temporalio.client import Client
 
-from helpers import EXAMPLES, local, submit, wait_for_task, wait_until_running
+from helpers import (
+    EXAMPLES,
+    local,
+    serve_api,
+    submit,
+    symlink_archive,
+    task_archive,
+    task_archive_without,
+    wait_for_task,
+    wait_until_running,
+)
 from oddish.config import get_settings
-from oddish.embedded import free_port
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def serve_api(
-    env: dict[str, str], log_path: Path, *args: str
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    with open(log_path, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "oddish.api", "--port", str(port), *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"API did not start:\n{log_path.read_text()}")
-        time.sleep(0.2)
-
-
-@pytest.fixture
-def api(
-    oddish_env: dict[str, str], task_queue: str, work_dir: Path, migrated: None
-) -> Iterator[str]:
-    env = {
-        **os.environ,
-        **oddish_env,
-        "ODDISH_TEMPORAL_TASK_QUEUE": task_queue,
-        "ODDISH_UPLOAD_MAX_BYTES": str(2 * 1024 * 1024),
-    }
-    process, url = serve_api(env, work_dir / f"api-{task_queue}.log", "--no-workers")
-    yield url
-    process.terminate()
-    process.wait(timeout=20)
 
 
 async def test_reads_of_a_finished_task(api: str, start_worker, temporal_client: Client) -> None:
@@ -93,7 +57,7 @@ async def test_reads_of_a_finished_task(api: str, start_worker, temporal_client:
         )
 
         for path in (
-            f"/tasks/nope",
+            "/tasks/nope",
             f"/tasks/{task_id}/trials/7",
             "/trials/nope",
             "/trials/nope/logs",
@@ -163,42 +127,6 @@ def test_api_key_guards_every_route_but_health(
     finally:
         process.terminate()
         process.wait(timeout=20)
-
-
-def task_archive(
-    task_dir: Path, *, extra: dict[str, bytes] | None = None, folder: str = ""
-) -> bytes:
-    """A gzipped tar of ``task_dir`` (optionally under one folder), with extra raw members."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in sorted(task_dir.rglob("*")):
-            if path.is_file():
-                tar.add(path, arcname=f"{folder}{path.relative_to(task_dir)}")
-        for name, data in (extra or {}).items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def task_archive_without(task_dir: Path, skipped: str) -> bytes:
-    """A gzipped tar of ``task_dir`` without its top-level entry ``skipped``."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in sorted(task_dir.rglob("*")):
-            relative = path.relative_to(task_dir)
-            if path.is_file() and relative.parts[0] != skipped:
-                tar.add(path, arcname=str(relative))
-    return buffer.getvalue()
-
-
-def symlink_archive() -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        info = tarfile.TarInfo("task.toml")
-        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
-        tar.addfile(info)
-    return buffer.getvalue()
 
 
 async def test_upload_then_sweep_runs_the_task(

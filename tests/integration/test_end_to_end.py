@@ -34,6 +34,7 @@ async def test_example_tasks_end_to_end(start_worker, temporal_client: Client) -
             await asyncio.gather(
                 *(wait_for_task(temporal_client, task_id) for task_id in task_ids.values())
             ),
+            strict=True,
         )
     )
 
@@ -69,7 +70,8 @@ async def test_example_tasks_end_to_end(start_worker, temporal_client: Client) -
         found = [
             w
             async for w in temporal_client.list_workflows(
-                f'OddishTask = "{task_id}" AND OddishStatus = "completed" AND ExecutionStatus = "Completed"'
+                f'OddishTask = "{task_id}" AND OddishStatus = "completed"'
+                ' AND ExecutionStatus = "Completed"'
             )
         ]
         if found:

@@ -7,9 +7,8 @@ import json
 import pytest
 from temporalio.client import Client
 
-from helpers import local, submit, wait_for_task
+from helpers import local, submit, unique_key, wait_for_task
 from oddish.workflows import workflow_id_for_task
-from test_slots import unique_key
 
 pytestmark = pytest.mark.timeout(1200)
 HISTORY_WARNING = 10_240

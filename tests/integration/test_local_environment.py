@@ -28,7 +28,7 @@ from oddish.environments.local import LocalEnvironment
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bwrap")
 
-TASKS_DIR = Path(__file__).resolve().parents[1] / "examples" / "tasks"
+TASKS_DIR = Path(__file__).resolve().parents[2] / "examples" / "tasks"
 
 
 @pytest.fixture(autouse=True)

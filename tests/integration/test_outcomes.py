@@ -1,4 +1,5 @@
-"""Harbor outcomes are classified: task outcomes recorded at once, infrastructure failures retried."""
+"""Harbor outcomes are classified: task outcomes recorded at once, infrastructure failures
+retried."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from oddish.queue import create_task
 from oddish.schemas import AgentRunConfig, TaskSubmission
 
 pytestmark = pytest.mark.timeout(600)
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 
 
 def task_variant(tmp_path: Path, source: str, replacements: dict[str, str]) -> Path:

@@ -13,11 +13,10 @@ from pgqueuer import PgQueuer, Queries
 from pgqueuer.models import Job
 from temporalio.client import Client
 
-from helpers import local, submit, wait_for_task
+from helpers import local, submit, unique_key, wait_for_task
 from oddish.config import get_settings
 from oddish.db import slots
 from oddish.db.connection import get_engine, plain_dsn
-from test_slots import unique_key
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -77,7 +76,8 @@ async def test_real_pgqueuer_worker_and_oddish_share_one_limit(
         nonlocal peak
         while not stop_sampling.is_set():
             holders = await observer.fetchval(
-                "SELECT count(*) FROM pgqueuer WHERE entrypoint = $1 AND queue_manager_id IS NOT NULL",
+                "SELECT count(*) FROM pgqueuer"
+                " WHERE entrypoint = $1 AND queue_manager_id IS NOT NULL",
                 key,
             )
             peak = max(peak, holders)

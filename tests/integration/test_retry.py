@@ -1,4 +1,5 @@
-"""Retry of failed trials: only they run again, as new attempts, then analysis and verdict are redone."""
+"""Retry of failed trials: only they run again, as new attempts, then analysis and verdict are
+redone."""
 
 from __future__ import annotations
 
@@ -9,15 +10,14 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from helpers import check_history, local, submit, wait_for_task
+from helpers import check_history, local, slot_rows, submit, unique_key, wait_for_task
 from oddish import task_retry
 from oddish.queue import get_task_with_trials
 from oddish.replay import replay_task
 from oddish.schemas import AgentRunConfig
 from oddish.workflows import workflow_id_for_task
-from test_slots import slot_rows, unique_key
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 OUTAGE_ENV = "outage_environment:OutageEnvironment"
 
 

@@ -4,59 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import subprocess
 import time
 from datetime import datetime
 
 import pytest
-from sqlalchemy import text
 from temporalio.client import Client, WorkflowFailureError
 
-from helpers import check_history, local, submit, wait_for_task, wait_until_running
+from helpers import (
+    check_history,
+    intervals,
+    local,
+    max_overlap,
+    sleeping_sandboxes,
+    slot_rows,
+    submit,
+    unique_key,
+    wait_for_task,
+    wait_until_running,
+)
 from oddish.activities.trial import MAX_HEARTBEAT_INTERVAL_SEC
-from oddish.db.connection import get_session
 from oddish.queue import get_task_with_trials, set_queue_limit
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def unique_key(label: str) -> str:
-    return f"test/{label}-{secrets.token_hex(3)}"
-
-
-def intervals(task: dict) -> list[tuple[datetime, datetime]]:
-    return [
-        (datetime.fromisoformat(t["started_at"]), datetime.fromisoformat(t["finished_at"]))
-        for t in task["trials"]
-    ]
-
-
-def max_overlap(spans: list[tuple[datetime, datetime]]) -> int:
-    events = sorted(
-        [(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda ev: (ev[0], ev[1])
-    )
-    running = peak = 0
-    for _, delta in events:
-        running += delta
-        peak = max(peak, running)
-    return peak
-
-
-def sleeping_sandboxes(seconds: int) -> str:
-    return subprocess.run(
-        ["pgrep", "-af", f"^sleep {seconds}$"], capture_output=True, text=True
-    ).stdout.strip()
-
-
-async def slot_rows(queue_key: str) -> int:
-    """Rows of the slot table (waiting or holding) of one queue key."""
-    async with get_session() as session:
-        return (
-            await session.execute(
-                text("SELECT count(*) FROM pgqueuer WHERE entrypoint = :key"), {"key": queue_key}
-            )
-        ).scalar_one()
 
 
 async def test_limit_holds_across_two_workers_and_other_keys_run(

@@ -16,13 +16,12 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from conftest import reset_settings
-from helpers import EXAMPLES, local, submit, wait_for_task
-from test_api import serve_api, task_archive
+from helpers import EXAMPLES, local, serve_api, submit, task_archive, wait_for_task
 from oddish import queue
 from oddish.db import records
 from oddish.db.connection import get_session
 from oddish.embedded import TemporalDevServer, free_port
-from oddish.temporal_client import connect
+from oddish.temporal_gateway import connect
 from oddish.worker.unstarted import BATCH as STARTER_BATCH
 from oddish.workflows import workflow_id_for_task
 
@@ -31,7 +30,7 @@ KILLED_SUBMITTER = textwrap.dedent("""
     import asyncio, os, sys
     from oddish import queue
     from oddish.schemas import AgentRunConfig, TaskSubmission
-    from oddish.temporal_client import connect
+    from oddish.temporal_gateway import connect
 
     async def die(*_args, **_kwargs):
         os._exit(9)

@@ -25,7 +25,7 @@ from oddish.workflows import workflow_id_for_task
 
 pytestmark = pytest.mark.timeout(600)
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "tasks"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "tasks"
 READY_LINE = "Press Ctrl-C to stop."
 
 

@@ -420,12 +420,14 @@ def _zeros_archive(members: list[tuple[str, int]]) -> bytes:
             return n
 
     buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=1) as gz:
-        with tarfile.open(fileobj=gz, mode="w") as tar:
-            for name, size in members:
-                info = tarfile.TarInfo(name)
-                info.size = size
-                tar.addfile(info, io.BufferedReader(Zeros(size)))
+    with (
+        gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=1) as gz,
+        tarfile.open(fileobj=gz, mode="w") as tar,
+    ):
+        for name, size in members:
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BufferedReader(Zeros(size)))
             for m in GOOD:
                 info = tarfile.TarInfo(m.name)
                 info.size = len(m.data)
