@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     api_key: str | None = None
     upload_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
     upload_max_unpacked_bytes: int = Field(default=500 * 1024 * 1024, ge=1)
+    # Every other request body (JSON): a sweep of many configs fits many times over.
+    api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
     @field_validator("model_concurrency")
     @classmethod

@@ -69,8 +69,7 @@ async def create_task(submission: TaskSubmission, *, client: Client) -> str:
             if existing is not None:
                 existing = await records.get_task(session, existing.id, with_trials=True)
         if existing is not None:
-            await start_task_workflow(client, workflow_input(existing, list(existing.trials)))
-            await mark_workflow_started(existing.id)
+            await _start_recorded(client, existing, list(existing.trials))
             return existing.id
 
     task_id = new_id("task")
@@ -131,12 +130,17 @@ async def create_task(submission: TaskSubmission, *, client: Client) -> str:
     except BaseException:
         remove_task_dir(task_id)
         raise
+    await _start_recorded(client, task, trials)
+    return task_id
+
+
+async def _start_recorded(client: Client, task: TaskModel, trials: list[TrialModel]) -> None:
+    """Start the workflow of a recorded task (again, for a resent submission: a no-op then)."""
     try:
         await start_task_workflow(client, workflow_input(task, trials))
     except Exception as exc:
-        raise WorkflowNotStartedYet(task_id, exc) from exc
-    await mark_workflow_started(task_id)
-    return task_id
+        raise WorkflowNotStartedYet(task.id, exc) from exc
+    await mark_workflow_started(task.id)
 
 
 class WorkflowNotStartedYet(Exception):

@@ -154,20 +154,27 @@ async def test_submission_while_temporal_is_down_is_kept_and_runs_later(
             upload_id = (
                 await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive)})
             ).json()["upload_id"]
-            response = await http.post(
-                "/tasks/sweep",
-                json={
-                    "upload_id": upload_id,
-                    "configs": [{"n_trials": 2}],
-                    "harbor": {"environment": "local"},
-                },
-            )
+            sweep = {
+                "upload_id": upload_id,
+                "configs": [{"n_trials": 2}],
+                "harbor": {"environment": "local"},
+                "submission_key": f"down-{task_queue}",
+            }
+            response = await http.post("/tasks/sweep", json=sweep)
             # Accepted, not an error the user would answer by submitting again.
             assert response.status_code == 202, response.text
             task_id = response.json()["id"]
             assert task_id in response.json()["warning"]
             assert "do not submit it again" in response.json()["warning"]
             assert (await http.get(f"/tasks/{task_id}")).json()["status"] == "pending"
+            # Sent again all the same (a client retrying its request): the same task, still 202.
+            again = await http.post("/tasks/sweep", json=sweep)
+            assert again.status_code == 202, again.text
+            assert again.json()["id"] == task_id
+            # What needs Temporal says it is down, with no 500.
+            refused = await http.post(f"/tasks/{task_id}/cancel")
+            assert refused.status_code == 503, refused.text
+            assert "Temporal cannot be reached" in refused.json()["detail"]
 
         server.start()
         start_worker(ODDISH_TEMPORAL_ADDRESS=server.address, ODDISH_SLOT_LEASE_SEC="3")

@@ -4,30 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import (
     APIRouter,
-    Depends,
     FastAPI,
     File,
-    HTTPException,
     Path,
     Query,
     Request,
     UploadFile,
 )
 from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from temporalio.service import RPCError, RPCStatusCode
 
 from oddish import queue, task_control, task_retry
 from oddish.api.archive import ArchiveError
-from oddish.api.auth import require_api_key
+from oddish.api.auth import ApiKeyGate
 from oddish.api.body_limit import BodySizeLimit
 from oddish.api.sweeps import SweepRequest
 from oddish.api.trial_files import read_logs, read_result
@@ -46,6 +47,20 @@ from oddish.statuses import TaskStatus
 from oddish.temporal_gateway import connect
 
 log = logging.getLogger(__name__)
+
+# Answers of a Temporal server that is down, restarting or too slow right now.
+TEMPORAL_DOWN = frozenset(
+    {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED}
+)
+DATABASE_DRIVER_MODULES = ("asyncpg", "sqlalchemy")
+
+
+def _raised_by_the_database_driver(exc: BaseException) -> bool:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return any(
+        any(f"/{module}/" in frame.filename for module in DATABASE_DRIVER_MODULES)
+        for frame in frames
+    )
 
 
 # Pages past this are refused with a reason, not overflowing Postgres' bigint.
@@ -66,26 +81,13 @@ class LimitUpdate(BaseModel):
 
 # Room for the multipart envelope around the archive.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
-
-
-async def refuse_oversized_body(request: Request) -> None:
-    """Refuse an upload its Content-Length already shows too big, before it is read at all."""
-    limit = get_settings().upload_max_bytes
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit + MULTIPART_OVERHEAD_BYTES:
-        raise HTTPException(
-            413, detail=f"upload of {int(length)} bytes; the limit is {limit} bytes"
-        )
+UPLOAD_PATH = "/tasks/upload"
 
 
 def build_router() -> APIRouter:
-    router = APIRouter(dependencies=[Depends(require_api_key)])
+    router = APIRouter()
 
-    @router.post(
-        "/tasks/upload",
-        summary="Upload a task: a gzipped tar of one task directory",
-        dependencies=[Depends(refuse_oversized_body)],
-    )
+    @router.post(UPLOAD_PATH, summary="Upload a task: a gzipped tar of one task directory")
     async def upload_task(file: UploadFile = File(description="task.tar.gz")) -> dict[str, Any]:
         return await asyncio.to_thread(store_upload, file.file)
 
@@ -269,11 +271,14 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
         description="Durable evaluation scheduler for Harbor agent tasks.",
         lifespan=lifespan,
     )
+    settings = get_settings()
     app.add_middleware(
         BodySizeLimit,
-        paths={"/tasks/upload"},
-        max_bytes=get_settings().upload_max_bytes + MULTIPART_OVERHEAD_BYTES,
+        limits={UPLOAD_PATH: settings.upload_max_bytes + MULTIPART_OVERHEAD_BYTES},
+        default_max_bytes=settings.api_max_body_bytes,
     )
+    # Added last, so it runs first: no body is read before the key is checked.
+    app.add_middleware(ApiKeyGate)
 
     @app.exception_handler(RecordNotFound)
     async def not_found(_: Request, exc: RecordNotFound) -> JSONResponse:
@@ -290,7 +295,16 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
     @app.exception_handler(ValidationError)
     async def invalid(_: Request, exc: ValidationError) -> JSONResponse:
         # Raised while building a submission from an accepted body: still the client's input.
-        errors = exc.errors(include_url=False, include_context=False)
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Without echoing the input back: it may be huge, or nested deeper than the encoder goes.
+        errors = [
+            {key: error[key] for key in ("type", "loc", "msg") if key in error}
+            for error in exc.errors()
+        ]
         return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
 
     @app.exception_handler(DBAPIError)
@@ -311,6 +325,31 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
             )
         log.exception("database error", exc_info=exc)
         return JSONResponse(status_code=500, content={"detail": "internal database error"})
+
+    @app.exception_handler(OSError)
+    async def unreachable(_: Request, exc: OSError) -> JSONResponse:
+        # asyncpg raises plain OSErrors when it cannot connect (a unix socket that is gone is a
+        # FileNotFoundError): those are the database being down, not a fault of the request.
+        if _raised_by_the_database_driver(exc):
+            return JSONResponse(
+                status_code=503,
+                content={"detail": "the database cannot be reached; try again shortly"},
+            )
+        log.exception("file error", exc_info=exc)
+        return JSONResponse(
+            status_code=503,
+            content={"detail": f"the server cannot read or write its files: {exc.strerror}"},
+        )
+
+    @app.exception_handler(RPCError)
+    async def temporal_unreachable(_: Request, exc: RPCError) -> JSONResponse:
+        if exc.status in TEMPORAL_DOWN:
+            return JSONResponse(
+                status_code=503,
+                content={"detail": f"Temporal cannot be reached; try again shortly ({exc})"},
+            )
+        log.exception("Temporal error", exc_info=exc)
+        return JSONResponse(status_code=500, content={"detail": f"Temporal error: {exc}"})
 
     @app.get("/health", summary="Liveness of the API and its database")
     async def health() -> dict[str, Any]:

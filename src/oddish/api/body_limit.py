@@ -1,7 +1,8 @@
-"""Refuses request bodies over a size limit while they arrive, declared length or not.
+"""Refuses request bodies over a size limit, before or while they arrive, declared length or not.
 
-A chunked upload carries no Content-Length: without this, the multipart parser would spool the
-whole body to disk before the archive's own size check could refuse it.
+Every body is bounded: uploads by the upload limit, everything else (JSON) by a much smaller
+one. A chunked upload carries no Content-Length: without this, the multipart parser would spool
+the whole body to disk before the archive's own size check could refuse it.
 """
 
 from __future__ import annotations
@@ -16,20 +17,26 @@ class BodyTooLarge(HTTPException):
     """An HTTPException, so that the framework's body parsing passes it on as the 413 it is."""
 
     def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, f"request body over {max_bytes} bytes; the upload limit is exceeded")
+        super().__init__(413, f"request body over {max_bytes} bytes; the limit is exceeded")
 
 
 class BodySizeLimit:
-    """ASGI middleware: a body on ``paths`` longer than ``max_bytes`` gets a 413, unread."""
+    """ASGI middleware: a body longer than its path's limit gets a 413, unread. ``limits``
+    gives some paths their own limit; every other path has ``default_max_bytes``."""
 
-    def __init__(self, app: ASGIApp, *, paths: set[str], max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, limits: dict[str, int], default_max_bytes: int) -> None:
         self.app = app
-        self.paths = paths
-        self.max_bytes = max_bytes
+        self.limits = limits
+        self.default_max_bytes = default_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.paths:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        max_bytes = self.limits.get(scope["path"], self.default_max_bytes)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > max_bytes:
+            await _refuse(send, BodyTooLarge(max_bytes))
             return
         received = 0
         started = False
@@ -39,8 +46,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > max_bytes:
+                    raise BodyTooLarge(max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -53,15 +60,21 @@ class BodySizeLimit:
         except BodyTooLarge as exc:
             if started:
                 raise
-            body = json.dumps({"detail": exc.detail}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 413,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await _refuse(send, exc)
+
+
+async def _refuse(send: Send, exc: BodyTooLarge) -> None:
+    body = json.dumps({"detail": exc.detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                # The body was left unread: the connection cannot carry another request.
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

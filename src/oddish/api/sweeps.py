@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from oddish.schemas import MAX_TRIALS_PER_TASK, AgentRunConfig, TaskSubmission
+
+# Deeper JSON than any real configuration: beyond it, storing and reading it back only costs.
+MAX_JSON_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion (the value is the client's)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_JSON_DEPTH:
+            break
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def _shallow(value: dict[str, Any]) -> dict[str, Any]:
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+ShallowJson = Annotated[dict[str, Any], AfterValidator(_shallow)]
 
 
 class Strict(BaseModel):
@@ -16,7 +43,7 @@ class Strict(BaseModel):
 
 class AgentSettings(Strict):
     env: dict[str, str] = Field(default_factory=dict, description="agent environment variables")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="agent keyword arguments")
+    kwargs: ShallowJson = Field(default_factory=dict, description="agent keyword arguments")
     timeout_sec: float | None = Field(default=None, gt=0)
     setup_timeout_sec: float | None = Field(default=None, gt=0)
 
@@ -35,7 +62,7 @@ class VerifierSettings(Strict):
 
 class HarborSettings(Strict):
     environment: str = "docker"
-    environment_kwargs: dict[str, Any] = Field(default_factory=dict)
+    environment_kwargs: ShallowJson = Field(default_factory=dict)
     verifier: VerifierSettings = Field(default_factory=VerifierSettings)
     artifacts: list[str] = Field(default_factory=list)
     override_cpus: int | None = Field(default=None, ge=1)
