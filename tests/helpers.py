@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import text
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from oddish.db.connection import get_session
 from oddish.embedded import free_port
@@ -253,3 +254,17 @@ def serve_api(
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"API did not start:\n{log_path.read_text()}")
         time.sleep(0.2)
+
+
+async def until_started(client: Client, task_id: str, timeout: float = 60) -> None:
+    """Wait for a worker to start the task's workflow (result() needs one to exist)."""
+    handle = client.get_workflow_handle(workflow_id_for_task(task_id))
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await handle.describe()
+            return
+        except RPCError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)

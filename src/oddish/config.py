@@ -5,9 +5,17 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def is_own_setting(name: str) -> bool:
+    """Whether an environment variable is one of oddish's settings (matched, as pydantic-settings
+    matches them, whatever its case)."""
+    upper = name.upper()
+    return upper.startswith("ODDISH_") or upper == "DATABASE_URL"
 
 
 class Settings(BaseSettings):
@@ -37,6 +45,8 @@ class Settings(BaseSettings):
     trial_retry_initial_interval_sec: float = 5.0
     trial_retry_max_interval_sec: float = 300.0
     trial_heartbeat_timeout_sec: float = Field(default=30.0, gt=0)
+    # An analysis or verdict silent this long (its worker died or froze) runs again elsewhere.
+    analysis_heartbeat_timeout_sec: float = Field(default=30.0, gt=0)
     # Upper bound of one trial attempt; Harbor's own timeouts normally end it much sooner.
     trial_start_to_close_timeout_sec: float = 24 * 3600.0
 
@@ -54,6 +64,26 @@ class Settings(BaseSettings):
     upload_max_unpacked_bytes: int = Field(default=500 * 1024 * 1024, ge=1)
     # Every other request body (JSON): a sweep of many configs fits many times over.
     api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+    # Names a trial's ``${NAME}`` may draw from the worker's environment besides the provider keys
+    # of oddish.env_references.AGENT_ENV_ALLOWLIST; comma-separated in the environment.
+    agent_env_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("agent_env_allowlist", mode="before")
+    @classmethod
+    def _comma_separated(cls, raw: object) -> object:
+        if isinstance(raw, str):
+            return [name.strip() for name in raw.split(",") if name.strip()]
+        return raw
+
+    @field_validator("agent_env_allowlist")
+    @classmethod
+    def _not_own_settings(cls, names: list[str]) -> list[str]:
+        # Refused at start-up rather than ignored: whoever listed them believes trials get them.
+        own = [name for name in names if is_own_setting(name)]
+        if own:
+            raise ValueError(f"oddish's own settings are never passed to a trial: {own}")
+        return names
 
     @field_validator("model_concurrency")
     @classmethod

@@ -39,6 +39,8 @@ class TaskWorkflowInput:
     # final status of the trials left as they were (whose results stand).
     run_numbers: dict[str, int] = field(default_factory=dict)
     settled: dict[str, str] = field(default_factory=dict)
+    # Inputs recorded before it existed replay with the default.
+    analysis_heartbeat_timeout_sec: float = 30.0
 
 
 @dataclass

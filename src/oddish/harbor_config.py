@@ -14,6 +14,7 @@ from harbor.models.trial.config import (
     VerifierConfig,
 )
 
+from oddish.env_references import env_reference_problems, task_env_problems
 from oddish.environments import LOCAL_ENVIRONMENT_IMPORT_PATH
 from oddish.schemas import LOCAL_ENVIRONMENT, TrialSpec
 
@@ -51,9 +52,24 @@ def agent_config(spec: TrialSpec) -> AgentConfig:
     )
 
 
+def refuse_unlisted_env_references(spec: TrialSpec, task_path: Path) -> None:
+    """Harbor fills every ``${NAME}`` of the agent's env and of the task's env tables from this
+    process's environment, the worker's secrets included. Submission refuses names not allowed;
+    checked again here, the last step before Harbor, for a spec stored before that check, built
+    without validation, or submitted to an API allowing more names than this worker does."""
+    problems = [
+        *env_reference_problems(spec.agent_env, where="agent env"),
+        *task_env_problems(task_path),
+    ]
+    if problems:
+        # A plain ValueError: the trial fails as misconfigured and is not tried again.
+        raise ValueError("; ".join(problems))
+
+
 def trial_config(
     spec: TrialSpec, *, task_path: Path, trials_dir: Path, trial_name: str
 ) -> TrialConfig:
+    refuse_unlisted_env_references(spec, task_path)
     return TrialConfig(
         task=TaskConfig(path=task_path),
         trial_name=trial_name,

@@ -22,7 +22,7 @@ from oddish.queue_keys import DEFAULT_LIMIT_KEY, limit_key
 from oddish.schemas import TaskSubmission
 from oddish.statuses import TERMINAL_JOB_STATUSES
 from oddish.task_store import remove_task_dir, store_task_dir
-from oddish.temporal_gateway import start_task_workflow
+from oddish.temporal_gateway import TemporalUnavailable, start_task_workflow
 from oddish.trial_stats import group_by_agent_model, group_stats
 from oddish.workflows import workflow_id_for_task
 
@@ -58,11 +58,15 @@ def workflow_input(
         retry_policy=retry_policy_from_settings(),
         run_numbers={t.id: t.run_number + 1 for t in rerun_trials},
         settled={} if rerun is None else {t.id: t.status for t in trials if t.id not in rerun},
+        analysis_heartbeat_timeout_sec=get_settings().analysis_heartbeat_timeout_sec,
     )
 
 
-async def create_task(submission: TaskSubmission, *, client: Client) -> str:
-    """Record the task and its trials, then start its workflow. Returns the task id."""
+async def create_task(submission: TaskSubmission, *, client: Client | None) -> str:
+    """Record the task and its trials, then start its workflow. Returns the task id.
+
+    Without a client (Temporal not connected yet) the task is recorded and WorkflowNotStartedYet
+    raised: the workers start its workflow once Temporal answers."""
     if submission.submission_key:
         async with get_session() as session:
             existing = await records.task_by_submission_key(session, submission.submission_key)
@@ -134,9 +138,11 @@ async def create_task(submission: TaskSubmission, *, client: Client) -> str:
     return task_id
 
 
-async def _start_recorded(client: Client, task: TaskModel, trials: list[TrialModel]) -> None:
+async def _start_recorded(client: Client | None, task: TaskModel, trials: list[TrialModel]) -> None:
     """Start the workflow of a recorded task (again, for a resent submission: a no-op then)."""
     try:
+        if client is None:
+            raise TemporalUnavailable("Temporal is not connected")
         await start_task_workflow(client, workflow_input(task, trials))
     except Exception as exc:
         raise WorkflowNotStartedYet(task.id, exc) from exc

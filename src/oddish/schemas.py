@@ -9,6 +9,7 @@ from harbor.models.agent.name import AgentName
 from harbor.models.environment_type import EnvironmentType
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from oddish.env_references import env_reference_problems, task_env_problems
 from oddish.queue_keys import queue_key_for_trial
 from oddish.task_check import task_dir_problem
 
@@ -84,6 +85,16 @@ class AgentRunConfig(TrialSpec):
 
     n_trials: int = Field(default=1, ge=1, le=MAX_TRIALS_PER_TASK)
 
+    # Checked on what is submitted, not on TrialSpec: the worker validates stored specs again, and
+    # there a refusal must fail the trial (trial_config checks again) rather than the activity.
+    @field_validator("agent_env")
+    @classmethod
+    def _allowed_env_references(cls, env: dict[str, str]) -> dict[str, str]:
+        problems = env_reference_problems(env, where="agent env")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return env
+
 
 class TaskSubmission(BaseModel):
     """A Harbor task directory and the trials to run on it."""
@@ -124,6 +135,13 @@ class TaskSubmission(BaseModel):
         )
         if problem is not None:
             raise ValueError(f"{self.task_path.name}: {problem}")
+        return self
+
+    @model_validator(mode="after")
+    def _allowed_task_env_references(self) -> TaskSubmission:
+        problems = task_env_problems(self.task_path)
+        if problems:
+            raise ValueError(f"{self.task_path.name}: {'; '.join(problems)}")
         return self
 
     def trial_specs(self) -> list[TrialSpec]:

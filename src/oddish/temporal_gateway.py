@@ -4,8 +4,10 @@ workflow's typed references, so a renamed signal or update cannot be missed at o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from datetime import timedelta
 
 from temporalio.api.enums.v1 import IndexedValueType
@@ -34,6 +36,56 @@ log = logging.getLogger(__name__)
 
 class TemporalNotConfigured(RuntimeError):
     pass
+
+
+class TemporalUnavailable(RuntimeError):
+    """Temporal has not answered yet; the caller is to try again shortly."""
+
+
+# Between connection attempts: quick at first (a server starting), then every 30 s at most.
+RECONNECT_FIRST_SEC = 1.0
+RECONNECT_MAX_SEC = 30.0
+
+
+def reconnect_delays() -> Iterator[float]:
+    delay = RECONNECT_FIRST_SEC
+    while True:
+        yield delay
+        delay = min(delay * 2, RECONNECT_MAX_SEC)
+
+
+class TemporalConnection:
+    """A client that connects in the background, retrying for ever with backoff, so that a
+    process started while Temporal is down comes up all the same and catches up once it is back.
+    """
+
+    def __init__(self, address: str | None = None) -> None:
+        self._address = address
+        self.client: Client | None = None
+        self.error: str | None = None
+
+    def require(self) -> Client:
+        if self.client is None:
+            raise TemporalUnavailable(
+                f"Temporal cannot be reached yet ({self.error or 'connecting'})"
+            )
+        return self.client
+
+    async def keep_connecting(self, stop: asyncio.Event) -> None:
+        for delay in reconnect_delays():
+            try:
+                self.client = await connect(self._address)
+                self.error = None
+                return
+            except TemporalNotConfigured:
+                raise
+            except Exception as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.warning("Temporal not reachable (%s); trying again in %.0fs", self.error, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            if stop.is_set():
+                return
 
 
 async def ensure_search_attributes(client: Client) -> list[str]:
@@ -74,16 +126,21 @@ async def connect(address: str | None = None) -> Client:
 
 
 async def start_task_workflow_run(
-    client: Client, inp: TaskWorkflowInput, *, id_reuse_policy: WorkflowIDReusePolicy
+    client: Client,
+    inp: TaskWorkflowInput,
+    *,
+    id_reuse_policy: WorkflowIDReusePolicy,
+    task_queue: str | None = None,
 ) -> None:
-    """Start a run of the task's workflow; raises WorkflowAlreadyStartedError when one runs
-    (or, with REJECT_DUPLICATE, has ever run)."""
+    """Start a run of the task's workflow (on the configured task queue unless ``task_queue``
+    says otherwise); raises WorkflowAlreadyStartedError when one runs (or, with
+    REJECT_DUPLICATE, has ever run)."""
     queue_keys = sorted({t.queue_key for t in inp.trials})
     await client.start_workflow(
         TaskWorkflow.run,
         inp,
         id=workflow_id_for_task(inp.task_id),
-        task_queue=get_settings().temporal_task_queue,
+        task_queue=task_queue or get_settings().temporal_task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
         id_reuse_policy=id_reuse_policy,
         search_attributes=TypedSearchAttributes(

@@ -13,17 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 from temporalio.client import Client
-from temporalio.service import RPCError
 
 from conftest import reset_settings
-from helpers import EXAMPLES, local, serve_api, submit, task_archive, wait_for_task
+from helpers import EXAMPLES, local, serve_api, submit, task_archive, until_started, wait_for_task
 from oddish import queue
 from oddish.db import records
 from oddish.db.connection import get_session
 from oddish.embedded import TemporalDevServer, free_port
 from oddish.temporal_gateway import connect
 from oddish.worker.unstarted import BATCH as STARTER_BATCH
-from oddish.workflows import workflow_id_for_task
 
 # Records the task, then dies the way a killed API process would: before the workflow starts.
 KILLED_SUBMITTER = textwrap.dedent("""
@@ -55,20 +53,6 @@ async def unmarked(task_ids: list[str]) -> set[str]:
     async with get_session() as session:
         tasks = [await records.get_task(session, task_id) for task_id in task_ids]
     return {task.id for task in tasks if task.workflow_started_at is None}
-
-
-async def until_started(client: Client, task_id: str, timeout: float = 60) -> None:
-    """Wait for a worker to start the task's workflow (result() needs one to exist)."""
-    handle = client.get_workflow_handle(workflow_id_for_task(task_id))
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            await handle.describe()
-            return
-        except RPCError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 async def pending_task_by_key(key: str) -> str:

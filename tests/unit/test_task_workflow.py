@@ -24,7 +24,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Worker
 
@@ -46,6 +46,7 @@ from oddish.contracts import (
     VerdictInput,
 )
 from oddish.statuses import JobStatus, TaskStatus
+from oddish.temporal_gateway import start_task_workflow_run
 from oddish.workflows.ids import workflow_id_for_task
 from oddish.workflows.task_workflow import TaskWorkflow
 
@@ -107,6 +108,8 @@ class FakeOddish:
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     run_seconds: float = 0.0
     analysis_error: ApplicationError | None = None
+    # Attempts of analyze_trial that hang without a heartbeat, as on a worker that froze.
+    frozen_analysis_attempts: int = 0
     log: list[Call] = field(default_factory=list)
     granted: set[tuple[str, int]] = field(default_factory=set)
     violations: list[str] = field(default_factory=list)
@@ -234,6 +237,8 @@ class FakeOddish:
         self.log.append(Call("analyze_trial", inp))
         if self.analysis_error is not None:
             raise self.analysis_error
+        if activity.info().attempt <= self.frozen_analysis_attempts:
+            await asyncio.Event().wait()
         return "success"
 
     @activity.defn(name="decide_verdict")
@@ -249,21 +254,15 @@ class Harness:
     task_queue: str
 
     async def start(self, inp: TaskWorkflowInput) -> WorkflowHandle[TaskWorkflow, str]:
-        """Start the workflow the way ``queue.start_workflow_run`` does."""
-        queue_keys = sorted({t.queue_key for t in inp.trials})
-        return await self.client.start_workflow(
-            TaskWorkflow.run,
+        """Start the workflow through the gateway, as submissions do."""
+        await start_task_workflow_run(
+            self.client,
             inp,
-            id=workflow_id_for_task(inp.task_id),
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             task_queue=self.task_queue,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(sa.EXPERIMENT, inp.experiment_id),
-                    SearchAttributePair(sa.TASK, inp.task_id),
-                    SearchAttributePair(sa.STATUS, TaskStatus.PENDING.value),
-                    SearchAttributePair(sa.QUEUE_KEYS, queue_keys),
-                ]
-            ),
+        )
+        return self.client.get_workflow_handle_for(
+            TaskWorkflow.run, workflow_id_for_task(inp.task_id)
         )
 
 
@@ -572,3 +571,21 @@ async def test_rerun_runs_only_unsettled_trials_with_their_run_numbers(harness: 
         "trial-2": "success",
         "trial-3": "success",
     }
+
+
+async def test_an_analysis_on_a_frozen_worker_runs_again_after_its_heartbeat_timeout(
+    harness: Harness,
+) -> None:
+    """A worker that stops (SIGSTOP, a frozen VM) is noticed by its silence within the heartbeat
+    timeout, not after the analysis' whole start-to-close timeout."""
+    harness.fake.frozen_analysis_attempts = 1
+    trials = trial_refs(2)
+    started = time.monotonic()
+    handle = await harness.start(task_input(trials, analysis_heartbeat_timeout_sec=1.0))
+    assert await finish(handle) == TaskStatus.COMPLETED
+    took = time.monotonic() - started
+    analysed = [a.trial_id for a in harness.fake.calls("analyze_trial")]
+    assert sorted(analysed) == sorted(trial_ids(trials) * 2), "each analysis ran again, once"
+    # finish() gives up after WAIT_SEC: without a heartbeat timeout the frozen attempts would
+    # hold the task for the analysis' whole start-to-close timeout.
+    print(f"\nanalyses on a frozen worker: task done after {took:.1f}s (heartbeat timeout 1 s)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from temporalio import activity
 
+from oddish.activities.heartbeat import heartbeating
 from oddish.contracts import AnalyzeTrialInput
 from oddish.db import records
 from oddish.db.connection import get_session, until_database_answers
@@ -44,10 +45,11 @@ def analyze(trial: TrialModel) -> tuple[str, str, dict[str, object]]:
 
 @activity.defn(name="analyze_trial")
 async def analyze_trial(inp: AnalyzeTrialInput) -> str:
-    # A Postgres restart must not fail the task's analysis: wait for it.
-    return await until_database_answers(
-        lambda: _analyze_and_save(inp.trial_id), what=f"analysis of trial {inp.trial_id}"
-    )
+    # A Postgres restart must not fail the task's analysis: wait for it, heartbeating.
+    async with heartbeating():
+        return await until_database_answers(
+            lambda: _analyze_and_save(inp.trial_id), what=f"analysis of trial {inp.trial_id}"
+        )
 
 
 async def _analyze_and_save(trial_id: str) -> str:

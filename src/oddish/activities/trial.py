@@ -20,6 +20,7 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
+from oddish.activities.heartbeat import heartbeating
 from oddish.config import get_settings
 from oddish.contracts import RunTrialInput, TrialOutcome
 from oddish.db import records, slots
@@ -43,12 +44,6 @@ CONFIGURATION_ERRORS = {
     "NotImplementedError",
     "TypeError",
 }
-
-
-# A cancel reaches a running trial only in the answer to one of its heartbeats, so heartbeats go
-# out at least this often (the worker's heartbeat throttle is set to match): a cancelled trial's
-# sandbox is torn down within a few seconds, not within most of the heartbeat timeout.
-MAX_HEARTBEAT_INTERVAL_SEC = 2.0
 
 
 def touch_interval_sec(heartbeat_timeout_sec: float) -> float:
@@ -116,13 +111,6 @@ def result_fields(
         fields.n_input_tokens, fields.n_cache_tokens = n_in, n_cache
         fields.n_output_tokens, fields.cost_usd = n_out, cost
     return fields
-
-
-async def _heartbeat(interval: float) -> None:
-    """Heartbeats from a loop of its own, so a long sandbox call never looks like a dead worker."""
-    while True:
-        activity.heartbeat()
-        await asyncio.sleep(interval)
 
 
 async def _touch_slot(
@@ -245,21 +233,14 @@ async def _start(
 
 @activity.defn(name="run_trial")
 async def run_trial(inp: RunTrialInput) -> TrialOutcome:
-    info = activity.info()
-    timeout_sec = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 30.0
-    heartbeat_interval = max(0.2, min(MAX_HEARTBEAT_INTERVAL_SEC, timeout_sec / 3))
     # Heartbeats go on from the first read until the result is written: neither a slow write nor
     # a database restart must look like a lost worker.
-    heartbeat = asyncio.ensure_future(_heartbeat(heartbeat_interval))
-    try:
-        return await _run_trial(inp, info, heartbeat_timeout_sec=timeout_sec)
-    except records.StaleAttempt as exc:
-        # Temporal has moved on to a newer attempt; whatever this one reports is ignored.
-        raise ApplicationError(str(exc), type="StaleAttempt", non_retryable=True) from exc
-    finally:
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
+    async with heartbeating() as timeout_sec:
+        try:
+            return await _run_trial(inp, activity.info(), heartbeat_timeout_sec=timeout_sec)
+        except records.StaleAttempt as exc:
+            # Temporal has moved on to a newer attempt; whatever this one reports is ignored.
+            raise ApplicationError(str(exc), type="StaleAttempt", non_retryable=True) from exc
 
 
 async def _open_attempt(

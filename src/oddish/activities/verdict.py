@@ -7,6 +7,7 @@ from typing import Any
 
 from temporalio import activity
 
+from oddish.activities.heartbeat import heartbeating
 from oddish.contracts import VerdictInput
 from oddish.db import records
 from oddish.db.connection import get_session, until_database_answers
@@ -45,7 +46,8 @@ async def _decide_and_save(task_id: str) -> str:
 
 @activity.defn(name="decide_verdict")
 async def decide_verdict(inp: VerdictInput) -> str:
-    # A Postgres restart must not fail a task whose trials all ran: wait for it.
-    return await until_database_answers(
-        lambda: _decide_and_save(inp.task_id), what=f"verdict of task {inp.task_id}"
-    )
+    # A Postgres restart must not fail a task whose trials all ran: wait for it, heartbeating.
+    async with heartbeating():
+        return await until_database_answers(
+            lambda: _decide_and_save(inp.task_id), what=f"verdict of task {inp.task_id}"
+        )

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from oddish import queue, task_control, task_retry
@@ -44,7 +45,8 @@ from oddish.db.connection import (
 from oddish.db.records import RecordNotFound
 from oddish.schemas import MAX_TRIALS_PER_TASK
 from oddish.statuses import TaskStatus
-from oddish.temporal_gateway import connect
+from oddish.temporal_gateway import TemporalConnection, TemporalUnavailable
+from oddish.worker.health import WorkerHealth
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,12 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 UPLOAD_PATH = "/tasks/upload"
 
 
+def temporal(request: Request) -> Client:
+    """The API's Temporal client; TemporalUnavailable (a 503) until it has connected."""
+    connection: TemporalConnection = request.app.state.temporal
+    return connection.require()
+
+
 def build_router() -> APIRouter:
     router = APIRouter()
 
@@ -105,7 +113,9 @@ def build_router() -> APIRouter:
         submission = body.submission(path, upload_name(body.upload_id))
         warning = None
         try:
-            task_id = await queue.create_task(submission, client=request.app.state.temporal)
+            # Recorded even while Temporal is unreachable: the workers start it once it answers.
+            connection: TemporalConnection = request.app.state.temporal
+            task_id = await queue.create_task(submission, client=connection.client)
         except queue.WorkflowNotStartedYet as exc:
             log.warning("%s", exc)
             task_id, warning = exc.task_id, str(exc)
@@ -158,7 +168,7 @@ def build_router() -> APIRouter:
 
     @router.post("/tasks/{task_id}/cancel", summary="Stop a task: its sandboxes, slots and trials")
     async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
-        status = await task_control.cancel_task(task_id, client=request.app.state.temporal)
+        status = await task_control.cancel_task(task_id, client=temporal(request))
         return {"id": task_id, "status": status}
 
     @router.post(
@@ -166,12 +176,12 @@ def build_router() -> APIRouter:
         summary="Run a task's failed and cancelled trials again, then redo its verdict",
     )
     async def retry_task(task_id: str, request: Request) -> dict[str, Any]:
-        retried = await task_retry.retry_task(task_id, client=request.app.state.temporal)
+        retried = await task_retry.retry_task(task_id, client=temporal(request))
         return {"task_id": task_id, "retried": retried}
 
     @router.post("/trials/{trial_id}/retry", summary="Run a failed or cancelled trial again")
     async def retry_trial(trial_id: str, request: Request) -> dict[str, Any]:
-        task_id, retried = await task_retry.retry_trial(trial_id, client=request.app.state.temporal)
+        task_id, retried = await task_retry.retry_trial(trial_id, client=temporal(request))
         return {"task_id": task_id, "retried": retried}
 
     @router.post(
@@ -179,7 +189,7 @@ def build_router() -> APIRouter:
         summary="Run the failed and cancelled trials of every task of an experiment again",
     )
     async def retry_experiment(experiment_id: str, request: Request) -> dict[str, Any]:
-        done = await task_retry.retry_experiment(experiment_id, client=request.app.state.temporal)
+        done = await task_retry.retry_experiment(experiment_id, client=temporal(request))
         return {
             "experiment_id": experiment_id,
             "tasks": [{"task_id": t, "retried": r} for t, r in done],
@@ -189,9 +199,7 @@ def build_router() -> APIRouter:
         "/experiments/{experiment_id}/cancel", summary="Stop every unfinished task of an experiment"
     )
     async def cancel_experiment(experiment_id: str, request: Request) -> dict[str, Any]:
-        cancelled = await task_control.cancel_experiment(
-            experiment_id, client=request.app.state.temporal
-        )
+        cancelled = await task_control.cancel_experiment(experiment_id, client=temporal(request))
         return {
             "experiment_id": experiment_id,
             "tasks": [{"id": t, "status": s} for t, s in cancelled],
@@ -200,7 +208,7 @@ def build_router() -> APIRouter:
     @router.delete("/tasks/{task_id}", summary="Stop a task, then delete it and its files")
     async def delete_task(task_id: str, request: Request) -> dict[str, Any]:
         await queue.get_task_with_trials(task_id)  # 404 before anything is stopped
-        await task_control.delete_task(task_id, client=request.app.state.temporal)
+        await task_control.delete_task(task_id, client=temporal(request))
         return {"id": task_id, "deleted": True}
 
     @router.delete(
@@ -208,7 +216,7 @@ def build_router() -> APIRouter:
         summary="Stop an experiment's tasks, then delete them and the experiment",
     )
     async def delete_experiment(experiment_id: str, request: Request) -> dict[str, Any]:
-        n = await task_control.delete_experiment(experiment_id, client=request.app.state.temporal)
+        n = await task_control.delete_experiment(experiment_id, client=temporal(request))
         return {"id": experiment_id, "deleted": True, "tasks_deleted": n}
 
     @router.patch("/experiments/{experiment_id}", summary="Rename an experiment")
@@ -248,13 +256,21 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await migrations.upgrade()
-        app.state.temporal = await connect()
         stop = asyncio.Event()
+        # The API serves while Temporal is down (reads, and submissions the workers start later).
+        connection = TemporalConnection()
+        app.state.temporal = connection
+        connecting = asyncio.create_task(connection.keep_connecting(stop))
         worker: asyncio.Task[None] | None = None
+        app.state.worker_health = None
         if run_workers:
             from oddish.worker.runner import run_worker
 
-            worker = asyncio.create_task(run_worker(stop, n_concurrent=n_concurrent, migrate=False))
+            health = WorkerHealth(poll_interval_sec=get_settings().dispatcher_poll_interval_sec)
+            app.state.worker_health = health
+            worker = asyncio.create_task(
+                run_worker(stop, n_concurrent=n_concurrent, migrate=False, health=health)
+            )
         else:
             # Limits live in Postgres: the workers elsewhere honour them from their next grant.
             await queue.apply_limits(n_concurrent or {})
@@ -262,6 +278,7 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
             yield
         finally:
             stop.set()
+            await connecting
             if worker is not None:
                 await worker
             await dispose_engine()
@@ -341,6 +358,10 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
             content={"detail": f"the server cannot read or write its files: {exc.strerror}"},
         )
 
+    @app.exception_handler(TemporalUnavailable)
+    async def temporal_not_yet(_: Request, exc: TemporalUnavailable) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
+
     @app.exception_handler(RPCError)
     async def temporal_unreachable(_: Request, exc: RPCError) -> JSONResponse:
         if exc.status in TEMPORAL_DOWN:
@@ -351,11 +372,24 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
         log.exception("Temporal error", exc_info=exc)
         return JSONResponse(status_code=500, content={"detail": f"Temporal error: {exc}"})
 
-    @app.get("/health", summary="Liveness of the API and its database")
-    async def health() -> dict[str, Any]:
+    @app.get(
+        "/health",
+        summary="Liveness of the API, its database, Temporal and the worker in this process",
+        responses={503: {"description": "the database cannot be reached"}},
+    )
+    async def health(request: Request) -> dict[str, Any]:
         async with get_session() as session:
             await session.execute(text("SELECT 1"))
-        return {"status": "ok"}
+        connection: TemporalConnection = request.app.state.temporal
+        worker: WorkerHealth | None = request.app.state.worker_health
+        temporal_ok = connection.client is not None
+        return {
+            # Degraded: reads work; new work waits until Temporal and the worker are back.
+            "status": "ok" if temporal_ok and (worker is None or worker.ok) else "degraded",
+            "database": "ok",
+            "temporal": "connected" if temporal_ok else f"connecting ({connection.error})",
+            "worker": "not in this process" if worker is None else worker.report(),
+        }
 
     app.include_router(build_router())
     return app

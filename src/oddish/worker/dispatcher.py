@@ -21,6 +21,7 @@ from oddish.contracts import SlotGrant
 from oddish.db import records, slots
 from oddish.db.connection import database_url, get_engine, get_session, plain_dsn
 from oddish.temporal_gateway import grant_slot, workflow_status
+from oddish.worker.health import WorkerHealth
 from oddish.worker.unstarted import UnstartedTaskStarter
 from oddish.workflows.ids import task_id_of_workflow
 
@@ -34,9 +35,16 @@ RESIGNAL_AFTER_SEC = 3.0
 
 class SlotDispatcher:
     def __init__(
-        self, client: Client, *, default_limit: int, poll_interval_sec: float, lease_sec: float
+        self,
+        client: Client,
+        *,
+        default_limit: int,
+        poll_interval_sec: float,
+        lease_sec: float,
+        health: WorkerHealth | None = None,
     ) -> None:
         self._client = client
+        self._health = health
         self._default_limit = default_limit
         self._poll_interval = poll_interval_sec
         self._lease_sec = lease_sec
@@ -66,6 +74,8 @@ class SlotDispatcher:
                 await self._guarded(self._start_unstarted)
             await self._guarded(self.sweep)
             await self._guarded(self._resignal)
+            if self._health is not None:
+                self._health.dispatcher_went_round()
             waiter = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(stop.wait())
             await asyncio.wait(

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from datetime import timedelta
 
+from temporalio.client import Client
 from temporalio.worker import Worker
 
 from oddish import queue
 from oddish.activities import ALL_ACTIVITIES
-from oddish.activities.trial import MAX_HEARTBEAT_INTERVAL_SEC
+from oddish.activities.heartbeat import MAX_INTERVAL_SEC as MAX_HEARTBEAT_INTERVAL_SEC
 from oddish.config import get_settings
 from oddish.db import migrations
 from oddish.db.connection import dispose_engine
-from oddish.temporal_gateway import connect
+from oddish.temporal_gateway import TemporalNotConfigured, connect, reconnect_delays
 from oddish.worker.dispatcher import SlotDispatcher
+from oddish.worker.health import WorkerHealth
 from oddish.workflows import ALL_WORKFLOWS
 
 log = logging.getLogger(__name__)
@@ -28,19 +31,46 @@ async def run_worker(
     n_concurrent: dict[str, int] | None = None,
     max_concurrent_activities: int = 100,
     migrate: bool = True,
+    health: WorkerHealth | None = None,
 ) -> None:
+    """Run until ``stop``. Temporal unreachable (at start or later) is waited out, retrying for
+    ever with backoff, never the end of the worker: the process that hosts it cannot tell."""
     settings = get_settings()
     if not settings.harbor_telemetry:
         os.environ.setdefault("HARBOR_TELEMETRY", "0")
+    health = health or WorkerHealth(poll_interval_sec=settings.dispatcher_poll_interval_sec)
     if migrate:
         await migrations.upgrade()
     await queue.apply_limits(n_concurrent or {})
-    client = await connect()
+    delays = reconnect_delays()
+    while not stop.is_set():
+        try:
+            client = await connect()
+            delays = reconnect_delays()
+            await _serve(client, stop, health, max_concurrent_activities)
+        except TemporalNotConfigured:
+            raise
+        except Exception as exc:
+            health.worker_down(exc)
+            delay = next(delays)
+            log.warning("worker: Temporal unavailable (%s); trying again in %.0fs", exc, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+    health.worker_stopped()
+    await dispose_engine()
+
+
+async def _serve(
+    client: Client, stop: asyncio.Event, health: WorkerHealth, max_concurrent_activities: int
+) -> None:
+    """The Temporal worker and the slot dispatcher, until ``stop`` or the worker fails."""
+    settings = get_settings()
     dispatcher = SlotDispatcher(
         client,
         default_limit=settings.default_model_concurrency,
         poll_interval_sec=settings.dispatcher_poll_interval_sec,
         lease_sec=settings.slot_lease_sec,
+        health=health,
     )
     worker = Worker(
         client,
@@ -56,13 +86,23 @@ async def run_worker(
         # a cancel only reaches a trial in the answer to one: send them as the trial beats.
         max_heartbeat_throttle_interval=timedelta(seconds=MAX_HEARTBEAT_INTERVAL_SEC),
     )
+    # The dispatcher stops with the worker: grants for workflows nobody runs would only wait.
+    dispatcher_stop = asyncio.Event()
+    dispatcher_task = asyncio.create_task(dispatcher.run(dispatcher_stop))
+    worker_task = asyncio.create_task(worker.run())
+    stopper = asyncio.create_task(stop.wait())
+    health.worker_running()
     log.info(
         "worker on task queue %r, dispatcher %s",
         settings.temporal_task_queue,
         dispatcher.manager_id,
     )
-    dispatcher_task = asyncio.create_task(dispatcher.run(stop))
-    async with worker:
-        await stop.wait()
-    await dispatcher_task
-    await dispose_engine()
+    try:
+        await asyncio.wait({worker_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        dispatcher_stop.set()
+        if not worker_task.done():
+            await worker.shutdown()
+        await dispatcher_task
+    await worker_task

@@ -43,7 +43,9 @@ RECORD_TIMEOUT = timedelta(seconds=60)
 RECORD_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
 )
-ANALYSIS_TIMEOUT = timedelta(minutes=30)
+# An analysis or verdict holds its worker at most this long; a dead or frozen worker is noticed
+# sooner, by its silence (the heartbeat timeout of the input).
+ANALYSIS_TIMEOUT = timedelta(minutes=10)
 ANALYSIS_RETRY = RetryPolicy(maximum_attempts=5)
 # The error type of a retry refused because the workflow is completing; a new run takes it.
 TASK_FINISHING = "TaskFinishing"
@@ -219,6 +221,9 @@ class TaskWorkflow:
     async def _analyse_and_decide(self, inp: TaskWorkflowInput) -> TaskStatus:
         finished, self._to_analyze = self._to_analyze, []
         self._analysis_error = None
+        # Activity options are not part of what a replay compares: histories recorded without a
+        # heartbeat timeout replay unchanged.
+        analysis_heartbeat = timedelta(seconds=inp.analysis_heartbeat_timeout_sec)
         try:
             await self._set_status(inp.task_id, TaskStatus.ANALYZING)
             await asyncio.gather(
@@ -227,6 +232,7 @@ class TaskWorkflow:
                         "analyze_trial",
                         AnalyzeTrialInput(trial_id),
                         start_to_close_timeout=ANALYSIS_TIMEOUT,
+                        heartbeat_timeout=analysis_heartbeat,
                         retry_policy=ANALYSIS_RETRY,
                         summary=f"analyse trial {self._trials[trial_id].index}",
                     )
@@ -239,6 +245,7 @@ class TaskWorkflow:
                 "decide_verdict",
                 VerdictInput(inp.task_id),
                 start_to_close_timeout=ANALYSIS_TIMEOUT,
+                heartbeat_timeout=analysis_heartbeat,
                 retry_policy=ANALYSIS_RETRY,
                 summary="verdict",
             )
