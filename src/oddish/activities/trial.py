@@ -21,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from oddish.activities.heartbeat import heartbeating
+from oddish.activities.pauses import STALL_SEC, stalled_since
 from oddish.config import get_settings
 from oddish.contracts import RunTrialInput, TrialOutcome
 from oddish.db import records, slots
@@ -277,6 +278,39 @@ async def _open_attempt(
         await asyncio.sleep(1.0)
 
 
+# Timeouts Harbor measures on this process's clock that would be recorded as the task's outcome.
+TIMED_OUTCOMES = {"AgentTimeoutError": "agent_execution", "VerifierTimeoutError": "verifier"}
+WORKER_PAUSED = "WorkerPaused"
+# A timeout is not believed when the process did not run for this share of the timed phase.
+PAUSED_SHARE = 0.05
+
+
+def _unless_worker_paused(
+    result: TrialResult, error_type: str | None, error_message: str | None, *, stalled: float
+) -> tuple[str | None, str | None]:
+    """A timeout measured while this process was stopped or frozen is not the agent's (or the
+    verifier's): it becomes an infrastructure failure, and the trial runs again."""
+    phase_name = TIMED_OUTCOMES.get(error_type or "")
+    if phase_name is None or stalled <= STALL_SEC:
+        return error_type, error_message
+    phase = getattr(result, phase_name, None)
+    timed = (
+        (phase.finished_at - phase.started_at).total_seconds()
+        if phase is not None and phase.started_at and phase.finished_at
+        else stalled
+    )
+    if stalled < PAUSED_SHARE * timed:
+        return error_type, error_message
+    log.warning(
+        "%s discounted: this worker did not run for %.1fs of the attempt", error_type, stalled
+    )
+    return WORKER_PAUSED, (
+        f"{error_type} not believed: the worker did not run for {stalled:.1f}s of the "
+        f"{timed:.1f}s {phase_name.replace('_', ' ')} (stopped, frozen or blocked), so the "
+        f"timeout may not be the task's; the trial runs again ({error_message})"
+    )
+
+
 async def _harbor_run(config: Any) -> TrialResult:
     harbor_trial = await Trial.create(config)
     return await harbor_trial.run()
@@ -395,11 +429,15 @@ async def _run_trial(
                 trial_name=trial_name,
             )
             harbor_config = config.model_dump(mode="json")
+            run_started = time.monotonic()
             run = asyncio.ensure_future(_harbor_run(config))
             result = await _await_run(run, superseded, info, inp.trial_id)
             if result.exception_info is not None:
                 error_type = result.exception_info.exception_type
                 error_message = result.exception_info.exception_message
+                error_type, error_message = _unless_worker_paused(
+                    result, error_type, error_message, stalled=stalled_since(run_started)
+                )
         except asyncio.CancelledError:
             details = activity.cancellation_details()
             # Only a cancel the user asked for settles the trial. A worker shutting down, or an

@@ -14,6 +14,7 @@ from temporalio.worker import Worker
 from oddish import queue
 from oddish.activities import ALL_ACTIVITIES
 from oddish.activities.heartbeat import MAX_INTERVAL_SEC as MAX_HEARTBEAT_INTERVAL_SEC
+from oddish.activities.pauses import monitoring_pauses
 from oddish.config import get_settings
 from oddish.db import migrations
 from oddish.db.connection import dispose_engine
@@ -42,6 +43,15 @@ async def run_worker(
     if migrate:
         await migrations.upgrade()
     await queue.apply_limits(n_concurrent or {})
+    with monitoring_pauses():
+        await _serve_until_stopped(stop, health, max_concurrent_activities)
+    health.worker_stopped()
+    await dispose_engine()
+
+
+async def _serve_until_stopped(
+    stop: asyncio.Event, health: WorkerHealth, max_concurrent_activities: int
+) -> None:
     delays = reconnect_delays()
     while not stop.is_set():
         try:
@@ -56,8 +66,6 @@ async def run_worker(
             log.warning("worker: Temporal unavailable (%s); trying again in %.0fs", exc, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-    health.worker_stopped()
-    await dispose_engine()
 
 
 async def _serve(
