@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections import Counter
@@ -78,8 +79,9 @@ async def create_task(submission: TaskSubmission, *, client: Client | None) -> s
 
     task_id = new_id("task")
     try:
-        stored_path = store_task_dir(
-            submission.task_path, task_id, docker_image=submission.docker_image
+        # Copying a task can take seconds: off the event loop, which serves requests and trials.
+        stored_path = await asyncio.to_thread(
+            store_task_dir, submission.task_path, task_id, docker_image=submission.docker_image
         )
         async with get_session() as session:
             # A name given where an id goes joins the experiment of that name.
@@ -126,13 +128,13 @@ async def create_task(submission: TaskSubmission, *, client: Client | None) -> s
             session.add_all(trials)
             await session.commit()
     except IntegrityError:
-        remove_task_dir(task_id)
+        await asyncio.to_thread(remove_task_dir, task_id)
         if submission.submission_key:
             # The same submission raced us and won: answer with its task.
             return await create_task(submission, client=client)
         raise
     except BaseException:
-        remove_task_dir(task_id)
+        await asyncio.shield(asyncio.to_thread(remove_task_dir, task_id))
         raise
     await _start_recorded(client, task, trials)
     return task_id

@@ -70,8 +70,11 @@ async def delete_task(task_id: str, *, client: Client) -> None:
         )
         await records.delete_task(session, task_id)
         await session.commit()
-    remove_task_dir(task_id)
-    shutil.rmtree(get_settings().harbor_jobs_dir / task_id, ignore_errors=True)
+    # Trial output can be gigabytes: removed off the event loop.
+    await asyncio.to_thread(remove_task_dir, task_id)
+    await asyncio.to_thread(
+        shutil.rmtree, get_settings().harbor_jobs_dir / task_id, ignore_errors=True
+    )
 
 
 async def delete_experiment(experiment_id: str, *, client: Client) -> int:
