@@ -233,13 +233,14 @@ def pg_ctl_runner(data_dir: Path):
     kwargs = {"user": "pgserver"} if os.geteuid() == 0 else {}
 
     def pg_ctl(*args: str) -> None:
-        subprocess.run(
+        done = subprocess.run(
             [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), "-w", *args],
-            check=True,
             capture_output=True,
-            timeout=60,
+            text=True,
+            timeout=120,
             **kwargs,
         )
+        assert done.returncode == 0, f"pg_ctl {' '.join(args)}: {done.stdout}{done.stderr}"
 
     return pg_ctl
 
