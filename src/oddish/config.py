@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -60,8 +61,21 @@ class Settings(BaseSettings):
 
     # When set, every API route but /health needs "Authorization: Bearer <key>".
     api_key: str | None = None
+    # The address the API's port is published on when it differs from the one it binds (docker
+    # compose publishes a container's 0.0.0.0 on the host's 127.0.0.1): the rule that an API
+    # reachable beyond loopback needs api_key judges this address instead.
+    api_published_host: str | None = None
+    # Host header values the API answers (DNS rebinding); comma-separated, "*" for any,
+    # "*.example.com" for subdomains. The address the API listens on is added when it is one.
+    trusted_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"]
+    )
     upload_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
     upload_max_unpacked_bytes: int = Field(default=500 * 1024 * 1024, ge=1)
+    # Largest file an upload may unpack to (refused from its tar header, before it is read).
+    upload_max_file_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    # An upload no sweep has used for this long is deleted (sweeps copy it into the task's store).
+    upload_retention_sec: float = Field(default=24 * 3600.0, gt=0)
     # Every other request body (JSON): a sweep of many configs fits many times over.
     api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
@@ -85,6 +99,18 @@ class Settings(BaseSettings):
             raise ValueError(f"oddish's own settings are never passed to a trial: {own}")
         return names
 
+    @field_validator("trusted_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, raw: object) -> object:
+        if isinstance(raw, str):
+            return [name.strip() for name in raw.split(",") if name.strip()]
+        return raw
+
+    @field_validator("trusted_hosts")
+    @classmethod
+    def _host_patterns(cls, names: list[str]) -> list[str]:
+        return [_host_pattern(name) for name in names]
+
     @field_validator("model_concurrency")
     @classmethod
     def _positive_limits(cls, limits: dict[str, int]) -> dict[str, int]:
@@ -92,6 +118,25 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"concurrency limits must be at least 1: {bad}")
         return limits
+
+
+def _host_pattern(name: str) -> str:
+    """A trusted Host as Starlette's TrustedHostMiddleware compares it: lower case, no port, IPv6
+    in brackets; refused with the reason when it could never match."""
+    host = name.strip().lower()
+    if host == "*":
+        return host
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if ":" in bare:
+        try:
+            return f"[{ipaddress.IPv6Address(bare)}]"
+        except ValueError:
+            raise ValueError(f"trusted host {name!r}: list host names without a port") from None
+    if "*" in host[1:] or (host.startswith("*") and not host.startswith("*.")):
+        raise ValueError(f"trusted host {name!r}: a wildcard must look like '*.example.com'")
+    if not host or "/" in host or " " in host:
+        raise ValueError(f"trusted host {name!r} is not a host name")
+    return host
 
 
 @lru_cache

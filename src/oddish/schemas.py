@@ -109,7 +109,7 @@ class TaskSubmission(BaseModel):
     run_analysis: bool = True
     user: str | None = Field(default=None, max_length=255)
     # A client-chosen key: submitting again with the same key returns the first task.
-    submission_key: str | None = Field(default=None, max_length=255)
+    submission_key: str | None = Field(default=None, min_length=1, max_length=255)
     # A pre-built image for the task's environment, in place of the one its task.toml names.
     docker_image: str | None = Field(default=None, min_length=1, max_length=512)
 

@@ -212,6 +212,12 @@ def run_up(
     # pgserver falls back to /tmp for its lock file without XDG_RUNTIME_DIR, which is fine.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
     settings = get_settings()
+    from oddish.api import exposure
+
+    problem = exposure.exposure_problem(host)
+    if problem is not None:
+        print(f"oddish: {problem}", file=sys.stderr)
+        return exposure.REFUSED_EXIT_CODE
     home = (home or settings.home).expanduser().resolve()
     lock = HomeLock(home)
     try:
@@ -266,7 +272,7 @@ def _run_holding_home(*, port: int, temporal_port: int, ui_port: int, home: Path
                 log.debug("start-up failed", exc_info=True)
                 print(f"oddish: could not start: {exc}", file=sys.stderr)
                 return 1
-            return _serve(gate, sock, endpoints, began)
+            return _serve(gate, sock, endpoints, began, host)
     except StopRequested:
         print("oddish: stopped before start-up finished", file=sys.stderr)
         return 130
@@ -338,14 +344,22 @@ def _stopping(name: str, stop: Callable[[], None]) -> None:
         log.exception("could not stop %s", name)
 
 
-def _serve(gate: SignalGate, sock: socket.socket, endpoints: Endpoints, began: float) -> int:
+def _serve(
+    gate: SignalGate, sock: socket.socket, endpoints: Endpoints, began: float, host: str
+) -> int:
     import uvicorn
 
+    from oddish.api import exposure
     from oddish.api.app import create_app
 
+    if (note := exposure.host_note(host)) is not None:
+        log.warning("%s", note)
     # Access logs would drown the banner under the CLI's status polls; errors still show.
     config = uvicorn.Config(
-        create_app(run_workers=True), lifespan="on", access_log=False, log_level="info"
+        exposure.guard_hosts(create_app(run_workers=True), host),
+        lifespan="on",
+        access_log=False,
+        log_level="info",
     )
     server = uvicorn.Server(config)
     gate.server = server

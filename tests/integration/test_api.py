@@ -134,8 +134,13 @@ async def test_upload_then_sweep_runs_the_task(
 ) -> None:
     start_worker()
     archive = task_archive(EXAMPLES / "hello-pass", folder="hello-pass/")
+    # The same files uploaded before without their folder (so under another name).
+    unnamed = task_archive(EXAMPLES / "hello-pass")
     async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        other = (await http.post("/tasks/upload", files={"file": ("t.tar.gz", unnamed)})).json()
         first = (await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive)})).json()
+        assert other["content_hash"] == first["content_hash"]
+        assert other["upload_id"] != first["upload_id"], "a name of its own"
         again = (await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive)})).json()
         assert first["upload_id"] == again["upload_id"] and again["reused"] is True
         assert first["name"] == "hello-pass"

@@ -122,3 +122,17 @@ async def test_a_database_that_is_down_is_a_503(app_without_services: object) ->
     for response in (health, tasks):
         assert response.status_code == 503, response.text
         assert "database cannot be reached" in response.json()["detail"]
+
+
+async def test_inputs_schemathesis_found_are_422s(app_without_services: object) -> None:
+    async with client_of(app_without_services) as http:
+        # A key that is only a control character: blank once normalised.
+        blank_key = await http.put("/limits/%1F", json={"limit": 1})
+        # An empty submission key was stored, and the second sweep with it hit a unique index.
+        empty_key = await http.post(
+            "/tasks/sweep", json={"upload_id": "u", "configs": [{}], "submission_key": ""}
+        )
+    assert blank_key.status_code == 422, blank_key.text
+    assert "empty" in blank_key.json()["detail"]
+    assert empty_key.status_code == 422, empty_key.text
+    assert empty_key.json()["detail"][0]["loc"][-1] == "submission_key"

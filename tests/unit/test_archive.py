@@ -8,6 +8,8 @@ import shutil
 import stat
 import tarfile
 import time
+import tracemalloc
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -472,3 +474,183 @@ def test_gzip_bomb(
     assert elapsed < 2.0
     assert written and written[0] <= MB
     assert_nothing_left(tmp_path)
+
+
+# --- per-file bound and tar header bounds ------------------------------------------------------
+
+
+def _block(info: tarfile.TarInfo) -> bytes:
+    """One raw 512-byte ustar header, whatever its type and declared size."""
+    return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+
+
+def _header(name: str, type: bytes, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type = type
+    info.size = size
+    info.mode = 0o644
+    return _block(info)
+
+
+def _padded(data: bytes) -> bytes:
+    return data + bytes(-len(data) % tarfile.BLOCKSIZE)
+
+
+def _pax_record(keyword: str, value: str) -> bytes:
+    body = f" {keyword}={value}\n".encode()
+    length = len(body) + 1
+    while len(str(length)) + len(body) != length:
+        length += 1
+    return str(length).encode() + body
+
+
+def _good_members_tar() -> bytes:
+    """The task's files, then the end-of-archive blocks."""
+    return tar_bytes(GOOD)
+
+
+def test_a_file_over_the_per_file_limit_is_refused_from_its_header(
+    tmp_path: Path, target: Path
+) -> None:
+    data = targz([*GOOD, M("environment/big.bin", b"x" * (2 * MB))])
+    error = refused(data, target, max_file_bytes=MB)
+    assert error.status_code == 413
+    assert "environment/big.bin" in str(error) and "per file" in str(error)
+    assert_nothing_left(tmp_path)
+    # Declared 400 MB, with no data behind the header: refused from the header, not as truncated.
+    raw = _header("environment/huge.bin", tarfile.REGTYPE, 400 * MB)
+    error = refused(gzip.compress(raw), target, max_unpacked_bytes=500 * MB, max_file_bytes=MB)
+    assert error.status_code == 413 and "per file" in str(error), error
+    assert extract(targz(GOOD), target, max_file_bytes=MB).files == len(GOOD)
+
+
+def test_a_300_mib_pax_header_is_refused_unread(tmp_path: Path, target: Path) -> None:
+    """tarfile would read the header whole (1.16 GB of memory before); refused from its block."""
+    size = 300 * MB
+    archive_path = tmp_path / "pax-bomb.tar.gz"
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip container
+    chunk = bytes(MB)
+    with archive_path.open("wb") as out:
+        out.write(compressor.compress(_header("././@PaxHeader", tarfile.XHDTYPE, size)))
+        for _ in range(size // MB):
+            out.write(compressor.compress(chunk))
+        out.write(compressor.compress(_good_members_tar()))
+        out.write(compressor.flush())
+    assert archive_path.stat().st_size < 1 * MB
+    limits = {"max_archive_bytes": 100 * MB, "max_unpacked_bytes": 500 * MB}
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArchiveError) as info:
+            extract_task_archive(archive_path, target, **limits)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info.value.status_code == 413 and "extended header" in str(info.value)
+    assert peak < 4 * MB, f"peak {peak / MB:.1f} MiB"
+    assert list((tmp_path / "tasks").iterdir()) == []
+
+
+def test_a_gnu_long_name_over_the_header_limit_is_refused(tmp_path: Path, target: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("a" * (2 * MB))
+        tar.addfile(info, io.BytesIO())
+    error = refused(gzip.compress(buf.getvalue()), target)
+    assert error.status_code == 413 and "extended header" in str(error)
+    # Within the bound it reaches the name checks, which refuse a 4 KiB+ path with the reason.
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(tarfile.TarInfo("d/" * 3000 + "f"), io.BytesIO())
+    assert "too long" in str(refused(gzip.compress(buf.getvalue()), target))
+    assert_nothing_left(tmp_path)
+
+
+def test_a_chain_of_pax_headers_is_refused_without_recursing(target: Path) -> None:
+    """Zero-sized headers cost nothing to read, but each is a level of recursion in tarfile:
+    5,000 of them were a RecursionError (a 500)."""
+    chain = _header("././@PaxHeader", tarfile.XHDTYPE, 0) * 5000
+    error = refused(gzip.compress(chain + _good_members_tar()), target)
+    assert "extended headers" in str(error) and error.status_code == 400
+
+
+def test_pax_global_headers_are_bounded(tmp_path: Path, target: Path) -> None:
+    # git archive writes one, with the commit id: accepted.
+    buf = io.BytesIO()
+    with tarfile.open(
+        fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "a" * 40}
+    ) as tar:
+        for m in GOOD:
+            info = tarfile.TarInfo(m.name)
+            info.size = len(m.data)
+            tar.addfile(info, io.BytesIO(m.data))
+    assert extract(gzip.compress(buf.getvalue()), target).files == len(GOOD)
+    # Global keywords are copied to every later member: their total is kept small.
+    record = _pax_record("comment", "x" * 1000)
+    one = _header("pax_global_header", tarfile.XGLTYPE, len(record)) + _padded(record)
+    error = refused(gzip.compress(one * 8 + _good_members_tar()), tmp_path / "tasks" / "g")
+    assert error.status_code == 413 and "global" in str(error)
+
+
+def test_pax_headers_of_many_members_are_not_kept(target: Path) -> None:
+    """tarfile keeps each member it read with its pax headers; 3,000 members of 4 KiB headers
+    held 12 MiB to the end of the archive."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for m in GOOD:
+            info = tarfile.TarInfo(m.name)
+            info.size = len(m.data)
+            tar.addfile(info, io.BytesIO(m.data))
+        for i in range(3000):
+            info = tarfile.TarInfo(f"environment/d{i}")
+            info.type = tarfile.DIRTYPE
+            info.pax_headers = {"comment": f"{i:06d}" + "y" * 4096}
+            tar.addfile(info)
+    data = gzip.compress(buf.getvalue())
+    tracemalloc.start()
+    try:
+        extract(data, target)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 6 * MB, f"peak {peak / MB:.1f} MiB"
+
+
+def test_sparse_files_are_refused_before_their_maps_are_read(tmp_path: Path) -> None:
+    # A GNU 'S' member whose extension blocks go on to the end of the archive: tarfile read all
+    # of them, then failed with an IndexError (a 500).
+    info = tarfile.TarInfo("environment/sparse.bin")
+    info.type = tarfile.GNUTYPE_SPARSE
+    info.size = 0
+    header = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+    header[482] = 1  # isextended
+    header[148:156] = b"        "
+    header[148:155] = f"{sum(header):06o}\0".encode()
+    extension = bytearray(tarfile.BLOCKSIZE)
+    extension[504] = 1
+    data = gzip.compress(bytes(header) + bytes(extension) * 50_000)
+    error = refused(data, tmp_path / "tasks" / "s1")
+    assert "sparse" in str(error)
+    # pax GNU.sparse 1.0: the map is in the member's data, which tarfile would read line by line.
+    records = b"".join(
+        _pax_record(k, v)
+        for k, v in (("GNU.sparse.major", "1"), ("GNU.sparse.minor", "0"), ("path", "x"))
+    )
+    member = _header("environment/GNUSparseFile.0/x", tarfile.REGTYPE, 512)
+    data = (
+        _header("././@PaxHeader", tarfile.XHDTYPE, len(records))
+        + _padded(records)
+        + member
+        + _padded(b"2\nnot a number\n")
+        + bytes(1024)
+    )
+    error = refused(gzip.compress(data), tmp_path / "tasks" / "s2")
+    assert "sparse" in str(error)
+    assert_nothing_left(tmp_path)
+
+
+def test_the_tarfile_hooks_overridden_still_exist() -> None:
+    """_BoundedTarInfo overrides tarfile internals by name: a Python that renames them fails
+    here rather than silently reading unbounded headers."""
+    for name in ("_proc_member", "_proc_gnusparse_00", "_proc_gnusparse_01", "_proc_gnusparse_10"):
+        assert callable(getattr(tarfile.TarInfo, name, None)), name

@@ -185,3 +185,58 @@ def test_dockerfile_copies_files_that_exist_and_are_not_ignored() -> None:
     for source in copied:
         assert (REPO / source).exists(), source
         assert not any(fnmatch.fnmatch(source, pattern) for pattern in ignored), source
+
+
+def _interpolated(value: str) -> str:
+    """``${NAME:-default}`` as compose fills it when .env does not set NAME."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+
+
+def published_ports(compose: dict) -> list[tuple[str, str | None]]:
+    """(service, host address) of every published port, short or long syntax."""
+    found: list[tuple[str, str | None]] = []
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            if isinstance(port, dict):
+                found.append((name, port.get("host_ip")))
+                continue
+            parts = _interpolated(str(port)).rsplit(":", 2)
+            found.append((name, parts[0].strip("[]") if len(parts) == 3 else None))
+    return found
+
+
+def test_no_port_is_published_beyond_loopback(compose: dict) -> None:
+    """Postgres (oddish/oddish), Temporal and its UI have no authentication of their own; the
+    API without ODDISH_API_KEY neither."""
+    from oddish.api.exposure import is_loopback
+
+    ports = published_ports(compose)
+    assert {name for name, _ in ports} == {"db", "temporal", "temporal-ui", "api"}
+    for name, host in ports:
+        assert host is not None and is_loopback(host), f"{name} publishes on {host or 'all'}"
+
+
+def test_the_api_key_rule_judges_where_compose_publishes_the_api(compose: dict) -> None:
+    """The API binds the container's 0.0.0.0: it must be told where its port is published, and
+    that must be the address the port is published on."""
+    from oddish.api.exposure import check_exposure
+
+    api = compose["services"]["api"]
+    command = command_of(api)
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    [port] = api["ports"]
+    published = api["environment"]["ODDISH_API_PUBLISHED_HOST"]
+    assert str(port).startswith(f"{published}:"), "the port and the setting move together"
+    assert check_exposure(_interpolated(published), None) is None, "starts without a key"
+    assert check_exposure("0.0.0.0", None) is not None, "published further, it needs one"
+
+
+def test_no_service_is_privileged(compose: dict) -> None:
+    for name, service in compose["services"].items():
+        assert not service.get("privileged"), name
+        assert service.get("network_mode") != "host" and service.get("pid") != "host", name
+        assert "ALL" not in service.get("cap_add", []), name
+        for volume in service.get("volumes", []):
+            assert "docker.sock" not in str(volume), name
+    # What bubblewrap needs for the `local` sandbox, and nothing more.
+    assert set(compose["services"]["worker"].get("cap_add", [])) <= {"SYS_ADMIN", "NET_ADMIN"}

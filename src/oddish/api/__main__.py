@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 import uvicorn
 
+from oddish.api import exposure
 from oddish.config import get_settings
 from oddish.options import N_CONCURRENT_HELP, limits_option
 
@@ -20,10 +21,15 @@ app = typer.Typer(add_completion=False)
     + """
 
 With no DATABASE_URL / ODDISH_DATABASE_URL or ODDISH_TEMPORAL_ADDRESS it starts the embedded
-Postgres and Temporal dev server, as the worker does. OpenAPI docs are served at /docs."""
+Postgres and Temporal dev server, as the worker does. OpenAPI docs are served at /docs.
+
+On an address other than loopback it refuses to start (exit code 2) unless ODDISH_API_KEY is
+set; it answers only the Host names of ODDISH_TRUSTED_HOSTS and the address it listens on."""
 )
 def main(
-    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    host: str = typer.Option(
+        "127.0.0.1", help="address to listen on (beyond loopback, ODDISH_API_KEY is required)"
+    ),
     port: int = typer.Option(8000, help="port to listen on"),
     n_concurrent: str = typer.Option(None, "--n-concurrent", help=N_CONCURRENT_HELP),
     workers: bool = typer.Option(
@@ -35,6 +41,12 @@ def main(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     limits = limits_option(n_concurrent)
+    problem = exposure.exposure_problem(host)
+    if problem is not None:
+        typer.echo(f"oddish: {problem}", err=True)
+        raise typer.Exit(exposure.REFUSED_EXIT_CODE)
+    if (note := exposure.host_note(host)) is not None:
+        logging.getLogger("oddish.api").warning("%s", note)
 
     from oddish.api.app import create_app
     from oddish.embedded import ensure_embedded_services
@@ -44,7 +56,8 @@ def main(
     # default one the process would die before stopping the Temporal server and Postgres it owns.
     signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        uvicorn.run(create_app(run_workers=workers, n_concurrent=limits), host=host, port=port)
+        app = create_app(run_workers=workers, n_concurrent=limits)
+        uvicorn.run(exposure.guard_hosts(app, host), host=host, port=port)
     finally:
         if temporal is not None:
             temporal.stop()

@@ -13,6 +13,7 @@ from fastapi import (
     APIRouter,
     FastAPI,
     File,
+    HTTPException,
     Path,
     Query,
     Request,
@@ -33,7 +34,12 @@ from oddish.api.auth import ApiKeyGate
 from oddish.api.body_limit import BodySizeLimit
 from oddish.api.sweeps import SweepRequest
 from oddish.api.trial_files import read_logs, read_result
-from oddish.api.uploads import store_upload, upload_name, upload_path
+from oddish.api.uploads import (
+    collect_uploads_periodically,
+    store_upload,
+    upload_name,
+    upload_path,
+)
 from oddish.config import get_settings
 from oddish.db import migrations
 from oddish.db.connection import (
@@ -92,8 +98,26 @@ def temporal(request: Request) -> Client:
     return connection.require()
 
 
+class ErrorBody(BaseModel):
+    detail: Any = Field(description="why the request was refused")
+
+
+# What any route may answer besides its own result; the OpenAPI schema lists them all.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "a body that cannot be parsed"},
+    401: {"model": ErrorBody, "description": "missing or wrong key (when ODDISH_API_KEY is set)"},
+    404: {"model": ErrorBody, "description": "no such task, trial, experiment or upload"},
+    413: {"model": ErrorBody, "description": "a body over its size limit"},
+    422: {"model": ErrorBody, "description": "a value out of bounds, with the field and reason"},
+    503: {"model": ErrorBody, "description": "the database or Temporal cannot be reached"},
+}
+REFUSED: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "nothing to retry, with the reason"}
+}
+
+
 def build_router() -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(responses=ERROR_RESPONSES)
 
     @router.post(UPLOAD_PATH, summary="Upload a task: a gzipped tar of one task directory")
     async def upload_task(file: UploadFile = File(description="task.tar.gz")) -> dict[str, Any]:
@@ -174,12 +198,17 @@ def build_router() -> APIRouter:
     @router.post(
         "/tasks/{task_id}/retry",
         summary="Run a task's failed and cancelled trials again, then redo its verdict",
+        responses=REFUSED,
     )
     async def retry_task(task_id: str, request: Request) -> dict[str, Any]:
         retried = await task_retry.retry_task(task_id, client=temporal(request))
         return {"task_id": task_id, "retried": retried}
 
-    @router.post("/trials/{trial_id}/retry", summary="Run a failed or cancelled trial again")
+    @router.post(
+        "/trials/{trial_id}/retry",
+        summary="Run a failed or cancelled trial again",
+        responses=REFUSED,
+    )
     async def retry_trial(trial_id: str, request: Request) -> dict[str, Any]:
         task_id, retried = await task_retry.retry_trial(trial_id, client=temporal(request))
         return {"task_id": task_id, "retried": retried}
@@ -187,6 +216,7 @@ def build_router() -> APIRouter:
     @router.post(
         "/experiments/{experiment_id}/retry",
         summary="Run the failed and cancelled trials of every task of an experiment again",
+        responses=REFUSED,
     )
     async def retry_experiment(experiment_id: str, request: Request) -> dict[str, Any]:
         done = await task_retry.retry_experiment(experiment_id, client=temporal(request))
@@ -244,7 +274,10 @@ def build_router() -> APIRouter:
         update: LimitUpdate,
         queue_key: str = Path(min_length=1, max_length=200, pattern=r"\S"),
     ) -> dict[str, Any]:
-        key = await queue.set_queue_limit(queue_key, update.limit)
+        try:
+            key = await queue.set_queue_limit(queue_key, update.limit)
+        except ValueError as exc:  # a key of only blanks and control characters, say
+            raise HTTPException(422, detail=str(exc)) from exc
         return {"queue_key": key, "limit": update.limit}
 
     return router
@@ -261,6 +294,8 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
         connection = TemporalConnection()
         app.state.temporal = connection
         connecting = asyncio.create_task(connection.keep_connecting(stop))
+        # Uploads no sweep used for ODDISH_UPLOAD_RETENTION_SEC are deleted, now and every hour.
+        collecting = asyncio.create_task(collect_uploads_periodically(stop))
         worker: asyncio.Task[None] | None = None
         app.state.worker_health = None
         if run_workers:
@@ -279,6 +314,7 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
         finally:
             stop.set()
             await connecting
+            await collecting
             if worker is not None:
                 await worker
             await dispose_engine()

@@ -4,6 +4,11 @@ Everything in an upload is untrusted: sizes are counted on the bytes actually re
 member names and types are checked before anything touches the disk, and extraction happens in a
 temporary directory next to the target that is renamed into place only once the whole archive
 has been accepted, so a refusal never leaves anything behind.
+
+tarfile reads a pax extended header, a GNU long name or link, or the extension blocks of a GNU
+sparse file whole into memory before it hands out the member they describe. ``_BoundedTarInfo``
+sees each header block first: such records are refused from their declared size before a byte of
+them is read, and what they add up to per member and per archive is bounded too.
 """
 
 from __future__ import annotations
@@ -29,6 +34,25 @@ _MAX_PATH_BYTES = 4096
 # decompressed stream; this bounds them (tarfile reads such records whole into memory).
 _METADATA_BYTES_PER_MEMBER = 4096
 _METADATA_BYTES_BASE = 1024 * 1024
+# pax extended headers and GNU long names/links in front of one member, together; real ones hold a
+# path of at most 4 KiB, times, owners and a few extended attributes.
+MAX_HEADER_BYTES = 1024 * 1024
+# Headers of that kind in front of one member: GNU tar writes two at most ('L', 'K'), pax two ('g',
+# 'x'). Each is a level of recursion in tarfile, and zero-sized ones cost nothing else.
+_MAX_HEADER_CHAIN = 8
+# All of them in the whole archive: each one's keywords are applied to its member one by one.
+_MAX_ARCHIVE_HEADER_BYTES = 16 * 1024 * 1024
+# pax global headers (git archive writes one, with the commit id) apply to every later member.
+_MAX_GLOBAL_HEADER_BYTES = 4096
+_EXTENDED_HEADER_TYPES = frozenset(
+    {
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+    }
+)
 
 
 class ArchiveError(ValueError):
@@ -112,13 +136,107 @@ class _Decompressed:
             pass
 
 
+class _HeaderBudget:
+    """What the extended headers of one archive have used so far."""
+
+    def __init__(self, max_header_bytes: int) -> None:
+        self.max_header_bytes = max_header_bytes
+        self.chain_bytes = 0
+        self.chain_length = 0
+        self.archive_bytes = 0
+        self.global_bytes = 0
+
+    def spend(self, header: tarfile.TarInfo) -> None:
+        """Account for an extended header from its block alone, before its data is read."""
+        size = header.size
+        self.chain_length += 1
+        self.chain_bytes += size
+        self.archive_bytes += size
+        if header.type == tarfile.XGLTYPE:
+            self.global_bytes += size
+        if self.chain_length > _MAX_HEADER_CHAIN:
+            raise ArchiveError(
+                f"The archive has more than {_MAX_HEADER_CHAIN} extended headers (pax or GNU long "
+                "name records) in front of one member."
+            )
+        if self.chain_bytes > self.max_header_bytes:
+            raise ArchiveError(
+                f"The archive has an extended header (pax or GNU long name record) of "
+                f"{self.chain_bytes} bytes, over the limit of {self.max_header_bytes} bytes.",
+                413,
+            )
+        if self.global_bytes > _MAX_GLOBAL_HEADER_BYTES:
+            raise ArchiveError(
+                f"The archive's pax global headers hold more than the limit of "
+                f"{_MAX_GLOBAL_HEADER_BYTES} bytes.",
+                413,
+            )
+        if self.archive_bytes > _MAX_ARCHIVE_HEADER_BYTES:
+            raise ArchiveError(
+                f"The archive's extended headers (pax or GNU long name records) hold more than "
+                f"the limit of {_MAX_ARCHIVE_HEADER_BYTES} bytes in all.",
+                413,
+            )
+
+    def member_reached(self) -> None:
+        self.chain_bytes = 0
+        self.chain_length = 0
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that checks each header block before tarfile acts on it (see the module's doc).
+
+    ``_proc_member`` is tarfile's documented hook for subclasses; ``budget`` is set on a subclass
+    made for each archive (``_tarinfo_class``).
+    """
+
+    budget: _HeaderBudget
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED_HEADER_TYPES:
+            self.budget.spend(self)
+        elif self.type == tarfile.GNUTYPE_SPARSE:
+            # Refused before tarfile follows its chain of extension blocks.
+            raise ArchiveError(
+                f"Archive member {self.name!r} is a sparse file; "
+                "only regular files and directories are allowed."
+            )
+        else:
+            self.budget.member_reached()
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+    # pax headers that describe a GNU sparse file: refused before tarfile parses the map (format
+    # 1.0 keeps it in the member's data, which tarfile would read line by line, unbounded).
+    def _proc_gnusparse_00(self, next: tarfile.TarInfo, *_: object) -> None:
+        raise _sparse(next)
+
+    def _proc_gnusparse_01(self, next: tarfile.TarInfo, *_: object) -> None:
+        raise _sparse(next)
+
+    def _proc_gnusparse_10(self, next: tarfile.TarInfo, *_: object) -> None:
+        raise _sparse(next)
+
+
+def _sparse(member: tarfile.TarInfo) -> ArchiveError:
+    return ArchiveError(
+        f"Archive member {member.name!r} is a sparse file (pax GNU.sparse records); "
+        "only regular files and directories are allowed."
+    )
+
+
+def _tarinfo_class(max_header_bytes: int) -> type[_BoundedTarInfo]:
+    return type("_BoundedTarInfo", (_BoundedTarInfo,), {"budget": _HeaderBudget(max_header_bytes)})
+
+
 def extract_task_archive(
     source: BinaryIO | Path,
     target_dir: Path,
     *,
     max_archive_bytes: int,
     max_unpacked_bytes: int,
+    max_file_bytes: int | None = None,
     max_members: int = 10_000,
+    max_header_bytes: int = MAX_HEADER_BYTES,
 ) -> ExtractedTask:
     """Unpack a gzipped tar of one Harbor task directory into ``target_dir``.
 
@@ -126,6 +244,10 @@ def extract_task_archive(
     stripped. ``target_dir`` must not exist or be empty. Raises ArchiveError (with ``status_code``
     400, 413 or 422) for anything malformed, unsafe, too large or not a Harbor task; nothing is left
     in ``target_dir`` then.
+
+    ``max_file_bytes`` bounds each file (default: ``max_unpacked_bytes``), refused from its
+    header before any of it is read; ``max_header_bytes`` bounds the pax and GNU long-name records
+    in front of one member.
 
     ``content_hash`` is a sha256 over the sorted (relative path, executable bit, sha256 of bytes)
     of the regular files, so it does not depend on member order, mtimes, owners or the folder name.
@@ -140,11 +262,18 @@ def extract_task_archive(
         root = staging / "root"
         root.mkdir()
         os.chmod(root, 0o755)
+        limits = _Limits(
+            archive=max_archive_bytes,
+            unpacked=max_unpacked_bytes,
+            file=min(max_file_bytes or max_unpacked_bytes, max_unpacked_bytes),
+            members=max_members,
+            header=max_header_bytes,
+        )
         if isinstance(source, Path):
             with source.open("rb") as raw:
-                entries = _extract(raw, root, max_archive_bytes, max_unpacked_bytes, max_members)
+                entries = _extract(raw, root, limits)
         else:
-            entries = _extract(source, root, max_archive_bytes, max_unpacked_bytes, max_members)
+            entries = _extract(source, root, limits)
 
         task_root, folder = _task_root(root)
         if folder is not None:
@@ -163,17 +292,27 @@ def extract_task_archive(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _extract(
-    raw: BinaryIO, root: Path, max_archive_bytes: int, max_unpacked_bytes: int, max_members: int
-) -> list[_FileEntry]:
-    compressed = _LimitedReader(raw, max_archive_bytes)
+@dataclass(frozen=True)
+class _Limits:
+    archive: int
+    unpacked: int
+    file: int
+    members: int
+    header: int
+
+
+def _extract(raw: BinaryIO, root: Path, limits: _Limits) -> list[_FileEntry]:
+    max_unpacked_bytes, max_members = limits.unpacked, limits.members
+    compressed = _LimitedReader(raw, limits.archive)
     stream = _Decompressed(
         compressed,
         limit=max_unpacked_bytes + _METADATA_BYTES_BASE + _METADATA_BYTES_PER_MEMBER * max_members,
         unpacked_limit=max_unpacked_bytes,
     )
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|")  # type: ignore[call-overload]
+        tar = tarfile.open(  # type: ignore[call-overload]
+            fileobj=stream, mode="r|", tarinfo=_tarinfo_class(limits.header)
+        )
     except ArchiveError:
         raise
     except (tarfile.TarError, ValueError, OverflowError) as exc:
@@ -192,6 +331,8 @@ def _extract(
             member = _next_member(tar)
             if member is None:
                 break
+            # tarfile keeps every member it read, each with its pax headers; none is needed again.
+            tar.members.clear()
             members += 1
             if members > max_members:
                 raise ArchiveError(
@@ -220,10 +361,17 @@ def _extract(
             elif member.isreg() and not member.issparse():
                 if parts in dirs:
                     raise ArchiveError(f"Archive member {name!r} is both a file and a directory.")
-                _make_dirs(root, parts[:-1], dirs)
+                # Known from the header (or its pax "size"): refused before a byte is read.
+                if member.size > limits.file:
+                    raise ArchiveError(
+                        f"Archive member {name!r} is {member.size} bytes, over the limit of "
+                        f"{limits.file} bytes per file.",
+                        413,
+                    )
                 if unpacked + member.size > max_unpacked_bytes:
                     raise _too_big(name, max_unpacked_bytes)
-                budget = max_unpacked_bytes - unpacked
+                _make_dirs(root, parts[:-1], dirs)
+                budget = min(max_unpacked_bytes - unpacked, limits.file)
                 entry = _write_file(tar, member, root, parts, budget, max_unpacked_bytes)
                 unpacked += entry.size
                 files.add(parts)

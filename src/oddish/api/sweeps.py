@@ -89,7 +89,10 @@ class SweepRequest(Strict):
     run_analysis: bool = True
     user: str | None = None
     submission_key: str | None = Field(
-        default=None, max_length=255, description="resending the same key returns the same task"
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="resending the same key returns the same task",
     )
 
     def submission(self, task_path: Any, default_name: str) -> TaskSubmission:
