@@ -15,11 +15,12 @@ from pathlib import Path
 
 import httpx
 from sqlalchemy import text
+from starlette.types import Message, Receive, Scope, Send
 from temporalio.client import Client
 from temporalio.service import RPCError
 
 from oddish.db.connection import get_session
-from oddish.embedded import free_port
+from oddish.embedded import TemporalDevServer, free_port
 from oddish.queue import create_task, get_task_with_trials
 from oddish.replay import replay_history
 from oddish.schemas import AgentRunConfig, TaskSubmission
@@ -268,3 +269,39 @@ async def until_started(client: Client, task_id: str, timeout: float = 60) -> No
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.1)
+
+
+class RecordingApp:
+    """An ASGI app behind the middleware under test: reads the whole body, answers 200, and
+    records the scopes it saw and the bytes it read."""
+
+    def __init__(self) -> None:
+        self.scopes: list[str] = []
+        self.bytes_read = 0
+
+    @property
+    def called(self) -> bool:
+        return "http" in self.scopes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scopes.append(scope["type"])
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            message: Message = await receive()
+            self.bytes_read += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+def restartable_temporal_server(directory: Path) -> TemporalDevServer:
+    """A Temporal dev server of the test's own (not started), keeping its data in ``directory``
+    so that it can be stopped and started again."""
+    return TemporalDevServer(
+        port=free_port(),
+        ui_port=None,
+        db_file=directory / "temporal.db",
+        log_file=directory / "temporal.log",
+    )

@@ -10,8 +10,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import EXAMPLES, poll, serve_api, task_archive, until_started, wait_for_task
-from oddish.embedded import TemporalDevServer, free_port
+from helpers import (
+    EXAMPLES,
+    poll,
+    restartable_temporal_server,
+    serve_api,
+    task_archive,
+    until_started,
+    wait_for_task,
+)
 from oddish.temporal_gateway import connect
 
 pytestmark = pytest.mark.timeout(600)
@@ -20,12 +27,7 @@ pytestmark = pytest.mark.timeout(600)
 async def test_temporal_down_at_api_start_then_back(
     oddish_env: dict[str, str], task_queue: str, migrated: None, work_dir: Path, tmp_path: Path
 ) -> None:
-    server = TemporalDevServer(
-        port=free_port(),
-        ui_port=None,
-        db_file=tmp_path / "temporal.db",
-        log_file=tmp_path / "temporal.log",
-    )
+    server = restartable_temporal_server(tmp_path)
     env = {
         **os.environ,
         **oddish_env,

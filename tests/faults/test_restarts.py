@@ -30,13 +30,13 @@ from helpers import (
     max_overlap,
     parse,
     poll,
+    restartable_temporal_server,
     sleeping,
     slot_rows,
     submit,
     unique_key,
 )
 from oddish.config import get_settings
-from oddish.embedded import TemporalDevServer, free_port
 from oddish.queue import get_task_with_trials
 from oddish.temporal_gateway import connect
 from oddish.workflows import workflow_id_for_task
@@ -168,12 +168,7 @@ def trial_max_attempts(request: pytest.FixtureRequest) -> Iterator[int]:
 async def test_temporal_server_restarted_mid_run(
     start_worker, migrated: None, tmp_path: Path, trial_max_attempts: int
 ) -> None:
-    server = TemporalDevServer(
-        port=free_port(),
-        ui_port=None,
-        db_file=tmp_path / "temporal.db",
-        log_file=tmp_path / "temporal.log",
-    )
+    server = restartable_temporal_server(tmp_path)
     server.start()
     watch = SandboxWatch()
     try:

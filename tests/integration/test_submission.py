@@ -15,11 +15,19 @@ import pytest
 from temporalio.client import Client
 
 from conftest import reset_settings
-from helpers import EXAMPLES, local, serve_api, submit, task_archive, until_started, wait_for_task
+from helpers import (
+    EXAMPLES,
+    local,
+    restartable_temporal_server,
+    serve_api,
+    submit,
+    task_archive,
+    until_started,
+    wait_for_task,
+)
 from oddish import queue
 from oddish.db import records
 from oddish.db.connection import get_session
-from oddish.embedded import TemporalDevServer, free_port
 from oddish.temporal_gateway import connect
 from oddish.worker.unstarted import BATCH as STARTER_BATCH
 
@@ -117,12 +125,7 @@ async def test_submission_while_temporal_is_down_is_kept_and_runs_later(
     work_dir: Path,
     tmp_path: Path,
 ) -> None:
-    server = TemporalDevServer(
-        port=free_port(),
-        ui_port=None,
-        db_file=tmp_path / "temporal.db",
-        log_file=tmp_path / "temporal.log",
-    )
+    server = restartable_temporal_server(tmp_path)
     server.start()
     env = {
         **os.environ,

@@ -9,30 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from starlette.types import Message, Receive, Scope, Send
 
+from helpers import RecordingApp
 from oddish.api.app import create_app
 from oddish.api.auth import ApiKeyGate
 from oddish.api.body_limit import BodySizeLimit
 from oddish.config import get_settings
-
-
-class RecordingApp:
-    """An ASGI app that reads the whole body and answers 200: records how much it read."""
-
-    def __init__(self) -> None:
-        self.bytes_read = 0
-        self.called = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.called = True
-        more = True
-        while more:
-            message: Message = await receive()
-            self.bytes_read += len(message.get("body", b""))
-            more = message.get("more_body", False)
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.types import Message, Receive, Scope, Send
 from typer.testing import CliRunner
 
+from helpers import RecordingApp
 from oddish.api import exposure
 from oddish.api.exposure import check_exposure, guard_hosts, is_loopback, trusted_hosts
 from oddish.config import Settings, get_settings
@@ -130,24 +130,6 @@ def test_trusted_hosts_setting(settings_env: pytest.MonkeyPatch) -> None:
         with pytest.raises(ValidationError) as info:
             Settings(_env_file=None, trusted_hosts=bad)  # type: ignore[arg-type]
         assert "trusted host" in str(info.value), bad
-
-
-class RecordingApp:
-    def __init__(self) -> None:
-        self.scopes: list[str] = []
-        self.bytes_read = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.scopes.append(scope["type"])
-        if scope["type"] != "http":
-            return
-        more = True
-        while more:
-            message: Message = await receive()
-            self.bytes_read += len(message.get("body", b""))
-            more = message.get("more_body", False)
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
 
 
 async def _status(app: Any, host: str, body: bytes = b"") -> int:

@@ -6,11 +6,11 @@ request's body is read, so a stranger cannot make the API parse (or hold) a body
 
 from __future__ import annotations
 
-import json
 import secrets
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from oddish.api.asgi_answers import send_json_error
 from oddish.config import get_settings
 
 # Liveness and the API's own description are readable without the key.
@@ -39,16 +39,4 @@ class ApiKeyGate:
         if key_accepted(authorization, expected):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"detail": UNAUTHORIZED}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b"Bearer"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_json_error(send, 401, UNAUTHORIZED, [(b"www-authenticate", b"Bearer")])

@@ -7,10 +7,10 @@ the whole body to disk before the archive's own size check could refuse it.
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from oddish.api.asgi_answers import send_json_error
 
 
 class BodyTooLarge(HTTPException):
@@ -64,17 +64,5 @@ class BodySizeLimit:
 
 
 async def _refuse(send: Send, exc: BodyTooLarge) -> None:
-    body = json.dumps({"detail": exc.detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                # The body was left unread: the connection cannot carry another request.
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    # The body was left unread: the connection cannot carry another request.
+    await send_json_error(send, 413, exc.detail, [(b"connection", b"close")])
