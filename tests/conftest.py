@@ -19,18 +19,12 @@ import pytest
 from sqlalchemy.engine import make_url
 from temporalio.client import Client
 
-from helpers import serve_api
-from oddish.config import get_settings
+from helpers import reset_settings, serve_api
 from oddish.db.connection import dispose_engine, plain_dsn
 from oddish.embedded import TemporalDevServer, free_port, start_postgres
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "tasks"
-
-
-def reset_settings(**env: str) -> None:
-    os.environ.update(env)
-    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from starlette.types import Message, Receive, Scope, Send
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from oddish.config import get_settings
 from oddish.db.connection import get_session
 from oddish.embedded import TemporalDevServer, free_port
 from oddish.queue import create_task, get_task_with_trials
@@ -27,6 +28,12 @@ from oddish.schemas import AgentRunConfig, TaskSubmission
 from oddish.workflows import workflow_id_for_task
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "tasks"
+
+
+def reset_settings(**env: str) -> None:
+    """Set environment variables and have oddish's settings read them again."""
+    os.environ.update(env)
+    get_settings.cache_clear()
 
 
 async def submit(

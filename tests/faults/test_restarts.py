@@ -21,7 +21,6 @@ import pytest
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from conftest import reset_settings
 from helpers import (
     assert_each_trial_recorded_once,
     attempt_spans,
@@ -30,6 +29,7 @@ from helpers import (
     max_overlap,
     parse,
     poll,
+    reset_settings,
     restartable_temporal_server,
     sleeping,
     slot_rows,

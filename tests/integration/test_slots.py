@@ -23,7 +23,7 @@ from helpers import (
     wait_for_task,
     wait_until_running,
 )
-from oddish.activities.trial import MAX_HEARTBEAT_INTERVAL_SEC
+from oddish.activities.heartbeat import MAX_INTERVAL_SEC as MAX_HEARTBEAT_INTERVAL_SEC
 from oddish.queue import get_task_with_trials, set_queue_limit
 
 pytestmark = pytest.mark.timeout(600)

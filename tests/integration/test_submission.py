@@ -14,10 +14,10 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from conftest import reset_settings
 from helpers import (
     EXAMPLES,
     local,
+    reset_settings,
     restartable_temporal_server,
     serve_api,
     submit,

@@ -76,3 +76,9 @@ def test_an_attempt_that_reported_less_keeps_what_the_trial_had() -> None:
     assert not set(values) & KEPT_WHEN_UNREPORTED
     full = TrialResultFields(status="success", outcome="success", reward=1.0, cost_usd=0.5)
     assert full.trial_values()["cost_usd"] == 0.5
+
+
+def test_test_files_have_names_of_their_own() -> None:
+    """pytest imports test modules by their file name: two alike in different tiers collide."""
+    names = [path.name for path in (SRC.parents[1] / "tests").rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})
