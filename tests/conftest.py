@@ -86,6 +86,8 @@ def oddish_env(
 async def migrated(oddish_env: dict[str, str]) -> AsyncIterator[None]:
     from oddish.db import migrations
 
+    # An engine made before these settings (by a unit test, say) points at another database.
+    await dispose_engine()
     await migrations.upgrade()
     yield
     await dispose_engine()

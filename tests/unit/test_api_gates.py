@@ -15,6 +15,7 @@ from oddish.api.app import create_app
 from oddish.api.auth import ApiKeyGate
 from oddish.api.body_limit import BodySizeLimit
 from oddish.config import get_settings
+from oddish.db.connection import dispose_engine
 
 
 @pytest.fixture
@@ -73,13 +74,17 @@ def deep(levels: int) -> dict[str, object]:
 
 
 @pytest.fixture
-def app_without_services(settings_env: pytest.MonkeyPatch, tmp_path: Path) -> object:
+async def app_without_services(
+    settings_env: pytest.MonkeyPatch, tmp_path: Path
+) -> AsyncIterator[object]:
     """The real app, its lifespan not run: Postgres is a unix socket that does not exist."""
     settings_env.setenv(
         "ODDISH_DATABASE_URL", f"postgresql+asyncpg://nobody@/nothing?host={tmp_path}/gone"
     )
     settings_env.delenv("ODDISH_API_KEY", raising=False)
-    return create_app()
+    yield create_app()
+    # The process's engine now points at the missing server: later tests get their own.
+    await dispose_engine()
 
 
 @pytest.mark.parametrize("levels", [40, 1_000, 100_000])
