@@ -41,6 +41,21 @@ class Settings(BaseSettings):
     tasks_dir: Path = Path("/tmp/oddish-tasks")
     harbor_jobs_dir: Path = Path("/tmp/harbor-jobs")
 
+    # Object storage of task archives and trial outputs (oddish.storage): an S3 bucket (AWS or an
+    # S3-compatible endpoint) when s3_enabled, else the local directory storage_dir (unset:
+    # <home>/storage). The API and every worker must share it.
+    storage_dir: Path | None = None
+    s3_enabled: bool = False
+    s3_bucket: str | None = None
+    # Unset: boto3's own credential chain (AWS_* variables, ~/.aws, an instance or task role).
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = Field(default=None, repr=False)
+    # Unset: AWS S3 in s3_region.
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    # Keys go under this prefix in the bucket (normalised to one trailing '/').
+    s3_prefix: str = ""
+
     # Infrastructure failures of a trial are retried this many times in all.
     trial_max_attempts: int = Field(default=3, ge=1)
     trial_retry_initial_interval_sec: float = 5.0
