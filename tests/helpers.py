@@ -58,6 +58,19 @@ def local(agent: str = "oracle", n_trials: int = 1, **spec: object) -> AgentRunC
     return AgentRunConfig(agent=agent, environment="local", n_trials=n_trials, **spec)
 
 
+async def stored_task_file(task_id: str, name: str, cache_dir: Path) -> str:
+    """A file of the task as stored at submission (its archive in storage, fetched through a
+    task cache of its own in ``cache_dir``)."""
+    from oddish.db import records
+    from oddish.task_cache import TaskCache, task_dir_for
+
+    async with get_session() as session:
+        task = await records.get_task(session, task_id)
+    cache = TaskCache(cache_dir, 1024**3)
+    async with task_dir_for(task.task_path, task.archive_sha256, cache=cache) as task_dir:
+        return (task_dir / name).read_text()
+
+
 async def wait_for_task(client: Client, task_id: str, timeout: float = 300) -> dict:
     await asyncio.wait_for(
         client.get_workflow_handle(workflow_id_for_task(task_id)).result(), timeout

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     # JSON object of queue key -> limit, applied to the database at worker start-up.
     model_concurrency: dict[str, int] = Field(default_factory=dict)
 
+    # The API's uploads, and the copies of tasks submitted before task archives went to storage
+    # (their records hold an absolute path here); new tasks are archives in storage.
     tasks_dir: Path = Path("/tmp/oddish-tasks")
     harbor_jobs_dir: Path = Path("/tmp/harbor-jobs")
 
@@ -55,6 +57,11 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     # Keys go under this prefix in the bucket (normalised to one trailing '/').
     s3_prefix: str = ""
+    # Each worker's local copies of the task archives it runs, unpacked, keyed by content
+    # (unset: <home>/task-cache); least recently used ones go once they hold more than
+    # task_cache_max_bytes (unpacked), never one a trial of the process is using.
+    task_cache_dir: Path | None = None
+    task_cache_max_bytes: int = Field(default=5 * 1024**3, ge=0)
 
     # Infrastructure failures of a trial are retried this many times in all.
     trial_max_attempts: int = Field(default=3, ge=1)

@@ -13,3 +13,19 @@ def limits_option(raw: str | None) -> dict[str, int]:
         return parse_concurrency_json(raw)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--n-concurrent") from exc
+
+
+# Exit code of a start refused for a setting (as the API's on an exposed address without a key).
+STORAGE_REFUSED_EXIT_CODE = 2
+
+
+def storage_problem() -> str | None:
+    """Why the storage of task archives cannot be used with these settings, in one line that
+    names the setting to fix (StorageMisconfigured), or None when ``check()`` passes."""
+    from oddish.storage import StorageError, get_storage
+
+    try:
+        get_storage().check()
+    except StorageError as exc:
+        return " ".join(str(exc).split())
+    return None

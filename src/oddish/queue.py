@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections import Counter
@@ -22,7 +23,7 @@ from oddish.ids import new_id
 from oddish.queue_keys import DEFAULT_LIMIT_KEY, limit_key
 from oddish.schemas import TaskSubmission
 from oddish.statuses import TERMINAL_JOB_STATUSES
-from oddish.task_store import remove_task_dir, store_task_dir
+from oddish.task_store import StoredArchive, discard_task_archives, store_task_archive
 from oddish.temporal_gateway import TemporalUnavailable, start_task_workflow
 from oddish.trial_stats import group_by_agent_model, group_stats
 from oddish.workflows import workflow_id_for_task
@@ -79,10 +80,7 @@ async def create_task(submission: TaskSubmission, *, client: Client | None) -> s
 
     task_id = new_id("task")
     try:
-        # Copying a task can take seconds: off the event loop, which serves requests and trials.
-        stored_path = await asyncio.to_thread(
-            store_task_dir, submission.task_path, task_id, docker_image=submission.docker_image
-        )
+        stored = await _store_archive(submission, task_id)
         async with get_session() as session:
             # A name given where an id goes joins the experiment of that name.
             experiment_id = (
@@ -104,7 +102,9 @@ async def create_task(submission: TaskSubmission, *, client: Client | None) -> s
                 id=task_id,
                 experiment_id=experiment_id,
                 name=submission.name or submission.task_path.name,
-                task_path=str(stored_path),
+                # The task's location: the storage key of its archive.
+                task_path=stored.key,
+                archive_sha256=stored.sha256,
                 priority=submission.priority,
                 user=submission.user,
                 run_analysis=submission.run_analysis,
@@ -128,16 +128,47 @@ async def create_task(submission: TaskSubmission, *, client: Client | None) -> s
             session.add_all(trials)
             await session.commit()
     except IntegrityError:
-        await asyncio.to_thread(remove_task_dir, task_id)
+        await _discard_archives(task_id)
         if submission.submission_key:
             # The same submission raced us and won: answer with its task.
             return await create_task(submission, client=client)
         raise
     except BaseException:
-        await asyncio.shield(asyncio.to_thread(remove_task_dir, task_id))
+        # Whatever failed (or cancelled the submission), no archive of it stays in storage.
+        await asyncio.shield(_discard_archives(task_id))
         raise
     await _start_recorded(client, task, trials)
     return task_id
+
+
+async def _store_archive(submission: TaskSubmission, task_id: str) -> StoredArchive:
+    """The task's archive, stored. Copying, packing and uploading a task can take seconds: off
+    the event loop, which serves requests and trials. Cancelled, it waits for the thread to end,
+    so that what the thread stored is there to be deleted."""
+    storing = asyncio.ensure_future(
+        asyncio.to_thread(
+            store_task_archive,
+            submission.task_path,
+            task_id,
+            docker_image=submission.docker_image,
+        )
+    )
+    try:
+        return await asyncio.shield(storing)
+    except asyncio.CancelledError:
+        await asyncio.wait({storing})
+        with contextlib.suppress(BaseException):
+            storing.result()  # its failure, if any, is not this submission's news any more
+        raise
+
+
+async def _discard_archives(task_id: str) -> None:
+    """Delete what a submission that was not recorded stored (nothing, when it failed before
+    storing); a storage failure now is logged, not raised over the submission's own error."""
+    try:
+        await asyncio.to_thread(discard_task_archives, task_id)
+    except Exception as exc:
+        log.warning("could not delete the archive of unrecorded task %s: %s", task_id, exc)
 
 
 async def _start_recorded(client: Client | None, task: TaskModel, trials: list[TrialModel]) -> None:

@@ -11,7 +11,7 @@ from oddish.config import get_settings
 from oddish.db import records, slots
 from oddish.db.connection import get_session
 from oddish.statuses import TERMINAL_TASK_STATUSES
-from oddish.task_store import remove_task_dir
+from oddish.task_store import discard_task_archives, remove_task_dir
 from oddish.temporal_gateway import (
     cancel_task_workflow,
     task_workflow_running,
@@ -60,8 +60,12 @@ async def _stop_and_wait(task_id: str, client: Client) -> None:
 
 
 async def delete_task(task_id: str, *, client: Client) -> None:
-    """Stop the task's running work, then delete its rows, its stored copy and its Harbor output."""
+    """Stop the task's running work, then delete what storage holds of it (its archive), its
+    rows, and its local files (the copy of a task stored before archives, Harbor's output).
+
+    Storage goes before the rows: when storage fails, the task is still there to delete again."""
     await _stop_and_wait(task_id, client)
+    await asyncio.to_thread(discard_task_archives, task_id)
     async with get_session() as session:
         await slots.release_workflow(
             await session.connection(),

@@ -289,6 +289,11 @@ def _start_services(
 
     settings = get_settings()
     keep_files_in_home(home, settings.model_fields_set)
+    get_settings.cache_clear()
+    # Before any service starts: a storage that cannot be used is one line naming the setting.
+    from oddish.storage import get_storage
+
+    get_storage().check()
     database = "DATABASE_URL / ODDISH_DATABASE_URL"
     if not settings.database_url:
         postgres = start_embedded_postgres(home / "postgres")
@@ -325,15 +330,21 @@ def _start_services(
 
 
 def keep_files_in_home(home: Path, explicit: set[str]) -> None:
-    """Stored tasks and Harbor's output go under the home too, unless configured elsewhere.
+    """Uploads and tasks stored before archives, Harbor's output, the local storage of task
+    archives and the worker's task cache go under the home too, unless configured elsewhere.
 
     The records point at these files: left in /tmp (the library defaults) they would vanish at
-    a reboot while the records that point at them stay.
+    a reboot while the records that point at them stay; and the storage and cache default to the
+    home of the settings (ODDISH_HOME), which --home need not be.
     """
     if "tasks_dir" not in explicit:
         os.environ["ODDISH_TASKS_DIR"] = str(home / "tasks")
     if "harbor_jobs_dir" not in explicit:
         os.environ["ODDISH_HARBOR_JOBS_DIR"] = str(home / "harbor-jobs")
+    if "storage_dir" not in explicit:
+        os.environ["ODDISH_STORAGE_DIR"] = str(home / "storage")
+    if "task_cache_dir" not in explicit:
+        os.environ["ODDISH_TASK_CACHE_DIR"] = str(home / "task-cache")
 
 
 def _stopping(name: str, stop: Callable[[], None]) -> None:

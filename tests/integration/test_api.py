@@ -15,6 +15,7 @@ from helpers import (
     EXAMPLES,
     local,
     serve_api,
+    stored_task_file,
     submit,
     symlink_archive,
     task_archive,
@@ -22,7 +23,6 @@ from helpers import (
     wait_for_task,
     wait_until_running,
 )
-from oddish.config import get_settings
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -130,7 +130,7 @@ def test_api_key_guards_every_route_but_health(
 
 
 async def test_upload_then_sweep_runs_the_task(
-    api: str, start_worker, temporal_client: Client
+    api: str, start_worker, temporal_client: Client, tmp_path: Path
 ) -> None:
     start_worker()
     archive = task_archive(EXAMPLES / "hello-pass", folder="hello-pass/")
@@ -155,8 +155,8 @@ async def test_upload_then_sweep_runs_the_task(
         )
         assert created.status_code == 200, created.text
         body = created.json()
-        stored = get_settings().tasks_dir / body["id"] / "task.toml"
-        assert 'docker_image = "python:3.12-slim"' in stored.read_text()
+        stored = await stored_task_file(body["id"], "task.toml", tmp_path / "cache")
+        assert 'docker_image = "python:3.12-slim"' in stored
         assert body["trials_count"] == 3 and body["url"].endswith(f"/tasks/{body['id']}")
         task = await wait_for_task(temporal_client, body["id"])
         assert task["name"] == "hello-pass"

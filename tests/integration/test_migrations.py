@@ -1,4 +1,5 @@
-"""Upgrading a database that already holds tasks: the data stays and new columns are filled in."""
+"""Upgrading a database that already holds tasks: the data stays and new columns are filled in;
+a task recorded before task archives went to storage still runs."""
 
 from __future__ import annotations
 
@@ -6,14 +7,27 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
 from alembic import command
 from sqlalchemy.engine import make_url
+from temporalio.client import Client
 
-from oddish.db.connection import plain_dsn
+from helpers import EXAMPLES, local, wait_for_task
+from oddish import task_control
+from oddish.config import get_settings
+from oddish.db import records
+from oddish.db.connection import get_session, plain_dsn
 from oddish.db.migrations import alembic_config
+from oddish.db.models import TaskModel, TrialModel
+from oddish.ids import new_id
+from oddish.queue import workflow_input
+from oddish.schemas import AgentRunConfig, TaskSubmission
+from oddish.task_store import copy_task_dir, is_legacy_location
+from oddish.temporal_gateway import start_task_workflow
+from oddish.workflows import workflow_id_for_task
 
 
 @pytest.fixture
@@ -72,3 +86,86 @@ async def test_upgrade_marks_the_tasks_that_have_workflows(scratch_database: str
         assert await conn.fetchval("SELECT count(*) FROM tasks") == 3
     finally:
         await conn.close()
+
+
+async def test_upgrade_keeps_local_task_paths_as_legacy_locations(scratch_database: str) -> None:
+    """0004: tasks recorded before archives keep their absolute path, with no sha256."""
+    await migrate(scratch_database, "0003")
+    conn = await asyncpg.connect(plain_dsn(scratch_database))
+    try:
+        await conn.execute("INSERT INTO experiments (id, name) VALUES ('exp-1', 'before')")
+        await conn.execute(
+            "INSERT INTO tasks (id, experiment_id, name, task_path, status, priority, "
+            "run_analysis, workflow_id) "
+            "VALUES ('task-old', 'exp-1', 't', '/var/oddish/tasks/task-old', 'completed', 0, "
+            "true, 'task/task-old')"
+        )
+        await migrate(scratch_database, "head")
+        row = await conn.fetchrow("SELECT task_path, archive_sha256 FROM tasks")
+        assert dict(row) == {"task_path": "/var/oddish/tasks/task-old", "archive_sha256": None}
+        assert is_legacy_location(row["task_path"])
+
+        await migrate(scratch_database, "0003", down=True)
+        columns = await conn.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'tasks'"
+        )
+        assert "archive_sha256" not in {c["column_name"] for c in columns}
+        assert await conn.fetchval("SELECT task_path FROM tasks") == "/var/oddish/tasks/task-old"
+    finally:
+        await conn.close()
+
+
+async def record_legacy_task(client: Client, task: str, *configs: AgentRunConfig) -> str:
+    """A task recorded as submissions were before archives: a copy under ODDISH_TASKS_DIR, its
+    absolute path in ``task_path``, no sha256; then its workflow started."""
+    submission = TaskSubmission(task_path=EXAMPLES / task, configs=list(configs))
+    task_id = new_id("task")
+    copy = get_settings().tasks_dir / task_id
+    copy_task_dir(submission.task_path, copy)
+    experiment_id = new_id("exp")
+    async with get_session() as session:
+        await records.ensure_experiment(session, experiment_id, "before archives")
+        row = TaskModel(
+            id=task_id,
+            experiment_id=experiment_id,
+            name=task,
+            task_path=str(copy),
+            run_analysis=False,
+            workflow_id=workflow_id_for_task(task_id),
+        )
+        trials = [
+            TrialModel(
+                id=new_id("trial"),
+                task_id=task_id,
+                index=index,
+                agent=spec.agent,
+                model=spec.model,
+                queue_key=spec.queue_key,
+                environment=spec.environment,
+                spec=spec.model_dump(mode="json"),
+            )
+            for index, spec in enumerate(submission.trial_specs())
+        ]
+        session.add(row)
+        session.add_all(trials)
+        await session.commit()
+    await start_task_workflow(client, workflow_input(row, trials))
+    return task_id
+
+
+async def test_a_task_recorded_before_archives_still_runs(
+    start_worker, temporal_client: Client, tmp_path: Path
+) -> None:
+    start_worker(ODDISH_TASK_CACHE_DIR=str(tmp_path / "task-cache"))
+    task_id = await record_legacy_task(temporal_client, "hello-pass", local(n_trials=2))
+    async with get_session() as session:
+        row = await records.get_task(session, task_id)
+    assert row.archive_sha256 is None and is_legacy_location(row.task_path)
+
+    task = await wait_for_task(temporal_client, task_id)
+    assert task["status"] == "completed"
+    assert [t["reward"] for t in task["trials"]] == [1.0, 1.0]
+    assert not (tmp_path / "task-cache").exists(), "read from its directory, not the cache"
+
+    await task_control.delete_task(task_id, client=temporal_client)
+    assert not Path(row.task_path).exists(), "its local copy goes with it"

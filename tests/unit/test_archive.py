@@ -1,4 +1,4 @@
-"""oddish.api.archive: unpacking uploaded task archives (no services needed)."""
+"""oddish.archives: unpacking uploaded task archives (no services needed)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from oddish.api import archive
-from oddish.api.archive import ArchiveError, ExtractedTask, extract_task_archive
+from oddish import archives as archive
+from oddish.archives import ArchiveError, ExtractedTask, extract_task_archive
 
 MB = 1024 * 1024
 LIMITS = {"max_archive_bytes": 10 * MB, "max_unpacked_bytes": 10 * MB}

@@ -113,7 +113,7 @@ def test_oddish_services_share_one_image_database_temporal_and_files(compose: di
             "postgresql+asyncpg://"
         )
         assert env["ODDISH_TEMPORAL_ADDRESS"] == "temporal:7233"
-        for key in ("ODDISH_TASKS_DIR", "ODDISH_HARBOR_JOBS_DIR"):
+        for key in ("ODDISH_TASKS_DIR", "ODDISH_HARBOR_JOBS_DIR", "ODDISH_STORAGE_DIR"):
             assert any(
                 env[key].startswith(volume.split(":")[1]) for volume in service["volumes"]
             ), key

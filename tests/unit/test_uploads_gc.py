@@ -14,7 +14,6 @@ import pytest
 
 from helpers import EXAMPLES, task_archive
 from oddish.api import uploads
-from oddish.api.archive import ArchiveError
 from oddish.api.uploads import (
     collect_old_uploads,
     collect_uploads_periodically,
@@ -22,9 +21,12 @@ from oddish.api.uploads import (
     upload_name,
     upload_path,
 )
+from oddish.archives import ArchiveError
 from oddish.config import Settings, get_settings
 from oddish.db.records import RecordNotFound
-from oddish.task_store import store_task_dir
+from oddish.storage.local import LocalStorage
+from oddish.task_cache import TaskCache, task_dir_for
+from oddish.task_store import store_task_archive
 
 HOUR = 3600.0
 TASK = EXAMPLES / "hello-pass"
@@ -101,13 +103,16 @@ def test_each_use_restarts_the_retention(tasks_dir: Path) -> None:
     assert collect_old_uploads() == 1 and not path.exists()
 
 
-def test_tasks_created_from_an_upload_keep_their_own_copy(tasks_dir: Path) -> None:
-    """No record points at an upload: a sweep copies it into the task's store."""
+async def test_tasks_created_from_an_upload_keep_their_own_copy(tasks_dir: Path) -> None:
+    """No record points at an upload: a sweep copies it into the task's archive in storage."""
     stored = upload()
-    task_dir = store_task_dir(upload_path(stored["upload_id"]), "task-gc")
+    storage = LocalStorage(tasks_dir / "store")
+    archive = store_task_archive(upload_path(stored["upload_id"]), "task-gc", storage=storage)
     age(tasks_dir / "uploads" / stored["upload_id"], 2 * HOUR)
     assert collect_old_uploads() == 1
-    assert (task_dir / "task.toml").is_file() and (task_dir / "tests" / "test.sh").is_file()
+    cache = TaskCache(tasks_dir / "cache", 1024**3, storage=storage)
+    async with task_dir_for(archive.key, archive.sha256, cache=cache) as task_dir:
+        assert (task_dir / "task.toml").is_file() and (task_dir / "tests" / "test.sh").is_file()
 
 
 def test_leftovers_of_crashed_processes_are_deleted(tasks_dir: Path) -> None:

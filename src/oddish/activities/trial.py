@@ -30,6 +30,7 @@ from oddish.harbor_config import trial_config
 from oddish.outcomes import classify
 from oddish.schemas import TrialSpec
 from oddish.statuses import TERMINAL_JOB_STATUSES, AttemptStatus, JobStatus
+from oddish.task_cache import task_dir_for
 from oddish.temporal_gateway import workflow_status
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,9 @@ class _Busy:
 @dataclass(frozen=True)
 class _Started:
     spec: TrialSpec
-    task_path: Path
+    # The task's location (its archive's storage key, or a legacy local path) and sha256.
+    task_location: str
+    archive_sha256: str | None
     attempt_id: int
     attempt_number: int
 
@@ -219,7 +222,7 @@ async def _start(
         ):
             return _Busy(running[-1].number, running[-1].worker)
         spec = TrialSpec.model_validate(trial.spec)
-        task_path = Path(trial.task.task_path)
+        location, sha256 = trial.task.task_path, trial.task.archive_sha256
         attempt = await records.start_attempt(
             session,
             trial_id=inp.trial_id,
@@ -227,7 +230,7 @@ async def _start(
             temporal_attempt=info.attempt,
             worker=worker_identity(),
         )
-        started = _Started(spec, task_path, attempt.id, attempt.number)
+        started = _Started(spec, location, sha256, attempt.id, attempt.number)
         await session.commit()
     return started
 
@@ -420,11 +423,18 @@ async def _run_trial(
     harbor_config: dict[str, Any] = {}
     superseded = asyncio.Event()
     touch = asyncio.ensure_future(_touch_slot(inp.trial_id, attempt_id, touch_interval, superseded))
+    # The task's directory stays in use (not evicted from the worker's cache) until the end.
+    task_dir = contextlib.AsyncExitStack()
     try:
         try:
+            # Storage failing here (unreachable, the archive missing or corrupt) is an
+            # infrastructure failure: recorded, and the attempt retried.
+            task_path = await task_dir.enter_async_context(
+                task_dir_for(started.task_location, started.archive_sha256)
+            )
             config = trial_config(
                 started.spec,
-                task_path=started.task_path,
+                task_path=task_path,
                 trials_dir=trials_dir,
                 trial_name=trial_name,
             )
@@ -489,6 +499,7 @@ async def _run_trial(
         touch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await touch
+        await task_dir.aclose()
 
 
 async def _record_result(

@@ -11,7 +11,12 @@ import uvicorn
 
 from oddish.api import exposure
 from oddish.config import get_settings
-from oddish.options import N_CONCURRENT_HELP, limits_option
+from oddish.options import (
+    N_CONCURRENT_HELP,
+    STORAGE_REFUSED_EXIT_CODE,
+    limits_option,
+    storage_problem,
+)
 
 app = typer.Typer(add_completion=False)
 
@@ -24,7 +29,9 @@ With no DATABASE_URL / ODDISH_DATABASE_URL or ODDISH_TEMPORAL_ADDRESS it starts 
 Postgres and Temporal dev server, as the worker does. OpenAPI docs are served at /docs.
 
 On an address other than loopback it refuses to start (exit code 2) unless ODDISH_API_KEY is
-set; it answers only the Host names of ODDISH_TRUSTED_HOSTS and the address it listens on."""
+set; it answers only the Host names of ODDISH_TRUSTED_HOSTS and the address it listens on. A
+storage of task archives that cannot be used (ODDISH_STORAGE_DIR, ODDISH_S3_*) refuses the start
+too, with one line naming the setting (exit code 2)."""
 )
 def main(
     host: str = typer.Option(
@@ -47,6 +54,12 @@ def main(
         raise typer.Exit(exposure.REFUSED_EXIT_CODE)
     if (note := exposure.host_note(host)) is not None:
         logging.getLogger("oddish.api").warning("%s", note)
+
+    # Before anything else is imported or started: one line naming the setting to fix.
+    problem = storage_problem()
+    if problem is not None:
+        typer.echo(f"oddish: {problem}", err=True)
+        raise typer.Exit(STORAGE_REFUSED_EXIT_CODE)
 
     from oddish.api.app import create_app
     from oddish.embedded import ensure_embedded_services

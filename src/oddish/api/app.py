@@ -29,7 +29,6 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from oddish import queue, task_control, task_retry
-from oddish.api.archive import ArchiveError
 from oddish.api.auth import ApiKeyGate
 from oddish.api.body_limit import BodySizeLimit
 from oddish.api.sweeps import SweepRequest
@@ -40,6 +39,7 @@ from oddish.api.uploads import (
     upload_name,
     upload_path,
 )
+from oddish.archives import ArchiveError
 from oddish.config import get_settings
 from oddish.db import migrations
 from oddish.db.connection import (
@@ -51,6 +51,7 @@ from oddish.db.connection import (
 from oddish.db.records import RecordNotFound
 from oddish.schemas import MAX_TRIALS_PER_TASK
 from oddish.statuses import TaskStatus
+from oddish.storage import StorageError, StorageUnavailable, get_storage
 from oddish.temporal_gateway import TemporalConnection, TemporalUnavailable
 from oddish.worker.health import WorkerHealth
 
@@ -288,6 +289,9 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Task archives go to storage: a store that is misconfigured refuses the start
+        # (StorageMisconfigured names the setting to fix).
+        await asyncio.to_thread(get_storage().check)
         await migrations.upgrade()
         stop = asyncio.Event()
         # The API serves while Temporal is down (reads, and submissions the workers start later).
@@ -344,6 +348,18 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
     @app.exception_handler(ArchiveError)
     async def bad_archive(_: Request, exc: ArchiveError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
+
+    @app.exception_handler(StorageError)
+    async def storage_failed(_: Request, exc: StorageError) -> JSONResponse:
+        # Storing or deleting a task's archive failed: the store, not the request, is at fault.
+        if isinstance(exc, StorageUnavailable):
+            log.warning("storage unavailable: %s", exc)
+        else:
+            log.error("storage error: %s", exc)
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "the storage of task archives failed; try again shortly"},
+        )
 
     @app.exception_handler(ValidationError)
     async def invalid(_: Request, exc: ValidationError) -> JSONResponse:

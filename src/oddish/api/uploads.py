@@ -1,10 +1,10 @@
 """Uploaded task versions: each archive is unpacked once under its content hash and reused.
 
 An upload is only needed until a sweep has used it: ``queue.create_task`` copies it into the
-task's own store (``task_store.store_task_dir``), and no record points at the upload afterwards. A
-stored upload's directory mtime is its last use (stored, uploaded again, or named by a sweep), and
-``collect_old_uploads`` deletes those unused for ``ODDISH_UPLOAD_RETENTION_SEC``, with extraction
-leftovers of crashed processes.
+task's own archive in storage (``task_store.store_task_archive``), and no record points at the
+upload afterwards. A stored upload's directory mtime is its last use (stored, uploaded again, or
+named by a sweep), and ``collect_old_uploads`` deletes those unused for
+``ODDISH_UPLOAD_RETENTION_SEC``, with extraction leftovers of crashed processes.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from oddish.api.archive import ArchiveError, extract_task_archive
+from oddish.archives import ArchiveError, extract_task_archive
 from oddish.config import get_settings
 from oddish.db.records import RecordNotFound
 from oddish.task_check import task_dir_problem

@@ -62,7 +62,13 @@ class TaskModel(Base):
         ForeignKey("experiments.id", ondelete="CASCADE"), index=True, nullable=False
     )
     name: Mapped[str] = mapped_column(String(255), nullable=False)
+    # Where the task's files are: the storage key of its archive (``tasks/<id>/<sha256>.tar.gz``),
+    # or, for a task stored before archives went to storage, an absolute local directory
+    # (``task_store.is_legacy_location``). The column keeps its old name.
     task_path: Mapped[str] = mapped_column(Text, nullable=False)
+    # sha256 of the archive's bytes, checked by each worker that fetches it; null for a legacy
+    # local directory.
+    archive_sha256: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(32), default=TaskStatus.PENDING, index=True)
     priority: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     user: Mapped[str | None] = mapped_column(String(255))

@@ -11,7 +11,13 @@ from pathlib import Path
 import typer
 
 from oddish.config import get_settings
-from oddish.options import N_CONCURRENT_HELP, limits_option
+from oddish.options import (
+    N_CONCURRENT_HELP,
+    STORAGE_REFUSED_EXIT_CODE,
+    limits_option,
+    storage_problem,
+)
+from oddish.storage import StorageMisconfigured
 
 app = typer.Typer(add_completion=False)
 
@@ -22,7 +28,8 @@ app = typer.Typer(add_completion=False)
 
 With no DATABASE_URL / ODDISH_DATABASE_URL it starts an embedded Postgres, and with no
 ODDISH_TEMPORAL_ADDRESS an embedded Temporal dev server (Web UI on --ui-port), both keeping
-their data under --home."""
+their data under --home. A storage of task archives that cannot be used (ODDISH_STORAGE_DIR,
+ODDISH_S3_*) refuses the start with one line naming the setting (exit code 2)."""
 )
 def main(
     n_concurrent: str = typer.Option(None, "--n-concurrent", help=N_CONCURRENT_HELP),
@@ -39,6 +46,12 @@ def main(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     limits = limits_option(n_concurrent)
+
+    # Before anything else is imported or started: one line naming the setting to fix.
+    problem = storage_problem()
+    if problem is not None:
+        typer.echo(f"oddish: {problem}", err=True)
+        raise typer.Exit(STORAGE_REFUSED_EXIT_CODE)
 
     from oddish.embedded import ensure_embedded_services
     from oddish.worker.runner import run_worker
@@ -58,6 +71,9 @@ def main(
 
     try:
         asyncio.run(serve())
+    except StorageMisconfigured as exc:  # run_worker checks the storage again
+        typer.echo(f"oddish: {exc}", err=True)
+        raise typer.Exit(STORAGE_REFUSED_EXIT_CODE) from None
     finally:
         if temporal is not None:
             temporal.stop()

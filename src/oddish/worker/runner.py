@@ -18,6 +18,7 @@ from oddish.activities.pauses import monitoring_pauses
 from oddish.config import get_settings
 from oddish.db import migrations
 from oddish.db.connection import dispose_engine
+from oddish.storage import get_storage
 from oddish.temporal_gateway import TemporalNotConfigured, connect, reconnect_delays
 from oddish.worker.dispatcher import SlotDispatcher
 from oddish.worker.health import WorkerHealth
@@ -40,6 +41,9 @@ async def run_worker(
     if not settings.harbor_telemetry:
         os.environ.setdefault("HARBOR_TELEMETRY", "0")
     health = health or WorkerHealth(poll_interval_sec=settings.dispatcher_poll_interval_sec)
+    # Trials fetch their tasks' archives from storage: a store that cannot be used refuses the
+    # start (StorageMisconfigured names the setting to fix) rather than failing every trial.
+    await asyncio.to_thread(get_storage().check)
     if migrate:
         await migrations.upgrade()
     await queue.apply_limits(n_concurrent or {})

@@ -1,0 +1,126 @@
+"""Workers that share no disk with the submitter: task archives go through S3 (moto's server).
+
+The test process submits (as the API or the library does) with its own ODDISH_TASKS_DIR; the
+worker has another ODDISH_TASKS_DIR, task cache, Harbor output directory and home. Only Postgres,
+Temporal and the bucket are shared."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import DBAPIError
+from temporalio.client import Client
+
+from helpers import local, reset_settings, submit, wait_for_task
+from oddish import task_control
+from oddish.config import get_settings
+from oddish.db import records
+from oddish.db.connection import get_session
+from s3_server import S3Server, s3_server_fixture  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.timeout(600)
+
+PREFIX = "shared-nothing/"
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """S3 settings for this process (the submitter) and its workers, with a tasks directory of
+    the submitter's own; the previous settings come back afterwards."""
+    env = {
+        "ODDISH_S3_ENABLED": "true",
+        "ODDISH_S3_BUCKET": s3_server.create_bucket(),
+        "ODDISH_S3_ENDPOINT_URL": s3_server.endpoint,
+        "ODDISH_S3_REGION": "us-east-1",
+        "ODDISH_S3_ACCESS_KEY": "testing",
+        "ODDISH_S3_SECRET_KEY": "testing",
+        "ODDISH_S3_PREFIX": PREFIX,
+    }
+    mine = {**env, "ODDISH_TASKS_DIR": str(tmp_path / "submitter-tasks")}
+    saved = {name: os.environ.get(name) for name in mine}
+    reset_settings(**mine)
+    yield env
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    get_settings.cache_clear()
+
+
+def objects(server: S3Server, bucket: str, prefix: str = PREFIX) -> dict[str, bytes]:
+    client = server.client()
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {
+        item["Key"]: client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+        for item in listed
+    }
+
+
+async def test_a_worker_sharing_no_disk_runs_a_task_stored_in_s3(
+    s3_server: S3Server,
+    s3_env: dict[str, str],
+    start_worker,
+    temporal_client: Client,
+    tmp_path: Path,
+) -> None:
+    bucket = s3_env["ODDISH_S3_BUCKET"]
+    elsewhere = tmp_path / "worker-machine"
+    worker = start_worker(
+        **s3_env,
+        ODDISH_TASKS_DIR=str(elsewhere / "tasks"),
+        ODDISH_TASK_CACHE_DIR=str(elsewhere / "task-cache"),
+        ODDISH_HARBOR_JOBS_DIR=str(elsewhere / "harbor-jobs"),
+        ODDISH_HOME=str(elsewhere / "home"),
+    )
+    task_id = await submit(
+        temporal_client, "partial-credit", local(n_trials=2), local("nop"), run_analysis=False
+    )
+    task = await wait_for_task(temporal_client, task_id)
+
+    assert task["status"] == "completed"
+    assert sorted(t["reward"] for t in task["trials"]) == [0.0, 0.5, 0.5]
+    oracle = [t for t in task["trials"] if t["agent"] == "oracle"]
+    assert all(t["rewards"] == {"reward": 0.5, "correctness": 1.0, "style": 0.0} for t in oracle), (
+        oracle
+    )
+    assert {a["worker"].rsplit(":", 1)[1] for t in task["trials"] for a in t["attempts"]} == {
+        str(worker.process.pid)
+    }, "every attempt ran in the worker process"
+
+    # The record holds the archive's location (its key) and sha256, not a local path.
+    async with get_session() as session:
+        row = await records.get_task(session, task_id)
+    sha256 = row.archive_sha256
+    assert sha256 is not None and re.fullmatch(r"[0-9a-f]{64}", sha256)
+    assert row.task_path == f"tasks/{task_id}/{sha256}.tar.gz"
+    # ... which is an object in the bucket, under the prefix, with those bytes.
+    stored = objects(s3_server, bucket, f"{PREFIX}tasks/{task_id}/")
+    assert list(stored) == [PREFIX + row.task_path]
+    assert hashlib.sha256(stored[PREFIX + row.task_path]).hexdigest() == sha256
+
+    # No copy of the task on the submitter's disk; the worker unpacked its own into its cache.
+    submitter_tasks = tmp_path / "submitter-tasks"
+    assert not submitter_tasks.exists() or list(submitter_tasks.iterdir()) == []
+    assert (elsewhere / "task-cache" / sha256 / "task.toml").is_file()
+    assert not (elsewhere / "tasks" / task_id).exists()
+
+    # Deleting the task deletes what storage holds of it.
+    await task_control.delete_task(task_id, client=temporal_client)
+    assert objects(s3_server, bucket, f"{PREFIX}tasks/{task_id}/") == {}
+
+
+async def test_a_submission_that_fails_leaves_nothing_in_storage(
+    s3_server: S3Server, s3_env: dict[str, str], temporal_client: Client
+) -> None:
+    bucket = s3_env["ODDISH_S3_BUCKET"]
+    before = objects(s3_server, bucket)
+    # Stored first, then refused by Postgres (no NUL in text): the archive goes again.
+    with pytest.raises(DBAPIError):
+        await submit(temporal_client, "hello-pass", local(), user="nul\x00user")
+    assert objects(s3_server, bucket) == before
