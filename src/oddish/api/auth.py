@@ -10,7 +10,7 @@ import secrets
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from oddish.api.asgi_answers import send_json_error
+from oddish.api.asgi_answers import drain_body, send_json_error
 from oddish.config import get_settings
 
 # Liveness and the API's own description are readable without the key.
@@ -39,4 +39,6 @@ class ApiKeyGate:
         if key_accepted(authorization, expected):
             await self.app(scope, receive, send)
             return
+        # Read (and dropped) before the answer, never parsed or held: see drain_body.
+        await drain_body(receive)
         await send_json_error(send, 401, UNAUTHORIZED, [(b"www-authenticate", b"Bearer")])

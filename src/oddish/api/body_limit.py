@@ -10,7 +10,7 @@ from __future__ import annotations
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from oddish.api.asgi_answers import send_json_error
+from oddish.api.asgi_answers import drain_body, send_json_error
 
 
 class BodyTooLarge(HTTPException):
@@ -36,7 +36,7 @@ class BodySizeLimit:
         max_bytes = self.limits.get(scope["path"], self.default_max_bytes)
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > max_bytes:
-            await _refuse(send, BodyTooLarge(max_bytes))
+            await _refuse(receive, send, BodyTooLarge(max_bytes))
             return
         received = 0
         started = False
@@ -60,9 +60,10 @@ class BodySizeLimit:
         except BodyTooLarge as exc:
             if started:
                 raise
-            await _refuse(send, exc)
+            await _refuse(receive, send, exc)
 
 
-async def _refuse(send: Send, exc: BodyTooLarge) -> None:
-    # The body was left unread: the connection cannot carry another request.
+async def _refuse(receive: Receive, send: Send, exc: BodyTooLarge) -> None:
+    await drain_body(receive)
+    # Past the drain limit the body is left unread: the connection cannot carry another request.
     await send_json_error(send, 413, exc.detail, [(b"connection", b"close")])
