@@ -41,7 +41,10 @@ class Settings(BaseSettings):
     # The API's uploads, and the copies of tasks submitted before task archives went to storage
     # (their records hold an absolute path here); new tasks are archives in storage.
     tasks_dir: Path = Path("/tmp/oddish-tasks")
+    # Where Harbor writes each attempt's output on the worker; once stored (tasks/<task>/trials/
+    # <trial>/attempt-N/ in storage) the attempt's directory is removed, unless keep_local_output.
     harbor_jobs_dir: Path = Path("/tmp/harbor-jobs")
+    keep_local_output: bool = False
 
     # Object storage of task archives and trial outputs (oddish.storage): an S3 bucket (AWS or an
     # S3-compatible endpoint) when s3_enabled, else the local directory storage_dir (unset:

@@ -12,6 +12,7 @@ from temporalio.client import Client
 from helpers import EXAMPLES, check_history, local, wait_for_task
 from oddish.queue import create_task
 from oddish.schemas import AgentRunConfig, TaskSubmission
+from oddish.storage import get_storage
 
 pytestmark = pytest.mark.timeout(600)
 TESTS_DIR = Path(__file__).resolve().parents[1]
@@ -77,7 +78,8 @@ async def test_verifier_without_reward_fails_with_that_reason_once(
     assert trial["error_type"] == "RewardFileNotFoundError"
     assert "reward" in trial["error_message"].lower()
     assert len(trial["attempts"]) == 1
-    assert Path(trial["harbor_trial_dir"], "result.json").is_file(), "Harbor's output is kept"
+    # Harbor's output is kept, in storage.
+    assert get_storage().stat(trial["harbor_trial_dir"] + "result.json").size > 0
 
 
 async def test_unstartable_environment_is_retried_then_failed(
@@ -99,6 +101,6 @@ async def test_unstartable_environment_is_retried_then_failed(
     assert "connection refused" in trial["error_message"]
     assert [a["status"] for a in trial["attempts"]] == ["infra_error"] * 3
     assert [a["temporal_attempt"] for a in trial["attempts"]] == [1, 2, 3]
-    # Every attempt kept its own Harbor output.
+    # Every attempt kept its own Harbor output, in storage.
     dirs = {a["harbor_trial_dir"] for a in trial["attempts"]}
-    assert len(dirs) == 3 and all(Path(d).is_dir() for d in dirs)
+    assert len(dirs) == 3 and all(list(get_storage().list(d)) for d in dirs)

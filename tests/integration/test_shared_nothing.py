@@ -1,22 +1,27 @@
-"""Workers that share no disk with the submitter: task archives go through S3 (moto's server).
+"""Workers that share no disk with the submitter or the API: task archives and trial outputs go
+through S3 (moto's server).
 
 The test process submits (as the API or the library does) with its own ODDISH_TASKS_DIR; the
-worker has another ODDISH_TASKS_DIR, task cache, Harbor output directory and home. Only Postgres,
-Temporal and the bucket are shared."""
+worker has another ODDISH_TASKS_DIR, task cache, Harbor output directory and home, and so has the
+API process that serves the trials' results and logs. Only Postgres, Temporal and the bucket are
+shared."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy.exc import DBAPIError
 from temporalio.client import Client
 
-from helpers import local, reset_settings, submit, wait_for_task
+from helpers import local, reset_settings, serve_api, submit, wait_for_task
 from oddish import task_control
 from oddish.config import get_settings
 from oddish.db import records
@@ -66,6 +71,7 @@ async def test_a_worker_sharing_no_disk_runs_a_task_stored_in_s3(
     s3_server: S3Server,
     s3_env: dict[str, str],
     start_worker,
+    task_queue: str,
     temporal_client: Client,
     tmp_path: Path,
 ) -> None:
@@ -101,14 +107,69 @@ async def test_a_worker_sharing_no_disk_runs_a_task_stored_in_s3(
     assert row.task_path == f"tasks/{task_id}/{sha256}.tar.gz"
     # ... which is an object in the bucket, under the prefix, with those bytes.
     stored = objects(s3_server, bucket, f"{PREFIX}tasks/{task_id}/")
-    assert list(stored) == [PREFIX + row.task_path]
+    trials_prefix = f"{PREFIX}tasks/{task_id}/trials/"
+    assert [key for key in stored if not key.startswith(trials_prefix)] == [PREFIX + row.task_path]
     assert hashlib.sha256(stored[PREFIX + row.task_path]).hexdigest() == sha256
+
+    # Every attempt's Harbor output is in the bucket, under the prefix its records hold.
+    attempts = [(t, a) for t in task["trials"] for a in t["attempts"]]
+    assert len(attempts) == 3
+    for trial, attempt in attempts:
+        location = f"tasks/{task_id}/trials/{trial['id']}/attempt-{attempt['number']}/"
+        assert attempt["harbor_trial_dir"] == location
+        output = {
+            key.removeprefix(PREFIX + location): data
+            for key, data in stored.items()
+            if key.startswith(PREFIX + location)
+        }
+        assert json.loads(output["result.json"])["trial_name"] == f"attempt-{attempt['number']}"
+        if trial["agent"] == "oracle":  # nop's agent writes nothing
+            assert "agent/oracle.txt" in output, sorted(output)
+        rewards = json.loads(output["verifier/reward.json"])
+        assert rewards["reward"] == trial["reward"], sorted(output)
+    assert {t["harbor_trial_dir"] for t in task["trials"]} == {
+        a["harbor_trial_dir"] for _, a in attempts
+    }
+    # ... and no longer on the worker's disk.
+    assert list((elsewhere / "harbor-jobs").rglob("attempt-*")) == []
 
     # No copy of the task on the submitter's disk; the worker unpacked its own into its cache.
     submitter_tasks = tmp_path / "submitter-tasks"
     assert not submitter_tasks.exists() or list(submitter_tasks.iterdir()) == []
     assert (elsewhere / "task-cache" / sha256 / "task.toml").is_file()
     assert not (elsewhere / "tasks" / task_id).exists()
+
+    # An API process with directories of its own serves results and logs from the bucket, also
+    # once the worker and its machine's directories are gone.
+    worker.stop()
+    shutil.rmtree(elsewhere)
+    api_machine = tmp_path / "api-machine"
+    api_env = {
+        **os.environ,
+        **s3_env,
+        "ODDISH_TEMPORAL_TASK_QUEUE": task_queue,
+        "ODDISH_TASKS_DIR": str(api_machine / "tasks"),
+        "ODDISH_HARBOR_JOBS_DIR": str(api_machine / "harbor-jobs"),
+        "ODDISH_HOME": str(api_machine / "home"),
+    }
+    api, url = serve_api(api_env, tmp_path / "api.log", "--no-workers")
+    try:
+        async with httpx.AsyncClient(base_url=url) as http:
+            for trial in task["trials"]:
+                result = await http.get(f"/trials/{trial['id']}/result")
+                assert result.status_code == 200, result.text
+                verifier = result.json()["verifier_result"]
+                assert verifier["rewards"]["reward"] == trial["reward"]
+                logs = await http.get(f"/trials/{trial['id']}/logs")
+                assert logs.status_code == 200, logs.text
+                files = logs.json()["files"]
+                assert json.loads(files["result.json"])["verifier_result"] == verifier
+                assert json.loads(files["verifier/reward.json"]) == trial["rewards"]
+                if trial["agent"] == "oracle":
+                    assert "agent/oracle.txt" in files, sorted(files)
+    finally:
+        api.terminate()
+        api.wait(timeout=20)
 
     # Deleting the task deletes what storage holds of it.
     await task_control.delete_task(task_id, client=temporal_client)

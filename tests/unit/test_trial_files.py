@@ -9,18 +9,22 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydantic_core
 import pytest
 
 from oddish.api import trial_files as tf
 from oddish.db.records import RecordNotFound
+from oddish.storage import ObjectInfo, StorageUnavailable
+from oddish.storage.local import LocalStorage
 
 GIB = 1024**3
 SECRET = "SECRET-host-credential-4f2a"
@@ -374,3 +378,155 @@ def test_a_genuine_result_json_is_served(trial_dir: Path) -> None:
 
     assert served_result == result
     assert_servable(served_result)
+
+
+# --- output in storage (attempts recorded since outputs go to storage) --------------------------
+
+
+class CountingStorage(LocalStorage):
+    """A local store that counts the bytes its readers are handed."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.bytes_read = 0
+
+    def iter_bytes(self, key: str, *args: Any, **kwargs: Any) -> Iterator[bytes]:
+        for chunk in super().iter_bytes(key, *args, **kwargs):
+            self.bytes_read += len(chunk)
+            yield chunk
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> CountingStorage:
+    return CountingStorage(tmp_path / "storage")
+
+
+PREFIX = "tasks/task-1/trials/t-1/attempt-1/"
+
+
+def stored_trial(storage: LocalStorage, trial_dir: Path) -> dict[str, Any]:
+    """The trial as a worker records it now: its output uploaded, its location the prefix."""
+    storage.put_tree(PREFIX, trial_dir)
+    return {"id": "t-1", "status": "success", "harbor_trial_dir": PREFIX}
+
+
+def harbor_layout(trial_dir: Path) -> None:
+    (trial_dir / "trial.log").write_text("harbor\n")
+    (trial_dir / "result.json").write_text(json.dumps({"verifier_result": {"rewards": {"r": 1}}}))
+    (trial_dir / "agent" / "oracle.txt").write_text("solved\n")
+    (trial_dir / "agent" / "screenshot.png").write_bytes(b"\x89PNG")
+    (trial_dir / "verifier" / "test-stdout.txt").write_text("1 passed\n")
+    (trial_dir / "verifier" / "reward.txt").write_text("1\n")
+    (trial_dir / "artifacts" / "big.log").write_bytes(b"x" * (3 * tf.MAX_LOG_BYTES) + b"END\n")
+
+
+def test_output_in_storage_is_served_as_from_disk(
+    trial_dir: Path, storage: CountingStorage
+) -> None:
+    harbor_layout(trial_dir)
+    local, stored = trial(trial_dir), stored_trial(storage, trial_dir)
+
+    logs = tf.read_logs(stored, storage)
+
+    assert logs == tf.read_logs(local)
+    assert sorted(logs) == [
+        "agent/oracle.txt",
+        "artifacts/big.log",
+        "result.json",
+        "trial.log",
+        "verifier/reward.txt",
+        "verifier/test-stdout.txt",
+    ]
+    assert logs["artifacts/big.log"].startswith(tf.CUT_MARKER)
+    assert logs["artifacts/big.log"].endswith("END\n")
+    # The 3 MB log was read for its last MB only (a ranged read), the others whole.
+    assert storage.bytes_read < tf.MAX_LOG_BYTES + 1_000
+    assert tf.read_result(stored, storage) == {"verifier_result": {"rewards": {"r": 1}}}
+    # Nothing of it is read from the worker's disk.
+    shutil.rmtree(trial_dir)
+    assert tf.read_logs(stored, storage) == logs
+
+
+@pytest.mark.parametrize("layout", ["many files", "big files", "deep directories"])
+def test_bounds_on_output_in_storage_are_those_on_disk(
+    trial_dir: Path, storage: CountingStorage, layout: str
+) -> None:
+    if layout == "many files":
+        for i in range(tf.MAX_LOG_FILES + 100):
+            (trial_dir / "agent" / f"{i:04}.txt").write_text(f"{i}\n")
+        (trial_dir / "trial.log").write_text("harbor\n")
+    elif layout == "big files":
+        size = tf.MAX_LOG_BYTES * 9 // 10
+        for i in range(tf.MAX_TOTAL_LOG_BYTES // size + 4):
+            (trial_dir / "agent" / f"{i:02}.log").write_bytes(b"x" * (size - 4) + b"end\n")
+    else:
+        deep = trial_dir / "artifacts"
+        for level in range(tf.MAX_LOG_DEPTH + 5):
+            deep /= f"d{level}"
+            deep.mkdir()
+            (deep / "at.log").write_text(f"{level}\n")
+
+    logs = tf.read_logs(stored_trial(storage, trial_dir), storage)
+
+    assert logs == tf.read_logs(trial(trial_dir))
+    note(logs)  # says what was left out, last
+    assert storage.bytes_read <= tf.MAX_TOTAL_LOG_BYTES
+
+
+def test_a_result_json_in_storage_unfit_to_serve_is_refused(
+    trial_dir: Path, storage: CountingStorage
+) -> None:
+    sparse(trial_dir / "result.json", tf.MAX_RESULT_BYTES + 1, b"")
+    stored = stored_trial(storage, trial_dir)
+
+    with pytest.raises(tf.TrialFileRefused, match="larger than"):
+        tf.read_result(stored, storage)
+    assert storage.bytes_read == 0, "refused from its size, unread"
+
+    storage.put_bytes(PREFIX + "result.json", b"[1, 2]")
+    with pytest.raises(tf.TrialFileRefused, match="not an object"):
+        tf.read_result(stored, storage)
+
+
+def test_output_not_in_storage_is_a_404_with_the_reason(storage: CountingStorage) -> None:
+    nothing = {"id": "t-1", "status": "failed", "harbor_trial_dir": PREFIX}
+    with pytest.raises(RecordNotFound, match=r"no result\.json yet"):
+        tf.read_result(nothing, storage)
+    with pytest.raises(RecordNotFound, match="no output in storage"):
+        tf.read_logs(nothing, storage)
+    bogus = {"id": "t-1", "status": "failed", "harbor_trial_dir": "tasks/../etc/"}
+    with pytest.raises(tf.TrialFileRefused, match="neither a path nor a storage prefix"):
+        tf.read_logs(bogus, storage)
+
+
+class DownStorage(LocalStorage):
+    def _stat(self, key: str) -> ObjectInfo:
+        raise StorageUnavailable("s3 is down (test)")
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        raise StorageUnavailable("s3 is down (test)")
+
+
+async def test_storage_down_is_a_503_from_the_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oddish import queue
+    from oddish.api.app import create_app
+    from oddish.config import get_settings
+
+    async def get_trial(trial_id: str) -> dict[str, Any]:
+        return {"id": trial_id, "status": "success", "harbor_trial_dir": PREFIX}
+
+    monkeypatch.setattr(queue, "get_trial", get_trial)
+    monkeypatch.setattr(tf, "get_storage", lambda: DownStorage(tmp_path / "storage"))
+    monkeypatch.delenv("ODDISH_API_KEY", raising=False)
+    get_settings.cache_clear()
+    try:
+        transport = httpx.ASGITransport(app=create_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            responses = [await http.get(f"/trials/t-1/{what}") for what in ("result", "logs")]
+    finally:
+        get_settings.cache_clear()
+    for response in responses:
+        assert response.status_code == 503, response.text
+        assert "storage" in response.json()["detail"]

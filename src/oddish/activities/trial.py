@@ -10,7 +10,6 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from harbor.models.trial.result import TrialResult
@@ -30,8 +29,10 @@ from oddish.harbor_config import trial_config
 from oddish.outcomes import classify
 from oddish.schemas import TrialSpec
 from oddish.statuses import TERMINAL_JOB_STATUSES, AttemptStatus, JobStatus
+from oddish.storage import trial_output_prefix
 from oddish.task_cache import task_dir_for
 from oddish.temporal_gateway import workflow_status
+from oddish.trial_output import store_attempt_output
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def result_fields(
     *,
     error_type: str | None,
     error_message: str | None,
-    trial_dir: Path,
+    output_location: str,
     harbor_config: dict[str, Any],
 ) -> records.TrialResultFields:
     rewards = None
@@ -104,7 +105,7 @@ def result_fields(
         rewards=rewards,
         error_type=error_type,
         error_message=error_message,
-        harbor_trial_dir=str(trial_dir),
+        harbor_trial_dir=output_location,
         harbor_config=harbor_config,
     )
     if result is not None:
@@ -417,6 +418,8 @@ async def _run_trial(
     trials_dir = get_settings().harbor_jobs_dir / inp.task_id / inp.trial_id
     trial_name = f"attempt-{started.attempt_number}"
     trial_dir = trials_dir / trial_name
+    # Where the attempt's output is kept, and recorded: storage, not this machine's disk.
+    output_prefix = trial_output_prefix(inp.task_id, inp.trial_id, started.attempt_number)
     result: TrialResult | None = None
     error_type: str | None = None
     error_message: str | None = None
@@ -454,11 +457,16 @@ async def _run_trial(
             # attempt Temporal has already given up on, leaves it to the next attempt, which
             # need not wait for this one.
             if details is not None and details.cancel_requested:
+                # One try, not until the storage answers: a cancel must end soon. The record
+                # says where the output is: in storage, or still in this machine's directory.
+                stored = await asyncio.shield(
+                    store_attempt_output(trial_dir, output_prefix, retry=False)
+                )
                 fields = result_fields(
                     result,
                     error_type="CancelledError",
                     error_message="cancelled",
-                    trial_dir=trial_dir,
+                    output_location=output_prefix if stored else str(trial_dir),
                     harbor_config=harbor_config,
                 )
                 await asyncio.shield(_record_cancelled(inp.trial_id, attempt_id, fields))
@@ -476,25 +484,36 @@ async def _run_trial(
             result,
             error_type=error_type,
             error_message=error_message,
-            trial_dir=trial_dir,
+            output_location=output_prefix,
             harbor_config=harbor_config,
         )
         retryable = (
             classify(error_type, fields.rewards).retryable
             and error_type not in CONFIGURATION_ERRORS
         )
-        # The result must not be lost to a Postgres restart: wait for it to answer.
-        return await until_database_answers(
-            lambda: _record_result(
-                inp,
-                attempt_id,
-                fields,
-                retryable=retryable,
-                error_type=error_type,
-                error_message=error_message,
-            ),
-            what=f"trial {inp.trial_id}: recording its result",
-        )
+        # The result is recorded first, then the output stored: a storage outage never holds up
+        # or loses a result (nor the slot a finished trial gives back). Until the upload ends
+        # the output is on this machine's disk, and the activity (still heartbeating) does not
+        # report back: the next attempt, or the trial's analysis, starts once it is stored.
+        try:
+            # The result must not be lost to a Postgres restart: wait for it to answer.
+            outcome = await until_database_answers(
+                lambda: _record_result(
+                    inp,
+                    attempt_id,
+                    fields,
+                    retryable=retryable,
+                    error_type=error_type,
+                    error_message=error_message,
+                ),
+                what=f"trial {inp.trial_id}: recording its result",
+            )
+        except (ApplicationError, records.StaleAttempt):
+            # Recorded for a retry (or superseded): the attempt's output is kept all the same.
+            await store_attempt_output(trial_dir, output_prefix)
+            raise
+        await store_attempt_output(trial_dir, output_prefix)
+        return outcome
     finally:
         touch.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -110,7 +110,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "no such task, trial, experiment or upload"},
     413: {"model": ErrorBody, "description": "a body over its size limit"},
     422: {"model": ErrorBody, "description": "a value out of bounds, with the field and reason"},
-    503: {"model": ErrorBody, "description": "the database or Temporal cannot be reached"},
+    503: {"model": ErrorBody, "description": "the database, Temporal or the storage failed"},
 }
 REFUSED: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorBody, "description": "nothing to retry, with the reason"}
@@ -351,14 +351,17 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
 
     @app.exception_handler(StorageError)
     async def storage_failed(_: Request, exc: StorageError) -> JSONResponse:
-        # Storing or deleting a task's archive failed: the store, not the request, is at fault.
+        # Storing or deleting a task's archive, or reading a trial's output, failed: the store,
+        # not the request, is at fault.
         if isinstance(exc, StorageUnavailable):
             log.warning("storage unavailable: %s", exc)
         else:
             log.error("storage error: %s", exc)
         return JSONResponse(
             status_code=503,
-            content={"detail": "the storage of task archives failed; try again shortly"},
+            content={
+                "detail": "the storage (task archives, trial output) failed; try again shortly"
+            },
         )
 
     @app.exception_handler(ValidationError)

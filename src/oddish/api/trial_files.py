@@ -1,13 +1,20 @@
-"""Reading a trial's Harbor output (result.json, logs) from the directory of its latest attempt.
+"""Reading a trial's Harbor output (result.json, logs) from where its latest attempt keeps it.
 
-Everything below the trial directory was written by the agent (through the sandbox's /logs and the
-artifacts collected from it): hostile input. The trial directory's own path comes from our database
-and is opened as given, links and all; every name inside it is opened relative to its parent's
-descriptor with O_NOFOLLOW, so no symbolic link is followed, not even one swapped in after the
-listing, and only regular files are read (O_NONBLOCK: a FIFO swapped in cannot block the open).
-What a request reads is bounded: a log file costs at most its last MAX_LOG_BYTES, a response at
-most MAX_TOTAL_LOG_BYTES in MAX_LOG_FILES files, MAX_LOG_DEPTH directory levels and
-MAX_SCANNED_ENTRIES directory entries; result.json at most MAX_RESULT_BYTES.
+The trial's ``harbor_trial_dir`` is a location: the storage prefix its attempt's output was
+uploaded to (``tasks/<task>/trials/<trial>/attempt-N/``, ``oddish.trial_output``), read through
+``oddish.storage``; or, for attempts recorded before outputs went to storage, an absolute path on
+this machine's disk (``oddish.task_store.is_legacy_location``), read from that directory.
+
+Everything in the output was written by the agent (through the sandbox's /logs and the artifacts
+collected from it): hostile input. On disk, the trial directory's own path comes from our
+database and is opened as given, links and all; every name inside it is opened relative to its
+parent's descriptor with O_NOFOLLOW, so no symbolic link is followed, not even one swapped in after
+the listing, and only regular files are read (O_NONBLOCK: a FIFO swapped in cannot block the open).
+In storage there are only regular files (the upload skipped links and special files); a log is
+read with a ranged read of its tail. What a request reads is bounded either way: a log file costs
+at most its last MAX_LOG_BYTES, a response at most MAX_TOTAL_LOG_BYTES in MAX_LOG_FILES files,
+MAX_LOG_DEPTH directory levels and MAX_SCANNED_ENTRIES directory entries (objects listed, in
+storage); result.json at most MAX_RESULT_BYTES. Every call blocks: the API runs them in a thread.
 """
 
 from __future__ import annotations
@@ -18,12 +25,23 @@ import os
 import re
 import stat
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import PurePosixPath
 from typing import Any
 
 from oddish.db.records import RecordNotFound
+from oddish.storage import (
+    BaseStorage,
+    ObjectNotFound,
+    StorageError,
+    StorageMisconfigured,
+    StorageUnavailable,
+    get_storage,
+)
+from oddish.storage.keys import relative_key, validate_prefix
+from oddish.task_store import is_legacy_location
 
 MAX_LOG_BYTES = 1_000_000
 MAX_TOTAL_LOG_BYTES = 8_000_000
@@ -57,16 +75,27 @@ class TrialFileRefused(RecordNotFound):
     JSON); a RecordNotFound, so the API answers 404 with the reason instead of 500."""
 
 
-def _trial_dir(trial: dict[str, Any]) -> str:
+def _location(trial: dict[str, Any]) -> str:
+    """Where the trial's latest output is: a storage prefix, or a legacy absolute path."""
     if not trial.get("harbor_trial_dir"):
         raise RecordNotFound(f"trial {trial['id']} has no output yet (status {trial['status']})")
     return str(trial["harbor_trial_dir"])
 
 
-def _open_trial_dir(trial: dict[str, Any], missing: str) -> int:
+def _stored_prefix(trial: dict[str, Any], location: str) -> str:
+    try:
+        return validate_prefix(location, allow_empty=False)
+    except ValueError:
+        raise TrialFileRefused(
+            f"trial {trial['id']}'s output location {location!r} is neither a path nor a "
+            "storage prefix"
+        ) from None
+
+
+def _open_trial_dir(path: str, missing: str) -> int:
     """A descriptor of the trial directory; links in its (trusted) path are followed, once."""
     try:
-        return os.open(_trial_dir(trial), os.O_RDONLY | os.O_DIRECTORY)
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except (FileNotFoundError, NotADirectoryError):
         raise RecordNotFound(missing) from None
 
@@ -161,15 +190,57 @@ class _LeftOut:
         return key, "; ".join(reasons)
 
 
-def read_result(trial: dict[str, Any]) -> dict[str, Any]:
-    """Harbor's result.json of the trial; TrialFileRefused if it cannot be served as it is."""
+def read_result(trial: dict[str, Any], storage: BaseStorage | None = None) -> dict[str, Any]:
+    """Harbor's result.json of the trial, from storage (``storage``, default the process's) or a
+    legacy directory; TrialFileRefused if it cannot be served as it is."""
     trial_id = trial["id"]
-    root_fd = _open_trial_dir(trial, f"trial {trial_id} has no result.json yet")
+    location = _location(trial)
+    if not is_legacy_location(location):
+        prefix = _stored_prefix(trial, location)
+        raw = _stored_result_bytes(storage or get_storage(), prefix, trial_id)
+        return _parse_result(raw, trial_id)
+    root_fd = _open_trial_dir(location, f"trial {trial_id} has no result.json yet")
     try:
         raw = _read_result_bytes(root_fd, trial_id)
     finally:
         os.close(root_fd)
     return _parse_result(raw, trial_id)
+
+
+def _read_stream(chunks: Iterator[bytes], limit: int) -> bytes:
+    """At most ``limit`` bytes of a storage stream, which is closed (its connection given back)
+    however the read ends."""
+    got: list[bytes] = []
+    size = 0
+    try:
+        for chunk in chunks:
+            got.append(chunk[: limit - size])
+            size += len(got[-1])
+            if size >= limit:
+                break
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    return b"".join(got)
+
+
+def _stored_result_bytes(storage: BaseStorage, prefix: str, trial_id: str) -> bytes:
+    key = prefix + "result.json"
+    missing = RecordNotFound(f"trial {trial_id} has no result.json yet")
+    too_large = TrialFileRefused(
+        f"trial {trial_id}'s result.json is larger than {MAX_RESULT_BYTES} bytes; not served"
+    )
+    try:
+        if storage.stat(key).size > MAX_RESULT_BYTES:
+            raise too_large
+        # One byte more than the bound: an object replaced by a larger one is caught too.
+        raw = _read_stream(storage.iter_bytes(key, end=MAX_RESULT_BYTES + 1), MAX_RESULT_BYTES + 1)
+    except ObjectNotFound:
+        raise missing from None
+    if len(raw) > MAX_RESULT_BYTES:
+        raise too_large
+    return raw
 
 
 def _read_result_bytes(root_fd: int, trial_id: str) -> bytes:
@@ -257,17 +328,23 @@ def _utf8_encodable(value: Any) -> bool:
     return True
 
 
-def read_logs(trial: dict[str, Any]) -> dict[str, str]:
-    """Text files of the trial directory by relative path, each cut to its last MAX_LOG_BYTES.
+def read_logs(trial: dict[str, Any], storage: BaseStorage | None = None) -> dict[str, str]:
+    """Text files of the trial's output by relative path, each cut to its last MAX_LOG_BYTES,
+    from storage (``storage``, default the process's) or a legacy directory.
 
     Breadth first, so Harbor's own top-level files (trial.log, result.json, exception.txt) come
     before whatever the agent piled up below; sorted by path in the answer, then one last entry
     saying what was left out, if anything was."""
-    root_fd = _open_trial_dir(trial, f"trial {trial['id']}'s output directory is gone")
-    try:
-        served, left = _walk(root_fd)
-    finally:
-        os.close(root_fd)
+    location = _location(trial)
+    if not is_legacy_location(location):
+        prefix = _stored_prefix(trial, location)
+        served, left = _stored_logs(storage or get_storage(), prefix, trial["id"])
+    else:
+        root_fd = _open_trial_dir(location, f"trial {trial['id']}'s output directory is gone")
+        try:
+            served, left = _walk(root_fd)
+        finally:
+            os.close(root_fd)
     logs = {_key(parts): text for parts, text in sorted(served.items())}
     note = left.note()
     if note is not None:
@@ -338,4 +415,59 @@ def _walk(root_fd: int) -> tuple[dict[tuple[str, ...], str], _LeftOut]:
                     budget -= cost
         finally:
             os.close(dir_fd)
+    return served, left
+
+
+def _stored_logs(
+    storage: BaseStorage, prefix: str, trial_id: str
+) -> tuple[dict[tuple[str, ...], str], _LeftOut]:
+    """The log-like objects under ``prefix``, by the rules and bounds of :func:`_walk`."""
+    left = _LeftOut()
+    candidates: list[tuple[tuple[str, ...], int]] = []
+    too_deep: set[tuple[str, ...]] = set()
+    listed = 0
+    for info in storage.list(prefix):
+        if listed >= MAX_SCANNED_ENTRIES:
+            left.listing_stopped = True
+            break
+        listed += 1
+        parts = tuple(relative_key(prefix, info.key).split("/"))
+        if len(parts) - 1 > MAX_LOG_DEPTH:
+            # On disk the walk would not have opened the first directory past the limit.
+            too_deep.add(parts[: MAX_LOG_DEPTH + 1])
+        elif PurePosixPath(parts[-1]).suffix in LOG_SUFFIXES:
+            candidates.append((parts, info.size))
+    if not listed:
+        raise RecordNotFound(
+            f"trial {trial_id} has no output in storage (none was made, or it is still being "
+            "stored)"
+        )
+    left.too_deep = len(too_deep)
+    # Breadth first, as the walk on disk goes: a level's files before those below it.
+    candidates.sort(key=lambda candidate: (len(candidate[0]), candidate[0]))
+    served: dict[tuple[str, ...], str] = {}
+    budget = MAX_TOTAL_LOG_BYTES
+    for parts, size in candidates:
+        if len(served) >= MAX_LOG_FILES:
+            left.over_count += 1
+            continue
+        if budget <= 0:
+            left.over_budget += 1
+            continue
+        n = min(size, MAX_LOG_BYTES, budget)
+        try:
+            # A ranged read: a 4 GiB log costs its tail only.
+            data = _read_stream(
+                storage.iter_bytes(prefix + "/".join(parts), start=size - n, end=size), n
+            )
+        except ObjectNotFound:
+            continue  # gone since it was listed
+        except (StorageUnavailable, StorageMisconfigured):
+            raise  # the store, not this file: a 503
+        except StorageError:
+            left.unreadable += 1
+            continue
+        text = data.decode(errors="replace")
+        served[parts] = CUT_MARKER + text if n < size else text
+        budget -= len(data)
     return served, left

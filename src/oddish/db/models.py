@@ -121,6 +121,9 @@ class TrialModel(Base):
     n_cache_tokens: Mapped[int | None] = mapped_column(BigInteger)
     n_output_tokens: Mapped[int | None] = mapped_column(BigInteger)
     cost_usd: Mapped[float | None] = mapped_column(Float)
+    # Where the latest attempt's Harbor output is: its storage prefix
+    # (tasks/<task>/trials/<trial>/attempt-N/), or an absolute local path for attempts recorded
+    # before outputs went to storage (oddish.task_store.is_legacy_location).
     harbor_trial_dir: Mapped[str | None] = mapped_column(Text)
     # Bumped by each retry of the trial as a whole (a new run), never by Temporal's own retries.
     run_number: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
@@ -157,6 +160,7 @@ class TrialAttemptModel(Base):
     outcome: Mapped[str | None] = mapped_column(String(32))
     error_type: Mapped[str | None] = mapped_column(String(255))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # The attempt's output location: a storage prefix, or a legacy absolute path (as the trial's).
     harbor_trial_dir: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
