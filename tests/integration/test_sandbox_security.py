@@ -39,6 +39,7 @@ from oddish.environments import local as local_module
 from oddish.environments.local import LocalEnvironment
 from oddish.queue import create_task
 from oddish.schemas import TaskSubmission
+from oddish.storage import get_storage
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bwrap"),
@@ -462,12 +463,14 @@ async def test_worker_trial_with_planted_links(
 
     result = await wait_for_task(temporal_client, task_id)
 
-    output = Path(oddish_env["ODDISH_HARBOR_JOBS_DIR"]) / task_id
+    # What was kept of the trial: its output as uploaded to storage (the worker's copy is gone).
+    [trial] = result["trials"]
+    output = tmp_path / "stored-output"
+    await asyncio.to_thread(get_storage().get_tree, trial["harbor_trial_dir"], output)
     assert any(output.rglob("result.json"))
     secret = (victim.parent / "dir" / "secret.txt").read_bytes()
     assert_nothing_leaked(output, api_key.encode(), secret)
     assert victim.read_text() == VICTIM
-    [trial] = result["trials"]
     assert trial["status"] == "success", trial
     assert trial["reward"] == 1.0
 
