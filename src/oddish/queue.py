@@ -64,6 +64,23 @@ def workflow_input(
     )
 
 
+def trial_rows(task_id: str, submission: TaskSubmission) -> list[TrialModel]:
+    """The trial rows of a submission, numbered in the order of its specs."""
+    return [
+        TrialModel(
+            id=new_id("trial"),
+            task_id=task_id,
+            index=index,
+            agent=spec.agent,
+            model=spec.model,
+            queue_key=spec.queue_key,
+            environment=spec.environment,
+            spec=spec.model_dump(mode="json"),
+        )
+        for index, spec in enumerate(submission.trial_specs())
+    ]
+
+
 async def create_task(submission: TaskSubmission, *, client: Client | None) -> str:
     """Record the task and its trials, then start its workflow. Returns the task id.
 
@@ -111,19 +128,7 @@ async def create_task(submission: TaskSubmission, *, client: Client | None) -> s
                 submission_key=submission.submission_key,
                 workflow_id=workflow_id_for_task(task_id),
             )
-            trials = [
-                TrialModel(
-                    id=new_id("trial"),
-                    task_id=task_id,
-                    index=index,
-                    agent=spec.agent,
-                    model=spec.model,
-                    queue_key=spec.queue_key,
-                    environment=spec.environment,
-                    spec=spec.model_dump(mode="json"),
-                )
-                for index, spec in enumerate(submission.trial_specs())
-            ]
+            trials = trial_rows(task_id, submission)
             session.add(task)
             session.add_all(trials)
             await session.commit()

@@ -21,9 +21,9 @@ from oddish.config import get_settings
 from oddish.db import records
 from oddish.db.connection import get_session, plain_dsn
 from oddish.db.migrations import alembic_config
-from oddish.db.models import TaskModel, TrialModel
+from oddish.db.models import TaskModel
 from oddish.ids import new_id
-from oddish.queue import workflow_input
+from oddish.queue import trial_rows, workflow_input
 from oddish.schemas import AgentRunConfig, TaskSubmission
 from oddish.task_store import copy_task_dir, is_legacy_location
 from oddish.temporal_gateway import start_task_workflow
@@ -133,19 +133,7 @@ async def record_legacy_task(client: Client, task: str, *configs: AgentRunConfig
             run_analysis=False,
             workflow_id=workflow_id_for_task(task_id),
         )
-        trials = [
-            TrialModel(
-                id=new_id("trial"),
-                task_id=task_id,
-                index=index,
-                agent=spec.agent,
-                model=spec.model,
-                queue_key=spec.queue_key,
-                environment=spec.environment,
-                spec=spec.model_dump(mode="json"),
-            )
-            for index, spec in enumerate(submission.trial_specs())
-        ]
+        trials = trial_rows(task_id, submission)
         session.add(row)
         session.add_all(trials)
         await session.commit()
