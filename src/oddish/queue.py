@@ -350,6 +350,13 @@ async def get_trial_by_index(task_id: str, index: int) -> dict[str, Any]:
         return trial_dict(await records.get_trial_by_index(session, task_id, index))
 
 
+async def get_task_location(task_id: str) -> str:
+    """Where the task's files are kept: its archive's storage key, or (a task stored before
+    archives went to storage) the absolute path of its copy. Raises RecordNotFound."""
+    async with get_session() as session:
+        return (await records.get_task(session, task_id)).task_path
+
+
 async def get_task_with_trials(task_id: str) -> dict[str, Any]:
     """The task, its trials (with attempts and analyses) and its verdict. Raises RecordNotFound."""
     async with get_session() as session:

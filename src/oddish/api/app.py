@@ -31,6 +31,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from oddish import queue, task_control, task_retry
 from oddish.api.auth import ApiKeyGate
 from oddish.api.body_limit import BodySizeLimit
+from oddish.api.files import build_files_router
 from oddish.api.sweeps import SweepRequest
 from oddish.api.trial_files import read_logs, read_result
 from oddish.api.uploads import (
@@ -447,4 +448,5 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
         }
 
     app.include_router(build_router())
+    app.include_router(build_files_router())
     return app

@@ -233,3 +233,39 @@ def _read_range(source: BinaryIO, start: int, stop: int, chunk_size: int) -> Ite
         raise StorageError(f"read error: {exc.strerror or exc}") from None
     finally:
         source.close()
+
+
+class DirectoryView(LocalStorage):
+    """A plain directory read as objects, file by file: what older records point at (a task
+    copied under ODDISH_TASKS_DIR, a trial's output left on the worker's disk) before those went
+    to storage. Read only. Its path is followed as given (it comes from our records); below it
+    no link is followed and only regular files are read, as in the store: a link or a special
+    file there is no object (ObjectNotFound), never a look through it."""
+
+    name = "directory"
+
+    @contextlib.contextmanager
+    def _dir(self, area: str, parts: list[str], *, create: bool) -> Iterator[int]:
+        if create:
+            raise StorageError(f"{self.root} is read only")
+        root = _fs.open_anchor(self.root, create=False)
+        try:
+            fd = _fs.open_dirs(root, parts, create=False)
+        finally:
+            os.close(root)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _open_object(self, key: str) -> tuple[int, os.stat_result]:
+        try:
+            return super()._open_object(key)
+        except StorageError as exc:
+            if isinstance(exc, ObjectNotFound):
+                raise
+            # A link or special file planted in the directory: never served.
+            raise ObjectNotFound(key) from None
+
+    def _delete_prefix(self, prefix: str) -> int:
+        raise StorageError(f"{self.root} is read only")
