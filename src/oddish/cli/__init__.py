@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from oddish.cli.manage import cancel, clean, limits_app, retry
+from oddish.cli.pull import pull
 from oddish.cli.run import run
 from oddish.cli.status import status
 
@@ -26,4 +27,5 @@ app.command()(status)
 app.command()(cancel)
 app.command()(retry)
 app.command()(clean)
+app.command()(pull)
 app.add_typer(limits_app, name="limits")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 from urllib.parse import quote
 
 import httpx
@@ -113,6 +113,34 @@ class ApiClient:
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)
+
+    def download(self, path: str, out: BinaryIO, **kwargs: Any) -> int:
+        """Stream the body of ``GET path`` into ``out``; the bytes written. ApiError for an error
+        answer; a dropped transfer is started again from the beginning (``out`` rewound)."""
+        start = out.tell()
+        for attempt in range(1, ATTEMPTS + 1):
+            out.seek(start)
+            out.truncate()
+            try:
+                with self._http.stream("GET", path, **kwargs) as response:
+                    if not response.is_success:
+                        response.read()
+                        raise ApiError(response)
+                    written = 0
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+                        written += len(chunk)
+                    return written
+            except httpx.ConnectError:
+                fail(f"cannot reach the oddish API at {self.base_url}")
+            except RETRYABLE_ERRORS as exc:
+                if attempt == ATTEMPTS:
+                    fail(
+                        f"the oddish API at {self.base_url} did not send {path}: "
+                        f"{type(exc).__name__} after {ATTEMPTS} attempts"
+                    )
+                time.sleep(attempt)
+        raise AssertionError("unreachable")
 
     def get_all_tasks(self, *, experiment: str | None = None) -> list[dict[str, Any]]:
         """Every task summary (of an experiment), all pages: newest first."""
