@@ -13,24 +13,30 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from harbor.viewer.scanner import JobScanner
 from sqlalchemy.exc import DBAPIError
 from temporalio.client import Client
 
-from helpers import local, reset_settings, serve_api, submit, wait_for_task
+from helpers import EXAMPLES, local, reset_settings, serve_api, submit, wait_for_task
 from oddish import task_control
 from oddish.config import get_settings
 from oddish.db import records
 from oddish.db.connection import get_session
 from s3_server import S3Server, s3_server_fixture  # noqa: F401  (the fixture)
+from trajectory_agent import BIG_LOG_BYTES
 
 pytestmark = pytest.mark.timeout(600)
 
 PREFIX = "shared-nothing/"
+TESTS_DIR = Path(__file__).resolve().parents[1]
+TRAJECTORY_AGENT = "trajectory_agent:TrajectoryAgent"
 
 
 @pytest.fixture
@@ -79,18 +85,24 @@ async def test_a_worker_sharing_no_disk_runs_a_task_stored_in_s3(
     elsewhere = tmp_path / "worker-machine"
     worker = start_worker(
         **s3_env,
+        PYTHONPATH=str(TESTS_DIR),
         ODDISH_TASKS_DIR=str(elsewhere / "tasks"),
         ODDISH_TASK_CACHE_DIR=str(elsewhere / "task-cache"),
         ODDISH_HARBOR_JOBS_DIR=str(elsewhere / "harbor-jobs"),
         ODDISH_HOME=str(elsewhere / "home"),
     )
     task_id = await submit(
-        temporal_client, "partial-credit", local(n_trials=2), local("nop"), run_analysis=False
+        temporal_client,
+        "partial-credit",
+        local(n_trials=2),
+        local("nop"),
+        local(TRAJECTORY_AGENT),
+        run_analysis=False,
     )
     task = await wait_for_task(temporal_client, task_id)
 
     assert task["status"] == "completed"
-    assert sorted(t["reward"] for t in task["trials"]) == [0.0, 0.5, 0.5]
+    assert sorted(t["reward"] for t in task["trials"]) == [0.0, 0.0, 0.5, 0.5]
     oracle = [t for t in task["trials"] if t["agent"] == "oracle"]
     assert all(t["rewards"] == {"reward": 0.5, "correctness": 1.0, "style": 0.0} for t in oracle), (
         oracle
@@ -113,7 +125,7 @@ async def test_a_worker_sharing_no_disk_runs_a_task_stored_in_s3(
 
     # Every attempt's Harbor output is in the bucket, under the prefix its records hold.
     attempts = [(t, a) for t in task["trials"] for a in t["attempts"]]
-    assert len(attempts) == 3
+    assert len(attempts) == 4
     for trial, attempt in attempts:
         location = f"tasks/{task_id}/trials/{trial['id']}/attempt-{attempt['number']}/"
         assert attempt["harbor_trial_dir"] == location
@@ -125,6 +137,8 @@ async def test_a_worker_sharing_no_disk_runs_a_task_stored_in_s3(
         assert json.loads(output["result.json"])["trial_name"] == f"attempt-{attempt['number']}"
         if trial["agent"] == "oracle":  # nop's agent writes nothing
             assert "agent/oracle.txt" in output, sorted(output)
+        if trial["agent"] == TRAJECTORY_AGENT:  # 12 MiB: uploaded in parts
+            assert len(output["agent/big.log"]) == BIG_LOG_BYTES
         rewards = json.loads(output["verifier/reward.json"])
         assert rewards["reward"] == trial["reward"], sorted(output)
     assert {t["harbor_trial_dir"] for t in task["trials"]} == {
@@ -167,6 +181,48 @@ async def test_a_worker_sharing_no_disk_runs_a_task_stored_in_s3(
                 assert json.loads(files["verifier/reward.json"]) == trial["rewards"]
                 if trial["agent"] == "oracle":
                     assert "agent/oracle.txt" in files, sorted(files)
+
+                # Every file of the output, listed and served as the bucket holds it.
+                location = trial["harbor_trial_dir"]
+                in_bucket = {
+                    key.removeprefix(PREFIX + location): data
+                    for key, data in stored.items()
+                    if key.startswith(PREFIX + location)
+                }
+                listing = (await http.get(f"/trials/{trial['id']}/files")).json()
+                assert {f["path"]: f["size"] for f in listing["files"]} == {
+                    rel: len(data) for rel, data in in_bucket.items()
+                }
+                for rel in ("result.json", "verifier/reward.json"):
+                    served = await http.get(f"/trials/{trial['id']}/files/{rel}")
+                    assert served.content == in_bucket[rel]
+                trajectory = await http.get(f"/trials/{trial['id']}/trajectory")
+                if trial["agent"] == TRAJECTORY_AGENT:
+                    assert trajectory.status_code == 200
+                    assert trajectory.content == in_bucket["agent/trajectory.json"]
+                else:
+                    assert trajectory.status_code == 404
+            instruction = await http.get(f"/tasks/{task_id}/files/instruction.md")
+            assert instruction.content == (EXAMPLES / "partial-credit/instruction.md").read_bytes()
+
+        # ... and so does `oddish pull`, in the layout Harbor's viewer scans.
+        pulled_dir = tmp_path / "pulled"
+        pulled = subprocess.run(
+            [sys.executable, "-m", "oddish", "pull", task_id, "-o", str(pulled_dir), "--json"],
+            env={**os.environ, "ODDISH_API_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert pulled.returncode == 0, pulled.stderr
+        assert json.loads(pulled.stdout)["trials_pulled"] == 4
+        scanner = JobScanner(pulled_dir)
+        assert sorted(scanner.list_trials(task_id)) == sorted(t["id"] for t in task["trials"])
+        for trial in task["trials"]:
+            result = scanner.get_trial_result(task_id, trial["id"])
+            assert result is not None and result.verifier_result is not None
+            assert result.verifier_result.rewards["reward"] == trial["reward"]
     finally:
         api.terminate()
         api.wait(timeout=20)
