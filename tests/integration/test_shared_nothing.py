@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,8 @@ from oddish import task_control
 from oddish.config import get_settings
 from oddish.db import records
 from oddish.db.connection import get_session
+from oddish.queue import create_task
+from oddish.schemas import TaskSubmission
 from s3_server import S3Server, s3_server_fixture  # noqa: F401  (the fixture)
 from trajectory_agent import BIG_LOG_BYTES
 
@@ -241,3 +244,90 @@ async def test_a_submission_that_fails_leaves_nothing_in_storage(
     with pytest.raises(DBAPIError):
         await submit(temporal_client, "hello-pass", local(), user="nul\x00user")
     assert objects(s3_server, bucket) == before
+
+
+def write_link_planting_task(root: Path) -> Path:
+    """A task whose solution plants links to /etc/passwd and /root wherever its output is
+    collected from: the agent's and the verifier's log directories, the artifacts, /app."""
+    task = root / "plants-links"
+    for sub in ("environment", "solution", "tests"):
+        (task / sub).mkdir(parents=True)
+    (task / "instruction.md").write_text("Write /app/done.txt.\n")
+    (task / "task.toml").write_text(
+        'schema_version = "1.4"\n\n[verifier]\ntimeout_sec = 60.0\n\n[agent]\n'
+        'timeout_sec = 60.0\n\n[environment]\nworkdir = "/app"\n'
+    )
+    (task / "environment" / "Dockerfile").write_text("FROM ubuntu:24.04\nWORKDIR /app\n")
+    (task / "solution" / "solve.sh").write_text(
+        "#!/bin/bash\n"
+        "echo done > /app/done.txt\n"
+        "for dir in /logs/agent /logs/artifacts /app; do\n"
+        "  ln -s /etc/passwd $dir/passwd\n"
+        "  ln -s /root $dir/root\n"
+        "done\n"
+        "mkdir -p /logs/agent/deeper && ln -s /root /logs/agent/deeper/home\n"
+    )
+    (task / "tests" / "test.sh").write_text(
+        "#!/bin/bash\n"
+        "ln -s /etc/passwd /logs/verifier/passwd\n"
+        "ln -s /root /logs/verifier/root\n"
+        '[ "$(cat /app/done.txt)" = done ] && echo 1 > /logs/verifier/reward.txt '
+        "|| echo 0 > /logs/verifier/reward.txt\n"
+    )
+    return task
+
+
+async def test_links_to_passwd_and_root_reach_neither_the_bucket_nor_the_api(
+    s3_server: S3Server,
+    s3_env: dict[str, str],
+    start_worker,
+    task_queue: str,
+    temporal_client: Client,
+    tmp_path: Path,
+) -> None:
+    secret = Path("/root") / f".oddish-test-secret-{secrets.token_hex(6)}"
+    secret.write_text(f"SECRET {secret.name}\n")
+    try:
+        start_worker(**s3_env)
+        task = write_link_planting_task(tmp_path)
+        task_id = await create_task(
+            TaskSubmission(
+                task_path=task,
+                configs=[local(artifacts=["/app/passwd", "/app/root"])],
+                run_analysis=False,
+            ),
+            client=temporal_client,
+        )
+        [trial] = (await wait_for_task(temporal_client, task_id))["trials"]
+        assert trial["status"] == "success" and trial["reward"] == 1.0, trial
+
+        passwd_line = Path("/etc/passwd").read_bytes().splitlines()[0]
+        stored = objects(s3_server, s3_env["ODDISH_S3_BUCKET"], f"{PREFIX}tasks/{task_id}/")
+        assert any(key.endswith("/result.json") for key in stored)
+        for key, data in stored.items():
+            assert passwd_line not in data, key
+            assert secret.name.encode() not in data, key
+            assert not key.endswith(("/passwd", "/root")), key
+
+        env = {
+            **os.environ,
+            **s3_env,
+            "ODDISH_TEMPORAL_TASK_QUEUE": task_queue,
+            "ODDISH_HOME": str(tmp_path / "api-home"),
+        }
+        api, url = serve_api(env, tmp_path / "api.log", "--no-workers")
+        try:
+            async with httpx.AsyncClient(base_url=url) as http:
+                listing = (await http.get(f"/trials/{trial['id']}/files")).json()
+                paths = [f["path"] for f in listing["files"]]
+                assert not [p for p in paths if p.rsplit("/", 1)[-1] in ("passwd", "root")]
+                for planted in ("agent/passwd", "agent/root/" + secret.name, "verifier/passwd"):
+                    answer = await http.get(f"/trials/{trial['id']}/files/{planted}")
+                    assert answer.status_code == 404, planted
+                logs = (await http.get(f"/trials/{trial['id']}/logs")).text
+                assert passwd_line.decode() not in logs and secret.name not in logs
+        finally:
+            api.terminate()
+            api.wait(timeout=20)
+    finally:
+        secret.unlink()
