@@ -139,6 +139,20 @@ _shared: list[S3Server] = []
 _users = 0
 
 
+def s3_settings(server: S3Server, prefix: str = "") -> dict[str, str]:
+    """The settings that make a process (and the workers it starts) store in a new bucket of
+    ``server``."""
+    return {
+        "ODDISH_S3_ENABLED": "true",
+        "ODDISH_S3_BUCKET": server.create_bucket(),
+        "ODDISH_S3_ENDPOINT_URL": server.endpoint,
+        "ODDISH_S3_REGION": REGION,
+        "ODDISH_S3_ACCESS_KEY": ACCESS_KEY,
+        "ODDISH_S3_SECRET_KEY": SECRET_KEY,
+        "ODDISH_S3_PREFIX": prefix,
+    }
+
+
 @pytest.fixture(scope="session", name="s3_server")
 def s3_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """One server for the session, however many modules import this fixture."""

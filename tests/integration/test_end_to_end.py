@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Iterator
 
 import pytest
 from temporalio.client import Client
 
-from helpers import check_history, local, submit, wait_for_task
+from helpers import check_history, local, reset_settings, submit, wait_for_task
+from oddish.config import get_settings
+from oddish.storage import get_storage
+from s3_server import s3_server_fixture, s3_settings  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -22,8 +27,29 @@ EXPECTED = {
 }
 
 
-async def test_example_tasks_end_to_end(start_worker, temporal_client: Client) -> None:
-    start_worker()
+@pytest.fixture(params=["local", "s3"])
+def storage_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """Settings of the store for this process and its workers: the default local directory,
+    then once more with S3 (moto's server)."""
+    if request.param == "local":
+        yield {}
+        return
+    env = s3_settings(request.getfixturevalue("s3_server"), prefix="e2e/")
+    saved = {name: os.environ.get(name) for name in env}
+    reset_settings(**env)
+    yield env
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    get_settings.cache_clear()
+
+
+async def test_example_tasks_end_to_end(
+    start_worker, temporal_client: Client, storage_env: dict[str, str]
+) -> None:
+    start_worker(**storage_env)
     task_ids = {
         name: await submit(temporal_client, name, local("oracle", 2), local("nop", 2))
         for name in EXPECTED
@@ -39,6 +65,8 @@ async def test_example_tasks_end_to_end(start_worker, temporal_client: Client) -
     )
 
     await check_history(temporal_client, task_ids["partial-credit"], "completed")
+    store = get_storage()
+    assert store.name == ("s3" if storage_env else "local")
     for name, task in tasks.items():
         assert task["status"] == "completed", task
         assert len(task["trials"]) == 4
@@ -55,6 +83,9 @@ async def test_example_tasks_end_to_end(start_worker, temporal_client: Client) -
             assert trial["timings"]["agent_execution"]["started_at"]
             assert trial["started_at"] <= trial["finished_at"]
             assert trial["harbor_config"]["agent"]["name"] == trial["agent"]
+            # The attempt's output is in the store this run uses.
+            stored = [i.key for i in store.list(trial["harbor_trial_dir"])]
+            assert f"{trial['harbor_trial_dir']}result.json" in stored, stored
 
         by_agent = task["verdict"]["details"]["by_agent_model"]
         for agent in ("oracle", "nop"):

@@ -32,7 +32,7 @@ from oddish.db import records
 from oddish.db.connection import get_session
 from oddish.queue import create_task
 from oddish.schemas import TaskSubmission
-from s3_server import S3Server, s3_server_fixture  # noqa: F401  (the fixture)
+from s3_server import S3Server, s3_server_fixture, s3_settings  # noqa: F401  (the fixture)
 from trajectory_agent import BIG_LOG_BYTES
 
 pytestmark = pytest.mark.timeout(600)
@@ -46,15 +46,7 @@ TRAJECTORY_AGENT = "trajectory_agent:TrajectoryAgent"
 def s3_env(s3_server: S3Server, tmp_path: Path) -> Iterator[dict[str, str]]:
     """S3 settings for this process (the submitter) and its workers, with a tasks directory of
     the submitter's own; the previous settings come back afterwards."""
-    env = {
-        "ODDISH_S3_ENABLED": "true",
-        "ODDISH_S3_BUCKET": s3_server.create_bucket(),
-        "ODDISH_S3_ENDPOINT_URL": s3_server.endpoint,
-        "ODDISH_S3_REGION": "us-east-1",
-        "ODDISH_S3_ACCESS_KEY": "testing",
-        "ODDISH_S3_SECRET_KEY": "testing",
-        "ODDISH_S3_PREFIX": PREFIX,
-    }
+    env = s3_settings(s3_server, PREFIX)
     mine = {**env, "ODDISH_TASKS_DIR": str(tmp_path / "submitter-tasks")}
     saved = {name: os.environ.get(name) for name in mine}
     reset_settings(**mine)
