@@ -153,6 +153,29 @@ def s3_settings(server: S3Server, prefix: str = "") -> dict[str, str]:
     }
 
 
+@contextlib.contextmanager
+def using_s3(server: S3Server, prefix: str = "", **also_here: str) -> Iterator[dict[str, str]]:
+    """This process stores in a new bucket of ``server`` (plus the settings ``also_here``) until
+    the block ends, when the previous settings come back. Yields the S3 settings, for the
+    workers the test starts."""
+    from helpers import reset_settings
+    from oddish.config import get_settings
+
+    env = s3_settings(server, prefix)
+    mine = {**env, **also_here}
+    saved = {name: os.environ.get(name) for name in mine}
+    reset_settings(**mine)
+    try:
+        yield env
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session", name="s3_server")
 def s3_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """One server for the session, however many modules import this fixture."""

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 
 import pytest
 from temporalio.client import Client
 
-from helpers import check_history, local, reset_settings, submit, wait_for_task
-from oddish.config import get_settings
+from helpers import check_history, local, submit, wait_for_task
 from oddish.storage import get_storage
-from s3_server import s3_server_fixture, s3_settings  # noqa: F401  (the fixture)
+from s3_server import s3_server_fixture, using_s3  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -34,16 +32,8 @@ def storage_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     if request.param == "local":
         yield {}
         return
-    env = s3_settings(request.getfixturevalue("s3_server"), prefix="e2e/")
-    saved = {name: os.environ.get(name) for name in env}
-    reset_settings(**env)
-    yield env
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    get_settings.cache_clear()
+    with using_s3(request.getfixturevalue("s3_server"), prefix="e2e/") as env:
+        yield env
 
 
 async def test_example_tasks_end_to_end(

@@ -25,14 +25,13 @@ from harbor.viewer.scanner import JobScanner
 from sqlalchemy.exc import DBAPIError
 from temporalio.client import Client
 
-from helpers import EXAMPLES, local, reset_settings, serve_api, submit, wait_for_task
+from helpers import EXAMPLES, local, serve_api, submit, wait_for_task
 from oddish import task_control
-from oddish.config import get_settings
 from oddish.db import records
 from oddish.db.connection import get_session
 from oddish.queue import create_task
 from oddish.schemas import TaskSubmission
-from s3_server import S3Server, s3_server_fixture, s3_settings  # noqa: F401  (the fixture)
+from s3_server import S3Server, s3_server_fixture, using_s3  # noqa: F401  (the fixture)
 from trajectory_agent import BIG_LOG_BYTES
 
 pytestmark = pytest.mark.timeout(600)
@@ -46,17 +45,8 @@ TRAJECTORY_AGENT = "trajectory_agent:TrajectoryAgent"
 def s3_env(s3_server: S3Server, tmp_path: Path) -> Iterator[dict[str, str]]:
     """S3 settings for this process (the submitter) and its workers, with a tasks directory of
     the submitter's own; the previous settings come back afterwards."""
-    env = s3_settings(s3_server, PREFIX)
-    mine = {**env, "ODDISH_TASKS_DIR": str(tmp_path / "submitter-tasks")}
-    saved = {name: os.environ.get(name) for name in mine}
-    reset_settings(**mine)
-    yield env
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    get_settings.cache_clear()
+    with using_s3(s3_server, PREFIX, ODDISH_TASKS_DIR=str(tmp_path / "submitter-tasks")) as env:
+        yield env
 
 
 def objects(server: S3Server, bucket: str, prefix: str = PREFIX) -> dict[str, bytes]:
