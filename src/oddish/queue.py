@@ -350,6 +350,12 @@ async def get_trial_by_index(task_id: str, index: int) -> dict[str, Any]:
         return trial_dict(await records.get_trial_by_index(session, task_id, index))
 
 
+async def attempt_outputs(trial_ids: list[str]) -> dict[tuple[str, int], records.AttemptOutput]:
+    """Each attempt of the trials: its status and its recorded output location."""
+    async with get_session() as session:
+        return await records.attempt_outputs(session, trial_ids)
+
+
 async def get_task_location(task_id: str) -> str:
     """Where the task's files are kept: its archive's storage key, or (a task stored before
     archives went to storage) the absolute path of its copy. Raises RecordNotFound."""

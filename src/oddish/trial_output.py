@@ -27,6 +27,10 @@ from oddish.storage import BaseStorage, StorageError, get_storage
 
 log = logging.getLogger(__name__)
 
+# The attempt directories this process is uploading now: the sweep of stranded outputs
+# (oddish.worker.output_sweep) leaves them to their activity.
+uploading: set[Path] = set()
+
 # Backoff between uploads while the storage fails: 1 s, doubling up to 30 s, for ever.
 RETRY_FIRST_DELAY_SEC = 1.0
 RETRY_MAX_DELAY_SEC = 30.0
@@ -63,7 +67,14 @@ async def store_attempt_output(
     has nothing to store."""
     if not await asyncio.to_thread(directory.is_dir):
         return False
-    store = storage or get_storage()
+    uploading.add(directory)
+    try:
+        return await _store(directory, prefix, storage or get_storage(), retry=retry)
+    finally:
+        uploading.discard(directory)
+
+
+async def _store(directory: Path, prefix: str, store: BaseStorage, *, retry: bool) -> bool:
     delay = RETRY_FIRST_DELAY_SEC
     began = time.monotonic()
     tries = 0

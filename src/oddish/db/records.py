@@ -529,3 +529,28 @@ async def rename_experiment(session: AsyncSession, experiment_id: str, name: str
     if experiment is None:
         raise RecordNotFound(f"no experiment {experiment_id!r}")
     experiment.name = name
+
+
+@dataclass(frozen=True)
+class AttemptOutput:
+    """An attempt's status and where its record says its output is."""
+
+    status: str
+    harbor_trial_dir: str | None
+
+
+async def attempt_outputs(
+    session: AsyncSession, trial_ids: list[str]
+) -> dict[tuple[str, int], AttemptOutput]:
+    """Every attempt of the trials, by (trial id, attempt number)."""
+    if not trial_ids:
+        return {}
+    rows = await session.execute(
+        select(
+            TrialAttemptModel.trial_id,
+            TrialAttemptModel.number,
+            TrialAttemptModel.status,
+            TrialAttemptModel.harbor_trial_dir,
+        ).where(TrialAttemptModel.trial_id.in_(trial_ids))
+    )
+    return {(t, n): AttemptOutput(status, location) for t, n, status, location in rows}

@@ -22,6 +22,7 @@ from oddish.storage import get_storage
 from oddish.temporal_gateway import TemporalNotConfigured, connect, reconnect_delays
 from oddish.worker.dispatcher import SlotDispatcher
 from oddish.worker.health import WorkerHealth
+from oddish.worker.output_sweep import sweep_periodically
 from oddish.workflows import ALL_WORKFLOWS
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,15 @@ async def run_worker(
     if migrate:
         await migrations.upgrade()
     await queue.apply_limits(n_concurrent or {})
-    with monitoring_pauses():
-        await _serve_until_stopped(stop, health, max_concurrent_activities)
+    # Outputs a previous life of this worker left on the disk (it died while uploading them).
+    sweeping = asyncio.create_task(sweep_periodically(stop))
+    try:
+        with monitoring_pauses():
+            await _serve_until_stopped(stop, health, max_concurrent_activities)
+    finally:
+        sweeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeping
     health.worker_stopped()
     await dispose_engine()
 
