@@ -65,10 +65,11 @@ async def store_attempt_output(
     on disk: the directory is removed only after a complete upload. A cancel while uploading
     leaves the directory too. A directory Harbor never made (the attempt failed before it ran)
     has nothing to store."""
-    if not await asyncio.to_thread(directory.is_dir):
-        return False
+    # Marked before the first await, so that a sweep round never takes it meanwhile.
     uploading.add(directory)
     try:
+        if not await asyncio.to_thread(directory.is_dir):
+            return False
         return await _store(directory, prefix, storage or get_storage(), retry=retry)
     finally:
         uploading.discard(directory)

@@ -34,6 +34,8 @@ from oddish.storage import BaseStorage, trial_output_prefix
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_SEC = 3600.0
+# After a round that left an output unstored (the storage or the database still down).
+RETRY_INTERVAL_SEC = 60.0
 _ATTEMPT_DIR = re.compile(r"attempt-([1-9][0-9]{0,8})")
 
 
@@ -66,19 +68,26 @@ def find_attempt_directories(jobs_dir: Path) -> list[AttemptDirectory]:
     return found
 
 
+@dataclass
+class SweepRound:
+    stored: int = 0
+    # Stranded outputs whose upload failed this round.
+    left: int = 0
+
+
 async def store_stranded_outputs(
     jobs_dir: Path | None = None, storage: BaseStorage | None = None
-) -> int:
+) -> SweepRound:
     """Upload the stranded attempt directories under ``jobs_dir`` (the settings' by default),
-    one try each; how many were stored."""
+    one try each."""
     settings = get_settings()
+    done = SweepRound()
     if settings.keep_local_output:
-        return 0
+        return done
     found = await asyncio.to_thread(find_attempt_directories, jobs_dir or settings.harbor_jobs_dir)
     if not found:
-        return 0
+        return done
     recorded = await queue.attempt_outputs(sorted({d.trial_id for d in found}))
-    stored = 0
     for directory in found:
         record = recorded.get((directory.trial_id, directory.number))
         if record is None or record.status == AttemptStatus.RUNNING:
@@ -95,19 +104,32 @@ async def store_stranded_outputs(
         if await trial_output.store_attempt_output(
             directory.path, prefix, storage=storage, retry=False
         ):
-            stored += 1
-    return stored
+            done.stored += 1
+        else:
+            done.left += 1
+    return done
 
 
 async def sweep_periodically(stop: asyncio.Event, interval_sec: float = SWEEP_INTERVAL_SEC) -> None:
-    """:func:`store_stranded_outputs` now and every ``interval_sec`` until ``stop``; a failed
-    round (the database or the storage down) is logged and the next one tried."""
+    """:func:`store_stranded_outputs` now and every ``interval_sec`` until ``stop``; after a
+    round that failed or left an output unstored (the database or the storage down), the next
+    comes in RETRY_INTERVAL_SEC."""
     while not stop.is_set():
+        wait = interval_sec
         try:
-            stored = await store_stranded_outputs()
-            if stored:
-                log.info("stored %d attempt outputs left on this disk", stored)
+            done = await store_stranded_outputs()
+            if done.stored:
+                log.info("stored %d attempt outputs left on this disk", done.stored)
+            if done.left:
+                log.warning(
+                    "%d attempt outputs left on this disk could not be stored; trying again in "
+                    "%.0fs",
+                    done.left,
+                    RETRY_INTERVAL_SEC,
+                )
+                wait = min(wait, RETRY_INTERVAL_SEC)
         except Exception:
             log.exception("storing outputs left on this disk failed; trying again later")
+            wait = min(wait, RETRY_INTERVAL_SEC)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval_sec)
+            await asyncio.wait_for(stop.wait(), timeout=wait)
