@@ -41,7 +41,7 @@ async def submit(
     task: str,
     *configs: AgentRunConfig,
     priority: int = 0,
-    run_analysis: bool = True,
+    run_analysis: bool = False,
     **fields: object,
 ) -> str:
     submission = TaskSubmission(

@@ -46,3 +46,31 @@ class TrajectoryAgent(NopAgent):
                 out.write(line)
                 written += len(line)
                 i += 1
+
+
+HUGE_LOG_BYTES = 50 * 1024 * 1024
+HEAD_MARKER = "HEAD-OF-THE-HUGE-LOG"
+MIDDLE_MARKER = "MIDDLE-OF-THE-HUGE-LOG"
+TAIL_MARKER = "TAIL-OF-THE-HUGE-LOG"
+
+
+class HugeLogAgent(NopAgent):
+    """Writes a 50 MB log (and no trajectory): the judge must see its head and tail only."""
+
+    @staticmethod
+    def name() -> str:
+        return "huge-log-agent"
+
+    async def run(
+        self, instruction: str, environment: BaseEnvironment, context: AgentContext
+    ) -> None:
+        line = b"the agent thinks out loud, at length, about nothing in particular\n"
+        half = HUGE_LOG_BYTES // 2
+        with open(self.logs_dir / "agent.log", "wb") as out:
+            out.write(f"{HEAD_MARKER}\n".encode())
+            for _ in range(half // len(line)):
+                out.write(line)
+            out.write(f"{MIDDLE_MARKER}\n".encode())
+            for _ in range(half // len(line)):
+                out.write(line)
+            out.write(f"{TAIL_MARKER}\n".encode())

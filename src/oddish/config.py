@@ -73,6 +73,22 @@ class Settings(BaseSettings):
     trial_heartbeat_timeout_sec: float = Field(default=30.0, gt=0)
     # An analysis or verdict silent this long (its worker died or froze) runs again elsewhere.
     analysis_heartbeat_timeout_sec: float = Field(default=30.0, gt=0)
+    # The judge (oddish.judge): LiteLLM model names, e.g. anthropic/claude-sonnet-4-5 or
+    # openai/gpt-5-mini; the verdict model defaults to the analysis model. A task asks for the
+    # judge with run_analysis, refused while no analysis model is set.
+    analysis_model: str | None = None
+    verdict_model: str | None = None
+    # An OpenAI-compatible server (vLLM, a gateway) and its key; unset: each provider's usual
+    # variables (ANTHROPIC_API_KEY, OPENAI_API_KEY, ...).
+    analysis_api_base: str | None = None
+    analysis_api_key: str | None = Field(default=None, repr=False)
+    # The most one judge prompt may hold, in tokens (about 4 characters each): each part (the
+    # task's files, the agent's trajectory or logs, the verifier's output) is cut to its share,
+    # keeping its head and tail.
+    analysis_max_prompt_tokens: int = Field(default=60_000, ge=4_000)
+    # One request to the judge's provider; a slower answer is a timeout, retried.
+    analysis_request_timeout_sec: float = Field(default=300.0, gt=0)
+
     # Upper bound of one trial attempt; Harbor's own timeouts normally end it much sooner.
     trial_start_to_close_timeout_sec: float = 24 * 3600.0
 

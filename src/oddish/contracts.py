@@ -138,11 +138,28 @@ class TaskStatusUpdate:
 @dataclass
 class AnalyzeTrialInput:
     trial_id: str
+    # Judge with this model instead of the task's (judging again with another model).
+    model: str | None = None
 
 
 @dataclass
 class VerdictInput:
     task_id: str
+    # Judge with this model instead of the task's (judging again with another model).
+    model: str | None = None
+
+
+@dataclass
+class JudgeAgainInput:
+    """The judge again on a finished task: these trials' analyses, then (with ``verdict``) the
+    task's verdict, by these models."""
+
+    task_id: str
+    trial_ids: list[str]
+    verdict: bool
+    analysis_model: str
+    verdict_model: str
+    analysis_heartbeat_timeout_sec: float = 30.0
 
 
 @dataclass

@@ -17,9 +17,10 @@ from oddish.config import get_settings
 from oddish.contracts import TaskWorkflowInput, TrialRef, TrialRetryPolicy
 from oddish.db import records, slots
 from oddish.db.connection import get_session
-from oddish.db.models import TaskModel, TrialModel
+from oddish.db.models import AnalysisModel, TaskModel, TrialModel, VerdictModel
 from oddish.experiment import generate_experiment_name
 from oddish.ids import new_id
+from oddish.judge.models import judge_models
 from oddish.queue_keys import DEFAULT_LIMIT_KEY, limit_key
 from oddish.schemas import TaskSubmission
 from oddish.statuses import TERMINAL_JOB_STATUSES
@@ -52,7 +53,9 @@ def workflow_input(
         experiment_id=task.experiment_id,
         task_name=task.name,
         priority=task.priority,
-        run_analysis=task.run_analysis,
+        # The analysis stage always runs: the rule-based classification and counts, free; the
+        # judge too when the task asked for it (its models are on the task).
+        run_analysis=True,
         trials=[
             TrialRef(t.id, t.index, t.agent, t.model, t.queue_key, t.environment)
             for t in sorted(trials, key=lambda t: t.index)
@@ -95,6 +98,8 @@ async def create_task(submission: TaskSubmission, *, client: Client | None) -> s
             await _start_recorded(client, existing, list(existing.trials))
             return existing.id
 
+    # Refused before anything is stored: the judge was asked for and no model is set.
+    judge = judge_models(get_settings()) if submission.run_analysis else None
     task_id = new_id("task")
     try:
         stored = await _store_archive(submission, task_id)
@@ -125,6 +130,8 @@ async def create_task(submission: TaskSubmission, *, client: Client | None) -> s
                 priority=submission.priority,
                 user=submission.user,
                 run_analysis=submission.run_analysis,
+                analysis_model=judge.analysis if judge else None,
+                verdict_model=judge.verdict if judge else None,
                 submission_key=submission.submission_key,
                 workflow_id=workflow_id_for_task(task_id),
             )
@@ -246,11 +253,29 @@ def trial_dict(trial: TrialModel) -> dict[str, Any]:
         if analysis is None
         else {
             "status": analysis.status,
+            # The rule-based classification (the outcome); the judge's is in "judge".
             "classification": analysis.classification,
             "summary": analysis.summary,
             "details": analysis.details,
             "analyzer": analysis.analyzer,
+            "finished_at": _iso(analysis.finished_at),
+            "judge": judge_dict(analysis),
         },
+    }
+
+
+def judge_dict(row: AnalysisModel | VerdictModel) -> dict[str, Any] | None:
+    """What the judge said of a trial or a task (None when it was not asked): its answer's
+    fields, the model, tokens, cost, and the error when it gave no usable answer."""
+    if row.model is None:
+        return None
+    return {
+        **(row.judgement or {}),
+        "model": row.model,
+        "n_input_tokens": row.n_input_tokens,
+        "n_output_tokens": row.n_output_tokens,
+        "cost_usd": row.cost_usd,
+        "error": row.error_message,
     }
 
 
@@ -331,6 +356,7 @@ async def get_experiment(experiment_id: str) -> dict[str, Any]:
             "tasks": [task_summary(t) for t in experiment.tasks],
             "overall": group_stats(trials),
             "by_agent_model": group_by_agent_model(trials),
+            "judge_usage": await records.judge_usage(session, experiment_id=experiment.id),
         }
 
 
@@ -383,7 +409,11 @@ async def get_task_with_trials(task_id: str) -> dict[str, Any]:
                 "details": verdict.details,
                 "decider": verdict.decider,
                 "finished_at": _iso(verdict.finished_at),
+                "judge": judge_dict(verdict),
             },
+            "analysis_model": task.analysis_model,
+            "verdict_model": task.verdict_model,
+            "judge_usage": await records.judge_usage(session, task_id=task_id),
         }
 
 

@@ -106,7 +106,8 @@ class TaskSubmission(BaseModel):
     experiment_name: str | None = Field(default=None, min_length=1, max_length=255)
     configs: list[AgentRunConfig] = Field(min_length=1)
     priority: int = Field(default=0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
-    run_analysis: bool = True
+    # Ask for the judge (an LLM's analysis of each trial and a verdict): needs a judge model.
+    run_analysis: bool = False
     user: str | None = Field(default=None, max_length=255)
     # A client-chosen key: submitting again with the same key returns the first task.
     submission_key: str | None = Field(default=None, min_length=1, max_length=255)

@@ -27,9 +27,20 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from oddish import search_attributes as sa
 from oddish.config import get_settings
-from oddish.contracts import RetryTrialsRequest, RetryTrialsResult, SlotGrant, TaskWorkflowInput
+from oddish.contracts import (
+    JudgeAgainInput,
+    RetryTrialsRequest,
+    RetryTrialsResult,
+    SlotGrant,
+    TaskWorkflowInput,
+)
 from oddish.statuses import TaskStatus
-from oddish.workflows import TaskWorkflow, workflow_id_for_task
+from oddish.workflows import (
+    JudgeAgainWorkflow,
+    TaskWorkflow,
+    judge_again_workflow_id,
+    workflow_id_for_task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +173,24 @@ async def start_task_workflow(client: Client, inp: TaskWorkflowInput) -> None:
         await start_task_workflow_run(
             client, inp, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE
         )
+
+
+async def start_judge_again(client: Client, inp: JudgeAgainInput) -> str:
+    """Start the judge again on a finished task; its workflow id. WorkflowAlreadyStartedError
+    while the judge is still at it for that task."""
+    workflow_id = judge_again_workflow_id(inp.task_id)
+    await client.start_workflow(
+        JudgeAgainWorkflow.run,
+        inp,
+        id=workflow_id,
+        task_queue=get_settings().temporal_task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        static_summary=f"judge again · {len(inp.trial_ids)} trials"
+        + (" · verdict" if inp.verdict else "")
+        + f" · {inp.analysis_model}",
+    )
+    return workflow_id
 
 
 async def workflow_status(

@@ -95,7 +95,18 @@ def task_count(api_url: str) -> int:
 def test_help_explains_every_command() -> None:
     top = oddish("http://unused", "--help")
     assert top.returncode == 0
-    for command in ("run", "status", "cancel", "retry", "clean", "pull", "limits", "up", "replay"):
+    for command in (
+        "run",
+        "status",
+        "cancel",
+        "retry",
+        "clean",
+        "pull",
+        "analyze",
+        "limits",
+        "up",
+        "replay",
+    ):
         assert command in top.stdout
         assert oddish("http://unused", command, "--help").returncode == 0
     assert oddish("http://unused", "limits", "set", "--help").returncode == 0

@@ -21,6 +21,8 @@ SCENARIOS = {
     "worker-killed",
     "retry-finished",
     "retry-running",
+    # The judge's path (JUDGE_PATCH): analyses and verdict on the judge's task queue.
+    "judged",
 }
 
 

@@ -48,7 +48,7 @@ from oddish.contracts import (
 from oddish.statuses import JobStatus, TaskStatus
 from oddish.temporal_gateway import start_task_workflow_run
 from oddish.workflows.ids import workflow_id_for_task
-from oddish.workflows.task_workflow import TaskWorkflow
+from oddish.workflows.task_workflow import TaskWorkflow, judge_task_queue
 
 FAST_RETRIES = TrialRetryPolicy(
     max_attempts=2,
@@ -271,14 +271,27 @@ async def harness(client: Client) -> AsyncIterator[Harness]:
     """A worker on a task queue of the test's own, running the workflow in the default sandbox."""
     fake = FakeOddish(client)
     task_queue = f"unit-{uuid.uuid4().hex[:8]}"
-    async with Worker(
-        client,
-        task_queue=task_queue,
-        workflows=[TaskWorkflow],
-        activities=fake.activities(),
-        max_concurrent_activities=200,
-        default_heartbeat_throttle_interval=timedelta(milliseconds=100),
-        max_heartbeat_throttle_interval=timedelta(milliseconds=100),
+    throttle = timedelta(milliseconds=100)
+    judge_activities = [fake.analyze_trial, fake.decide_verdict]
+    async with (
+        Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[TaskWorkflow],
+            activities=fake.activities(),
+            max_concurrent_activities=200,
+            default_heartbeat_throttle_interval=throttle,
+            max_heartbeat_throttle_interval=throttle,
+        ),
+        # Analyses and verdicts go to the judge's queue, as on a real worker.
+        Worker(
+            client,
+            task_queue=judge_task_queue(task_queue),
+            activities=judge_activities,
+            max_concurrent_activities=200,
+            default_heartbeat_throttle_interval=throttle,
+            max_heartbeat_throttle_interval=throttle,
+        ),
     ):
         yield Harness(client, fake, task_queue)
 
@@ -418,10 +431,6 @@ async def test_retry_update_runs_a_failed_trial_again_as_a_new_run(harness: Harn
     assert progress.trial_statuses == {"trial-0": "success", "trial-1": "success"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a trial retried before its round's analysis is queued for analysis once per run",
-)
 async def test_retried_trial_is_analysed_once_per_round(harness: Harness) -> None:
     fake = harness.fake
     fake.failing = {("trial-0", 1)}

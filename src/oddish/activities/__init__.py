@@ -22,3 +22,6 @@ ALL_ACTIVITIES: list[Callable[..., Any]] = [
     request_slots,
     run_trial,
 ]
+# Served on the judge's task queue too (workflows started before it existed ran them on the
+# main one): they may wait long for a slot of the judge model's key.
+JUDGE_ACTIVITIES: list[Callable[..., Any]] = [analyze_trial, decide_verdict]

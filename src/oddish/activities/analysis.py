@@ -1,15 +1,20 @@
-"""Per-trial analysis. Rule-based for now: an LLM classifier can replace ``analyze_trial`` keeping
-its input and name."""
+"""Per-trial analysis: the rule-based classification (from the recorded outcome, free) always,
+and the judge's (``oddish.judge``) when the task asked for it, side by side in one row."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 from temporalio import activity
 
 from oddish.activities.heartbeat import heartbeating
+from oddish.config import get_settings
 from oddish.contracts import AnalyzeTrialInput
 from oddish.db import records
 from oddish.db.connection import get_session, until_database_answers
 from oddish.db.models import TrialModel
+from oddish.judge.calls import Judged, SlotOwner, judge_trial
 from oddish.statuses import OutcomeKind
 
 ANALYZER = "rules-v1"
@@ -43,26 +48,90 @@ def analyze(trial: TrialModel) -> tuple[str, str, dict[str, object]]:
     return kind.value, summary, details
 
 
-@activity.defn(name="analyze_trial")
-async def analyze_trial(inp: AnalyzeTrialInput) -> str:
-    # A Postgres restart must not fail the task's analysis: wait for it, heartbeating.
-    async with heartbeating():
-        return await until_database_answers(
-            lambda: _analyze_and_save(inp.trial_id), what=f"analysis of trial {inp.trial_id}"
-        )
+@dataclass
+class _Reading:
+    """What the analysis needs of the records, read before any slow call."""
+
+    classification: str
+    summary: str
+    details: dict[str, object]
+    facts: dict[str, Any]
+    model: str | None
+    task_location: str
+    output_location: str | None
+    priority: int
 
 
-async def _analyze_and_save(trial_id: str) -> str:
+async def _read(inp: AnalyzeTrialInput) -> _Reading:
     async with get_session() as session:
-        trial = await records.get_trial(session, trial_id)
+        trial = await records.get_trial(session, inp.trial_id)
+        task = await records.get_task(session, trial.task_id)
         classification, summary, details = analyze(trial)
-        await records.save_analysis(
-            session,
-            trial_id=trial.id,
+        return _Reading(
             classification=classification,
             summary=summary,
             details=details,
-            analyzer=ANALYZER,
+            facts={
+                "agent": trial.agent,
+                "model": trial.model,
+                "reward": trial.reward,
+                "rewards": trial.rewards,
+                "outcome": trial.outcome,
+                "error_type": trial.error_type,
+                "error_message": trial.error_message,
+                "attempts": len(trial.attempts),
+            },
+            model=inp.model or (task.analysis_model if task.run_analysis else None),
+            task_location=task.task_path,
+            output_location=trial.harbor_trial_dir,
+            priority=task.priority,
+        )
+
+
+async def _save(trial_id: str, reading: _Reading, judged: Judged | None) -> None:
+    judge = None
+    if judged is not None:
+        judge = records.JudgeFields(
+            judgement=judged.judgement,
+            model=judged.model,
+            n_input_tokens=judged.n_input_tokens,
+            n_output_tokens=judged.n_output_tokens,
+            cost_usd=judged.cost_usd,
+            error_message=judged.error_message,
+        )
+    async with get_session() as session:
+        await records.save_analysis(
+            session,
+            trial_id=trial_id,
+            classification=reading.classification,
+            summary=reading.summary,
+            details=reading.details,
+            analyzer=ANALYZER if judged is None else f"{ANALYZER}+{judged.model}",
+            judge=judge,
         )
         await session.commit()
-    return classification
+
+
+@activity.defn(name="analyze_trial")
+async def analyze_trial(inp: AnalyzeTrialInput) -> str:
+    # A Postgres restart must not fail the task's analysis: wait for it, heartbeating. The
+    # judge's provider being busy is waited out inside the call.
+    async with heartbeating():
+        what = f"analysis of trial {inp.trial_id}"
+        reading = await until_database_answers(lambda: _read(inp), what=what)
+        judged = None
+        if reading.model:
+            judged = await judge_trial(
+                get_settings(),
+                reading.model,
+                reading.facts,
+                task_location=reading.task_location,
+                output_location=reading.output_location,
+                owner=SlotOwner(
+                    f"analysis:{inp.trial_id}", activity.info().workflow_id or "", reading.priority
+                ),
+            )
+        await until_database_answers(lambda: _save(inp.trial_id, reading, judged), what=what)
+        if judged is not None and judged.judgement.get("classification"):
+            return str(judged.judgement["classification"])
+        return reading.classification

@@ -1,17 +1,20 @@
-"""Per-task verdict from the trials' results. Rule-based; an LLM judge can replace
-``decide_verdict``."""
+"""Per-task verdict: the counts (pass rate, per agent/model) always, and the judge's verdict
+(``oddish.judge``) when the task asked for it, from the task and its trials' analyses."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from temporalio import activity
 
 from oddish.activities.heartbeat import heartbeating
+from oddish.config import get_settings
 from oddish.contracts import VerdictInput
 from oddish.db import records
 from oddish.db.connection import get_session, until_database_answers
 from oddish.db.models import TrialModel
+from oddish.judge.calls import Judged, SlotOwner, judge_task
 from oddish.statuses import OutcomeKind
 from oddish.trial_stats import group_by_agent_model, group_stats
 
@@ -33,21 +36,94 @@ def decide(trials: list[TrialModel]) -> tuple[str, dict[str, Any]]:
     return summary, details
 
 
-async def _decide_and_save(task_id: str) -> str:
+def judged_analyses(trials: list[TrialModel]) -> list[dict[str, Any]]:
+    """Each trial's analysis as the verdict's judge reads it: the judge's classification where
+    there is one, else the rule-based outcome."""
+    shown = []
+    for trial in sorted(trials, key=lambda t: t.index):
+        judgement = (trial.analysis.judgement if trial.analysis else None) or {}
+        shown.append(
+            {
+                "index": trial.index,
+                "agent": trial.agent,
+                "model": trial.model,
+                "reward": trial.reward,
+                "classification": judgement.get("classification") or trial.outcome,
+                "subtype": judgement.get("subtype") or "-",
+                "root_cause": judgement.get("root_cause") or trial.error_message or "",
+            }
+        )
+    return shown
+
+
+@dataclass
+class _Reading:
+    summary: str
+    details: dict[str, Any]
+    task: dict[str, Any]
+    analyses: list[dict[str, Any]]
+    model: str | None
+    task_location: str
+    priority: int
+
+
+async def _read(inp: VerdictInput) -> _Reading:
     async with get_session() as session:
-        task = await records.get_task(session, task_id, with_trials=True)
-        summary, details = decide(list(task.trials))
+        task = await records.get_task(session, inp.task_id, with_trials=True)
+        trials = list(task.trials)
+        summary, details = decide(trials)
+        return _Reading(
+            summary=summary,
+            details=details,
+            task={"id": task.id, "name": task.name},
+            analyses=judged_analyses(trials),
+            model=inp.model or (task.verdict_model if task.run_analysis else None),
+            task_location=task.task_path,
+            priority=task.priority,
+        )
+
+
+async def _save(task_id: str, reading: _Reading, judged: Judged | None) -> str:
+    judge = None
+    if judged is not None:
+        judge = records.JudgeFields(
+            judgement=judged.judgement,
+            model=judged.model,
+            n_input_tokens=judged.n_input_tokens,
+            n_output_tokens=judged.n_output_tokens,
+            cost_usd=judged.cost_usd,
+            error_message=judged.error_message,
+        )
+    async with get_session() as session:
         await records.save_verdict(
-            session, task_id=task.id, summary=summary, details=details, decider=DECIDER
+            session,
+            task_id=task_id,
+            summary=reading.summary,
+            details=reading.details,
+            decider=DECIDER if judged is None else f"{DECIDER}+{judged.model}",
+            judge=judge,
         )
         await session.commit()
-    return summary
+    return reading.summary
 
 
 @activity.defn(name="decide_verdict")
 async def decide_verdict(inp: VerdictInput) -> str:
     # A Postgres restart must not fail a task whose trials all ran: wait for it, heartbeating.
     async with heartbeating():
-        return await until_database_answers(
-            lambda: _decide_and_save(inp.task_id), what=f"verdict of task {inp.task_id}"
-        )
+        what = f"verdict of task {inp.task_id}"
+        reading = await until_database_answers(lambda: _read(inp), what=what)
+        judged = None
+        if reading.model:
+            judged = await judge_task(
+                get_settings(),
+                reading.model,
+                reading.task,
+                reading.details,
+                reading.analyses,
+                task_location=reading.task_location,
+                owner=SlotOwner(
+                    f"verdict:{inp.task_id}", activity.info().workflow_id or "", reading.priority
+                ),
+            )
+        return await until_database_answers(lambda: _save(inp.task_id, reading, judged), what=what)

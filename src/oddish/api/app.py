@@ -25,13 +25,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from oddish import queue, task_control, task_retry
+from oddish import queue, task_control, task_judge, task_retry
+from oddish.api.app_state import temporal
 from oddish.api.auth import ApiKeyGate
 from oddish.api.body_limit import BodySizeLimit
 from oddish.api.files import build_files_router
+from oddish.api.judge_routes import build_judge_router
 from oddish.api.sweeps import SweepRequest
 from oddish.api.trial_files import read_logs, read_result
 from oddish.api.uploads import (
@@ -50,6 +51,7 @@ from oddish.db.connection import (
     is_unstorable_value,
 )
 from oddish.db.records import RecordNotFound
+from oddish.judge.models import JudgeNotConfigured
 from oddish.schemas import MAX_TRIALS_PER_TASK
 from oddish.statuses import TaskStatus
 from oddish.storage import StorageError, StorageUnavailable, get_storage
@@ -92,12 +94,6 @@ class LimitUpdate(BaseModel):
 # Room for the multipart envelope around the archive.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 UPLOAD_PATH = "/tasks/upload"
-
-
-def temporal(request: Request) -> Client:
-    """The API's Temporal client; TemporalUnavailable (a 503) until it has connected."""
-    connection: TemporalConnection = request.app.state.temporal
-    return connection.require()
 
 
 class ErrorBody(BaseModel):
@@ -342,6 +338,14 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
     async def not_found(_: Request, exc: RecordNotFound) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
 
+    @app.exception_handler(task_judge.JudgeRefused)
+    async def judge_refused(_: Request, exc: task_judge.JudgeRefused) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    @app.exception_handler(JudgeNotConfigured)
+    async def judge_not_configured(_: Request, exc: JudgeNotConfigured) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
+
     @app.exception_handler(task_retry.RetryRefused)
     async def retry_refused(_: Request, exc: task_retry.RetryRefused) -> JSONResponse:
         return JSONResponse(status_code=409, content={"detail": str(exc)})
@@ -449,4 +453,5 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
 
     app.include_router(build_router())
     app.include_router(build_files_router())
+    app.include_router(build_judge_router())
     return app

@@ -86,7 +86,7 @@ class SweepRequest(Strict):
     priority: int = 0
     experiment_id: str | None = None
     experiment_name: str | None = None
-    run_analysis: bool = True
+    run_analysis: bool = False
     user: str | None = None
     submission_key: str | None = Field(
         default=None,

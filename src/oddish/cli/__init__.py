@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from oddish.cli.analyze import analyze
 from oddish.cli.manage import cancel, clean, limits_app, retry
 from oddish.cli.pull import pull
 from oddish.cli.run import run
@@ -28,4 +29,5 @@ app.command()(cancel)
 app.command()(retry)
 app.command()(clean)
 app.command()(pull)
+app.command()(analyze)
 app.add_typer(limits_app, name="limits")

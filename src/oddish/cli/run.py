@@ -282,8 +282,11 @@ def run(
     run_analysis: bool | None = typer.Option(
         None,
         "--run-analysis/--no-run-analysis",
-        show_default="run-analysis",
-        help="analyse each finished trial and give the task a verdict",
+        show_default="no-run-analysis",
+        help="ask the judge (an LLM, ODDISH_ANALYSIS_MODEL on the server) to analyse each "
+        "finished trial (whose fault: the agent's or the task's) and give each task a verdict; "
+        "refused when the server has no judge model. Without it each trial still gets its "
+        "rule-based outcome and each task its counts",
     ),
     agent_env: list[str] | None = typer.Option(
         None,
@@ -429,7 +432,7 @@ def run(
         },
         "priority": priority_value,
         "experiment_id": experiment or (sweep and sweep.experiment_id) or None,
-        "run_analysis": pick(run_analysis, "run_analysis") is not False,
+        "run_analysis": pick(run_analysis, "run_analysis") is True,
         "user": user or getpass.getuser(),
     }
 

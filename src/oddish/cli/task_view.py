@@ -74,6 +74,40 @@ def reward_text(reward: float | None) -> str:
     return "-" if reward is None else f"{reward:.3f}"
 
 
+def needs_review(task: dict[str, Any]) -> bool:
+    """The judge's verdict says the task is not fit as it is."""
+    judge = (task.get("verdict") or {}).get("judge") or {}
+    return judge.get("is_good") is False
+
+
+def verdict_text(task: dict[str, Any]) -> str:
+    """The judge's verdict first (when it gave one), then the counts."""
+    verdict = task.get("verdict") or {}
+    judge = verdict.get("judge") or {}
+    counts = verdict.get("summary") or "-"
+    if judge.get("is_good") is False:
+        issue = judge.get("primary_issue") or "see its analyses"
+        return f"needs review ({judge.get('confidence')}): {issue} · {counts}"
+    if judge.get("is_good") is True:
+        return f"good ({judge.get('confidence')}) · {counts}"
+    if judge.get("error"):
+        return f"judge failed: {judge['error'][:120]} · {counts}"
+    return counts
+
+
+def judge_text(trial: dict[str, Any]) -> str:
+    """The judge's classification and subtype of a trial, '-' when it was not asked."""
+    judge = (trial.get("analysis") or {}).get("judge") or {}
+    if judge.get("classification"):
+        corrected = (
+            f" (judge said {judge['corrected_from']})" if judge.get("corrected_from") else ""
+        )
+        return f"{judge['classification']} · {judge.get('subtype') or '-'}{corrected}"
+    if judge.get("error"):
+        return "judge failed"
+    return "-"
+
+
 def tasks_table(tasks: list[dict[str, Any]], title: str | None = None) -> Table:
     table = Table(title=title, title_justify="left", expand=False)
     for column in (
@@ -86,26 +120,26 @@ def tasks_table(tasks: list[dict[str, Any]], title: str | None = None) -> Table:
     ):
         table.add_column(column, justify="right" if column == "mean reward" else "left")
     for task in tasks:
-        verdict = task.get("verdict") or {}
         table.add_row(
             f"{escape(task.get('name') or '')}\n[dim]{task['id']}[/dim]",
             styled(task["status"]),
             progress(task["trials"]),
             trial_counts(task["trials"]),
             reward_text(mean_reward(task["trials"])),
-            escape(verdict.get("summary") or "-"),
+            escape(verdict_text(task)),
         )
     return table
 
 
 def trials_table(task: dict[str, Any]) -> Table:
     table = Table(title=f"trials of {task['id']}", title_justify="left")
-    for column in ("#", "trial", "agent", "model", "status", "reward", "attempts", "error"):
+    columns = ("#", "trial", "agent", "model", "status", "reward", "attempts", "judge", "error")
+    for column in columns:
         numeric = column in ("#", "reward", "attempts")
         table.add_column(
             column,
             justify="right" if numeric else "left",
-            overflow="fold" if column == "error" else "ellipsis",
+            overflow="fold" if column in ("error", "judge") else "ellipsis",
         )
     for trial in task["trials"]:
         table.add_row(
@@ -116,6 +150,7 @@ def trials_table(task: dict[str, Any]) -> Table:
             styled(trial["status"]),
             reward_text(trial["reward"]),
             str(len(trial["attempts"])),
+            escape(judge_text(trial)),
             escape((trial.get("error") or "")[:200]),
         )
     return table
@@ -126,6 +161,8 @@ def render(
 ) -> RenderableType:
     if not tasks:
         return Text("no tasks", style="dim")
+    # What the judge says needs review comes first (the order is otherwise kept).
+    tasks = sorted(tasks, key=lambda t: not needs_review(t))
     done = sum(is_done(t) for t in tasks)
     trials = [trial for task in tasks for trial in task["trials"]]
     footer = Text(

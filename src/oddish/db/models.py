@@ -72,7 +72,12 @@ class TaskModel(Base):
     status: Mapped[str] = mapped_column(String(32), default=TaskStatus.PENDING, index=True)
     priority: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     user: Mapped[str | None] = mapped_column(String(255))
-    run_analysis: Mapped[bool] = mapped_column(Boolean, default=True, nullable=False)
+    # Whether the task asked for the judge (an LLM's analysis of each trial and verdict); the
+    # rule-based classification and counts are made either way.
+    run_analysis: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    # The judge's models (LiteLLM names), fixed at submission; null without the judge.
+    analysis_model: Mapped[str | None] = mapped_column(String(200))
+    verdict_model: Mapped[str | None] = mapped_column(String(200))
     # The client's idempotency key: the same key never creates a second task.
     submission_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     workflow_id: Mapped[str] = mapped_column(String(128), nullable=False)
@@ -179,6 +184,14 @@ class AnalysisModel(Base):
     summary: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any] | None] = mapped_column()
     analyzer: Mapped[str | None] = mapped_column(String(128))
+    # The judge's answer (oddish.judge) beside the rule-based fields, and what it cost; null
+    # without the judge. error_message says why a judgement is missing.
+    judgement: Mapped[dict[str, Any] | None] = mapped_column()
+    model: Mapped[str | None] = mapped_column(String(200))
+    n_input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    n_output_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -196,6 +209,14 @@ class VerdictModel(Base):
     # Counts, pass rate and mean reward, overall and per agent/model.
     details: Mapped[dict[str, Any] | None] = mapped_column()
     decider: Mapped[str | None] = mapped_column(String(128))
+    # The judge's answer (oddish.judge) beside the rule-based fields, and what it cost; null
+    # without the judge. error_message says why a judgement is missing.
+    judgement: Mapped[dict[str, Any] | None] = mapped_column()
+    model: Mapped[str | None] = mapped_column(String(200))
+    n_input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    n_output_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -350,6 +350,22 @@ async def finish_trial(
     await slots.release(await session.connection(), trial_ids=[trial_id], log_status=log_status)
 
 
+@dataclass
+class JudgeFields:
+    """What an analysis or a verdict records of the judge (all None without one)."""
+
+    judgement: dict[str, Any] | None = None
+    model: str | None = None
+    n_input_tokens: int | None = None
+    n_output_tokens: int | None = None
+    cost_usd: float | None = None
+    error_message: str | None = None
+
+    def apply(self, row: AnalysisModel | VerdictModel) -> None:
+        for f in dataclasses.fields(self):
+            setattr(row, f.name, getattr(self, f.name))
+
+
 async def save_analysis(
     session: AsyncSession,
     *,
@@ -358,30 +374,43 @@ async def save_analysis(
     summary: str,
     details: dict[str, Any],
     analyzer: str,
+    judge: JudgeFields | None = None,
 ) -> None:
+    """The trial's analysis: the rule-based classification, and the judge's when it judged (a
+    judge that gave no usable answer leaves the analysis failed, the rule-based part standing)."""
     analysis = await session.get(AnalysisModel, trial_id)
     if analysis is None:
         analysis = AnalysisModel(trial_id=trial_id)
         session.add(analysis)
-    analysis.status = JobStatus.SUCCESS
+    judge = judge or JudgeFields()
+    analysis.status = JobStatus.FAILED if judge.error_message else JobStatus.SUCCESS
     analysis.classification = classification
     analysis.summary = summary
     analysis.details = details
     analysis.analyzer = analyzer
+    judge.apply(analysis)
     analysis.finished_at = now()
 
 
 async def save_verdict(
-    session: AsyncSession, *, task_id: str, summary: str, details: dict[str, Any], decider: str
+    session: AsyncSession,
+    *,
+    task_id: str,
+    summary: str,
+    details: dict[str, Any],
+    decider: str,
+    judge: JudgeFields | None = None,
 ) -> None:
     verdict = await session.get(VerdictModel, task_id)
     if verdict is None:
         verdict = VerdictModel(task_id=task_id)
         session.add(verdict)
-    verdict.status = JobStatus.SUCCESS
+    judge = judge or JudgeFields()
+    verdict.status = JobStatus.FAILED if judge.error_message else JobStatus.SUCCESS
     verdict.summary = summary
     verdict.details = details
     verdict.decider = decider
+    judge.apply(verdict)
     verdict.finished_at = now()
 
 
@@ -554,3 +583,41 @@ async def attempt_outputs(
         ).where(TrialAttemptModel.trial_id.in_(trial_ids))
     )
     return {(t, n): AttemptOutput(status, location) for t, n, status, location in rows}
+
+
+async def judge_usage(
+    session: AsyncSession, *, task_id: str | None = None, experiment_id: str | None = None
+) -> dict[str, Any]:
+    """What the judge cost a task or an experiment: its calls (analyses and verdicts it
+    answered or failed), tokens and cost in USD (None when no call's cost is known)."""
+    totals: dict[str, Any] = {
+        "calls": 0,
+        "errors": 0,
+        "n_input_tokens": 0,
+        "n_output_tokens": 0,
+        "cost_usd": None,
+    }
+    for table, owner in ((AnalysisModel, TrialModel.task_id), (VerdictModel, VerdictModel.task_id)):
+        query = select(
+            func.count(table.model),
+            func.count(table.error_message),
+            func.coalesce(func.sum(table.n_input_tokens), 0),
+            func.coalesce(func.sum(table.n_output_tokens), 0),
+            func.sum(table.cost_usd),
+        ).where(table.model.is_not(None))
+        if table is AnalysisModel:
+            query = query.join(TrialModel, TrialModel.id == AnalysisModel.trial_id)
+        if task_id is not None:
+            query = query.where(owner == task_id)
+        if experiment_id is not None:
+            query = query.join(TaskModel, TaskModel.id == owner).where(
+                TaskModel.experiment_id == experiment_id
+            )
+        calls, errors, tokens_in, tokens_out, cost = (await session.execute(query)).one()
+        totals["calls"] += calls
+        totals["errors"] += errors
+        totals["n_input_tokens"] += int(tokens_in or 0)
+        totals["n_output_tokens"] += int(tokens_out or 0)
+        if cost is not None:
+            totals["cost_usd"] = (totals["cost_usd"] or 0.0) + float(cost)
+    return totals

@@ -38,6 +38,8 @@ class SlotClaim:
     trial_id: str
     workflow_id: str
     run_number: int = 1
+    # A judge call's row (oddish.judge.slot): its holder polls for the grant, nobody is signalled.
+    judge: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,83 @@ async def enqueue(
             for trial_id, queue_key in trials
         ],
     )
+
+
+def judge_dedupe_key(subject: str) -> str:
+    return f"judge:{subject}"
+
+
+async def enqueue_judge(
+    conn: AsyncConnection, *, subject: str, queue_key: str, workflow_id: str, priority: int
+) -> None:
+    """Put a judge call in line for a slot of ``queue_key``, among the trials waiting for it
+    (same priority order). A row left by an earlier attempt of the same call goes first."""
+    await release_judge(conn, subject=subject, log_status="canceled")
+    headers = json.dumps(
+        {
+            OWNER_HEADER: 1,
+            "judge": 1,
+            "trial_id": subject,
+            "workflow_id": workflow_id,
+            "run": 1,
+            # Nobody to signal: the holder polls for its grant.
+            "signalled": True,
+        }
+    )
+    await conn.execute(
+        text(
+            """
+            WITH added AS (
+                INSERT INTO pgqueuer (priority, entrypoint, dedupe_key, payload, headers,
+                                      execute_after, status)
+                VALUES (:priority, :queue_key, :dedupe_key, NULL, CAST(:headers AS jsonb),
+                        :far_future, 'queued')
+                RETURNING id, entrypoint, priority
+            )
+            INSERT INTO pgqueuer_log (job_id, status, entrypoint, priority)
+            SELECT id, 'queued', entrypoint, priority FROM added
+            """
+        ),
+        {
+            "priority": priority,
+            "queue_key": queue_key,
+            "dedupe_key": judge_dedupe_key(subject),
+            "headers": headers,
+            "far_future": NEVER,
+        },
+    )
+
+
+async def judge_slot_state(conn: AsyncConnection, subject: str) -> str | None:
+    """'queued' or 'picked' for the judge call's row (touched: its holder is alive), None when
+    it is gone (released by a cancel, say)."""
+    row = await conn.execute(
+        text(
+            "UPDATE pgqueuer SET heartbeat = now() WHERE dedupe_key = :dk AND headers ? :owner "
+            "RETURNING status"
+        ),
+        {"dk": judge_dedupe_key(subject), "owner": OWNER_HEADER},
+    )
+    status = row.scalar_one_or_none()
+    return None if status is None else str(status)
+
+
+async def release_judge(conn: AsyncConnection, *, subject: str, log_status: str) -> int:
+    rows = await conn.execute(
+        text(
+            """
+            WITH gone AS (
+                DELETE FROM pgqueuer WHERE dedupe_key = :dk AND headers ? :owner
+                RETURNING id, entrypoint, priority
+            )
+            INSERT INTO pgqueuer_log (job_id, status, entrypoint, priority)
+            SELECT id, CAST(:status AS pgqueuer_status), entrypoint, priority FROM gone
+            RETURNING job_id
+            """
+        ),
+        {"dk": judge_dedupe_key(subject), "owner": OWNER_HEADER, "status": log_status},
+    )
+    return len(rows.fetchall())
 
 
 async def keys_with_waiting_trials(conn: AsyncConnection) -> list[str]:
@@ -192,6 +271,7 @@ async def claim(
             trial_id=r.headers["trial_id"],
             workflow_id=r.headers["workflow_id"],
             run_number=r.headers.get("run", 1),
+            judge=bool(r.headers.get("judge")),
         )
         for r in rows
     ]

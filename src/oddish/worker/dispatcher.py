@@ -127,7 +127,8 @@ class SlotDispatcher:
         return granted
 
     async def _signal(self, claims: Iterable[slots.SlotClaim]) -> None:
-        claims = list(claims)
+        # A judge call waits for its grant by looking at its row: there is nobody to signal.
+        claims = [c for c in claims if not c.judge]
         if not claims:
             return
         results = await asyncio.gather(

@@ -12,7 +12,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from oddish import queue
-from oddish.activities import ALL_ACTIVITIES
+from oddish.activities import ALL_ACTIVITIES, JUDGE_ACTIVITIES
 from oddish.activities.heartbeat import MAX_INTERVAL_SEC as MAX_HEARTBEAT_INTERVAL_SEC
 from oddish.activities.pauses import monitoring_pauses
 from oddish.config import get_settings
@@ -24,8 +24,13 @@ from oddish.worker.dispatcher import SlotDispatcher
 from oddish.worker.health import WorkerHealth
 from oddish.worker.output_sweep import sweep_periodically
 from oddish.workflows import ALL_WORKFLOWS
+from oddish.workflows.task_workflow import judge_task_queue
 
 log = logging.getLogger(__name__)
+
+# Judge calls mostly wait (for a slot of their model's key, for the provider): many at once cost
+# little.
+JUDGE_MAX_CONCURRENT_ACTIVITIES = 200
 
 
 async def run_worker(
@@ -106,10 +111,20 @@ async def _serve(
         # a cancel only reaches a trial in the answer to one: send them as the trial beats.
         max_heartbeat_throttle_interval=timedelta(seconds=MAX_HEARTBEAT_INTERVAL_SEC),
     )
+    # Analyses and verdicts on a queue of their own: a judge call waiting for a slot of its
+    # model's key holds one of these activity slots, never one a trial could use.
+    judge_worker = Worker(
+        client,
+        task_queue=judge_task_queue(settings.temporal_task_queue),
+        activities=JUDGE_ACTIVITIES,
+        max_concurrent_activities=JUDGE_MAX_CONCURRENT_ACTIVITIES,
+        graceful_shutdown_timeout=timedelta(seconds=5),
+        max_heartbeat_throttle_interval=timedelta(seconds=MAX_HEARTBEAT_INTERVAL_SEC),
+    )
     # The dispatcher stops with the worker: grants for workflows nobody runs would only wait.
     dispatcher_stop = asyncio.Event()
     dispatcher_task = asyncio.create_task(dispatcher.run(dispatcher_stop))
-    worker_task = asyncio.create_task(worker.run())
+    worker_task = asyncio.create_task(_run_both(worker, judge_worker))
     stopper = asyncio.create_task(stop.wait())
     health.worker_running()
     log.info(
@@ -123,6 +138,17 @@ async def _serve(
         stopper.cancel()
         dispatcher_stop.set()
         if not worker_task.done():
-            await worker.shutdown()
+            await asyncio.gather(worker.shutdown(), judge_worker.shutdown())
         await dispatcher_task
     await worker_task
+
+
+async def _run_both(worker: Worker, judge_worker: Worker) -> None:
+    """Both workers until both end; one failing stops the other (the caller reconnects)."""
+    runs = [asyncio.ensure_future(worker.run()), asyncio.ensure_future(judge_worker.run())]
+    done, _ = await asyncio.wait(runs, return_when=asyncio.FIRST_EXCEPTION)
+    if any(task.exception() for task in done):
+        for other, w in zip(runs, (worker, judge_worker), strict=True):
+            if not other.done():
+                await w.shutdown()
+    await asyncio.gather(*runs)

@@ -1,6 +1,13 @@
 from oddish.workflows.ids import workflow_id_for_task
+from oddish.workflows.judge_again import JudgeAgainWorkflow, judge_again_workflow_id
 from oddish.workflows.task_workflow import TaskWorkflow
 
-ALL_WORKFLOWS = [TaskWorkflow]
+ALL_WORKFLOWS = [TaskWorkflow, JudgeAgainWorkflow]
 
-__all__ = ["ALL_WORKFLOWS", "TaskWorkflow", "workflow_id_for_task"]
+__all__ = [
+    "ALL_WORKFLOWS",
+    "JudgeAgainWorkflow",
+    "TaskWorkflow",
+    "judge_again_workflow_id",
+    "workflow_id_for_task",
+]

@@ -43,12 +43,22 @@ RECORD_TIMEOUT = timedelta(seconds=60)
 RECORD_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
 )
-# An analysis or verdict holds its worker at most this long; a dead or frozen worker is noticed
-# sooner, by its silence (the heartbeat timeout of the input).
-ANALYSIS_TIMEOUT = timedelta(minutes=10)
+# An analysis or verdict holds its worker at most this long: it may wait for a slot of the judge
+# model's key and out a busy provider; a dead or frozen worker is noticed sooner, by its silence
+# (the heartbeat timeout of the input).
+ANALYSIS_TIMEOUT = timedelta(hours=6)
 ANALYSIS_RETRY = RetryPolicy(maximum_attempts=5)
 # The error type of a retry refused because the workflow is completing; a new run takes it.
 TASK_FINISHING = "TaskFinishing"
+# From this change on, analyses and verdicts run on the judge's task queue (they may wait long
+# for a slot of the judge model's key without keeping trials from a worker's activity slots),
+# and a trial finished twice in one round (failed, retried, finished) is analysed once.
+JUDGE_PATCH = "judge-task-queue"
+
+
+def judge_task_queue(task_queue: str) -> str:
+    """Where a worker serving ``task_queue`` takes analyses and verdicts."""
+    return f"{task_queue}-judge"
 
 
 def _error_text(err: BaseException) -> tuple[str, str]:
@@ -224,6 +234,10 @@ class TaskWorkflow:
         # Activity options are not part of what a replay compares: histories recorded without a
         # heartbeat timeout replay unchanged.
         analysis_heartbeat = timedelta(seconds=inp.analysis_heartbeat_timeout_sec)
+        judge_queue: str | None = None
+        if workflow.patched(JUDGE_PATCH):
+            finished = list(dict.fromkeys(finished))
+            judge_queue = judge_task_queue(workflow.info().task_queue)
         try:
             await self._set_status(inp.task_id, TaskStatus.ANALYZING)
             await asyncio.gather(
@@ -234,6 +248,7 @@ class TaskWorkflow:
                         start_to_close_timeout=ANALYSIS_TIMEOUT,
                         heartbeat_timeout=analysis_heartbeat,
                         retry_policy=ANALYSIS_RETRY,
+                        task_queue=judge_queue,
                         summary=f"analyse trial {self._trials[trial_id].index}",
                     )
                     for trial_id in finished
@@ -247,6 +262,7 @@ class TaskWorkflow:
                 start_to_close_timeout=ANALYSIS_TIMEOUT,
                 heartbeat_timeout=analysis_heartbeat,
                 retry_policy=ANALYSIS_RETRY,
+                task_queue=judge_queue,
                 summary="verdict",
             )
         except ActivityError as err:
