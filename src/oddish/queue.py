@@ -6,16 +6,16 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections import Counter
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
 from oddish.config import get_settings
 from oddish.contracts import TaskWorkflowInput, TrialRef, TrialRetryPolicy
-from oddish.db import records, slots
+from oddish.db import records, slots, stats
 from oddish.db.connection import get_session
 from oddish.db.models import AnalysisModel, TaskModel, TrialModel, VerdictModel
 from oddish.experiment import generate_experiment_name
@@ -23,13 +23,22 @@ from oddish.ids import new_id
 from oddish.judge.models import judge_models
 from oddish.queue_keys import DEFAULT_LIMIT_KEY, limit_key
 from oddish.schemas import TaskSubmission
-from oddish.statuses import TERMINAL_JOB_STATUSES
 from oddish.task_store import StoredArchive, discard_task_archives, store_task_archive
 from oddish.temporal_gateway import TemporalUnavailable, start_task_workflow
-from oddish.trial_stats import group_by_agent_model, group_stats
+from oddish.trial_stats import (
+    PASS_THRESHOLD,
+    groups_by_agent_model,
+    stats_of_groups,
+    task_trial_summary,
+)
 from oddish.workflows import workflow_id_for_task
 
 log = logging.getLogger(__name__)
+
+# The tasks GET /experiments/{id} shows by default, and the trials a page of its trials holds:
+# bounded, so a 100k-trial experiment answers as fast as a small one.
+EXPERIMENT_TASKS_PAGE = 100
+EXPERIMENT_TRIALS_PAGE = 5000
 
 
 def retry_policy_from_settings() -> TrialRetryPolicy:
@@ -292,16 +301,30 @@ def _task_fields(task: TaskModel) -> dict[str, Any]:
     }
 
 
-def task_summary(task: TaskModel) -> dict[str, Any]:
-    """A task without its trials' details (for lists); the mean reward is of finished trials."""
-    finished = [t for t in task.trials if t.status in TERMINAL_JOB_STATUSES]
-    return {
-        **_task_fields(task),
-        "trials_count": len(task.trials),
-        "trials_finished": len(finished),
-        "trial_status_counts": dict(Counter(t.status for t in task.trials)),
-        "mean_reward": group_stats(finished)["mean_reward"],
-    }
+async def task_summaries(session: AsyncSession, tasks: list[TaskModel]) -> list[dict[str, Any]]:
+    """The tasks without their trials' details (for lists): trial counts by status and the
+    mean reward of finished trials, aggregated by Postgres, and each task's verdict in brief."""
+    ids = [t.id for t in tasks]
+    counts: dict[str, list[stats.TaskStatusCount]] = {t: [] for t in ids}
+    for count in await stats.task_status_counts(session, ids):
+        counts[count.task_id].append(count)
+    verdicts = await records.verdicts_of(session, ids)
+    return [
+        {
+            **_task_fields(task),
+            "error_message": task.error_message,
+            **task_trial_summary(counts[task.id]),
+            "verdict": _verdict_brief(verdicts.get(task.id)),
+        }
+        for task in tasks
+    ]
+
+
+def _verdict_brief(verdict: VerdictModel | None) -> dict[str, Any] | None:
+    """What a list shows of a verdict: its status, the counts' summary and the judge's say."""
+    if verdict is None:
+        return None
+    return {"status": verdict.status, "summary": verdict.summary, "judge": judge_dict(verdict)}
 
 
 async def list_tasks(
@@ -324,8 +347,9 @@ async def list_tasks(
             limit=limit,
             offset=offset,
         )
+        summaries = await task_summaries(session, tasks)
     return {
-        "tasks": [task_summary(t) for t in tasks],
+        "tasks": summaries,
         "total": total,
         "limit": limit,
         "offset": offset,
@@ -342,22 +366,78 @@ async def list_experiments() -> list[dict[str, Any]]:
     ]
 
 
-async def get_experiment(experiment_id: str) -> dict[str, Any]:
-    """The experiment (by id, or by name), its tasks, and per agent/model: trials, pass rate,
-    mean reward, statuses."""
+async def get_experiment(
+    experiment_id: str, *, tasks_limit: int = EXPERIMENT_TASKS_PAGE, tasks_offset: int = 0
+) -> dict[str, Any]:
+    """The experiment (by id, or by name), one page of its tasks (newest first, as /tasks
+    pages them), and over all its trials and per agent/model: trials, pass rate, mean reward,
+    statuses. Every figure is aggregated by Postgres: no trial row is read into Python."""
     async with get_session() as session:
         experiment_id = await records.experiment_id_for(session, experiment_id) or experiment_id
-        experiment = await records.get_experiment(session, experiment_id)
-        trials = [t for task in experiment.tasks for t in task.trials]
+        experiment = await records.experiment_row(session, experiment_id)
+        tasks, total = await records.list_tasks(
+            session,
+            status=None,
+            experiment_id=experiment.id,
+            user=None,
+            limit=tasks_limit,
+            offset=tasks_offset,
+        )
+        groups = await stats.experiment_trial_groups(
+            session, experiment.id, pass_threshold=PASS_THRESHOLD
+        )
         return {
             "id": experiment.id,
             "name": experiment.name,
             "created_at": _iso(experiment.created_at),
-            "tasks": [task_summary(t) for t in experiment.tasks],
-            "overall": group_stats(trials),
-            "by_agent_model": group_by_agent_model(trials),
+            "tasks": await task_summaries(session, tasks),
+            "tasks_total": total,
+            "tasks_offset": tasks_offset,
+            "tasks_next_offset": (
+                tasks_offset + tasks_limit if tasks_offset + tasks_limit < total else None
+            ),
+            "overall": stats_of_groups(groups),
+            "by_agent_model": groups_by_agent_model(groups),
             "judge_usage": await records.judge_usage(session, experiment_id=experiment.id),
         }
+
+
+async def get_experiment_trials(
+    experiment_id: str, *, after: str | None = None, limit: int = EXPERIMENT_TRIALS_PAGE
+) -> dict[str, Any]:
+    """One page of the experiment's trials in brief, ordered by task then index; ``next_after``
+    (None on the last page) is the cursor of the next one."""
+    cursor = _trial_cursor(after) if after else None
+    async with get_session() as session:
+        experiment_id = await records.experiment_id_for(session, experiment_id) or experiment_id
+        experiment = await records.experiment_row(session, experiment_id)
+        rows = await records.experiment_trials_page(
+            session, experiment.id, after=cursor, limit=limit
+        )
+    last = rows[-1] if len(rows) == limit else None
+    return {
+        "experiment_id": experiment.id,
+        "trials": [
+            {
+                **row,
+                "started_at": _iso(row["started_at"]),
+                "finished_at": _iso(row["finished_at"]),
+            }
+            for row in rows
+        ],
+        "next_after": None if last is None else f"{last['task_id']}:{last['index']}",
+    }
+
+
+class BadCursor(ValueError):
+    """An ``after`` that no page of the list gave."""
+
+
+def _trial_cursor(after: str) -> tuple[str, int]:
+    task_id, _, index = after.rpartition(":")
+    if not task_id or not index.isdigit():
+        raise BadCursor(f"not a cursor of this list: {after!r}")
+    return task_id, int(index)
 
 
 async def rename_experiment(experiment_id: str, name: str) -> None:

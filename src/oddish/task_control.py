@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Coroutine
+from typing import Any
 
 from temporalio.client import Client
 
@@ -21,6 +23,8 @@ from oddish.workflows import workflow_id_for_task
 
 # How long a delete waits for a cancelled task's sandboxes to be torn down.
 STOP_TIMEOUT_SEC = 120.0
+# Tasks of an experiment cancelled, stopped or deleted at once.
+CONCURRENT_CALLS = 16
 
 
 async def cancel_task(task_id: str, *, client: Client) -> str:
@@ -39,17 +43,33 @@ async def cancel_task(task_id: str, *, client: Client) -> str:
     return "cancelling"
 
 
+async def _bounded[T](calls: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """The calls' results, at most CONCURRENT_CALLS of them at once: an experiment of
+    thousands of tasks must not open thousands of Temporal calls and database sessions."""
+    gate = asyncio.Semaphore(CONCURRENT_CALLS)
+
+    async def one(call: Coroutine[Any, Any, T]) -> T:
+        async with gate:
+            return await call
+
+    return list(await asyncio.gather(*(one(c) for c in calls)))
+
+
 async def cancel_experiment(experiment_id: str, *, client: Client) -> list[tuple[str, str]]:
-    """Cancel every unfinished task of the experiment; returns (task id, status now) of each."""
+    """Cancel every unfinished task of the experiment; returns (task id, status now) of each.
+    Only the task ids are read: each workflow cancels its own trials."""
     async with get_session() as session:
-        experiment = await records.get_experiment(session, experiment_id)
-        task_ids = [t.id for t in experiment.tasks if t.status not in TERMINAL_TASK_STATUSES]
-    statuses = await asyncio.gather(*(cancel_task(t, client=client) for t in task_ids))
+        task_ids = await records.experiment_task_ids(session, experiment_id, unfinished=True)
+    statuses = await _bounded([cancel_task(t, client=client) for t in task_ids])
     return list(zip(task_ids, statuses, strict=True))
 
 
 async def _stop_and_wait(task_id: str, client: Client) -> None:
     await cancel_task(task_id, client=client)
+    await _wait_stopped(task_id, client)
+
+
+async def _wait_stopped(task_id: str, client: Client) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + STOP_TIMEOUT_SEC
     while await task_workflow_running(client, task_id):
@@ -65,6 +85,11 @@ async def delete_task(task_id: str, *, client: Client) -> None:
 
     Storage goes before the rows: when storage fails, the task is still there to delete again."""
     await _stop_and_wait(task_id, client)
+    await _delete_stopped(task_id)
+
+
+async def _delete_stopped(task_id: str) -> None:
+    """Delete a stopped task: storage first, then its rows and slot rows, then local files."""
     await asyncio.to_thread(discard_task_archives, task_id)
     async with get_session() as session:
         await slots.release_workflow(
@@ -72,7 +97,8 @@ async def delete_task(task_id: str, *, client: Client) -> None:
             workflow_id=workflow_id_for_task(task_id),
             log_status="deleted",
         )
-        await records.delete_task(session, task_id)
+        # One DELETE; Postgres cascades to the trials, attempts, analyses and verdict.
+        await records.delete_task_rows(session, task_id)
         await session.commit()
     # Trial output can be gigabytes: removed off the event loop.
     await asyncio.to_thread(remove_task_dir, task_id)
@@ -84,12 +110,12 @@ async def delete_task(task_id: str, *, client: Client) -> None:
 async def delete_experiment(experiment_id: str, *, client: Client) -> int:
     """Delete every task of the experiment (stopping running ones first), then the experiment."""
     async with get_session() as session:
-        experiment = await records.get_experiment(session, experiment_id)
-        task_ids = [t.id for t in experiment.tasks]
-    await asyncio.gather(*(_stop_and_wait(t, client) for t in task_ids))
-    for task_id in task_ids:
-        await delete_task(task_id, client=client)
+        task_ids = await records.experiment_task_ids(session, experiment_id)
+    # Every cancel is asked for before any wait, so the tasks stop side by side.
+    await _bounded([cancel_task(t, client=client) for t in task_ids])
+    await _bounded([_wait_stopped(t, client) for t in task_ids])
+    await _bounded([_delete_stopped(t) for t in task_ids])
     async with get_session() as session:
-        await records.delete_experiment(session, experiment_id)
+        await records.delete_experiment_rows(session, experiment_id)
         await session.commit()
     return len(task_ids)

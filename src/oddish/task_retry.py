@@ -36,7 +36,8 @@ async def retry_task(
     """
     for _ in range(MAX_ROUNDS):
         async with get_session() as session:
-            task = await records.get_task(session, task_id, with_trials=True)
+            # The trial rows, not their attempts and analyses: a retry reads statuses and refs.
+            task = await records.task_with_trial_refs(session, task_id)
         trials = {t.id: t for t in task.trials}
         if trial_ids is None:
             chosen = [t.id for t in task.trials if t.status in RETRYABLE_TRIAL_STATUSES]
@@ -90,12 +91,10 @@ async def retry_trial(trial_id: str, *, client: Client) -> tuple[str, list[str]]
 async def retry_experiment(experiment_id: str, *, client: Client) -> list[tuple[str, list[str]]]:
     """Retry every task of the experiment that has failed or cancelled trials."""
     async with get_session() as session:
-        experiment = await records.get_experiment(session, experiment_id)
-        task_ids = [
-            t.id
-            for t in experiment.tasks
-            if any(tr.status in RETRYABLE_TRIAL_STATUSES for tr in t.trials)
-        ]
+        # Chosen by Postgres; each task's trials are read when that task is retried.
+        task_ids = await records.experiment_task_ids(
+            session, experiment_id, with_retryable_trials=True
+        )
     if not task_ids:
         raise RetryRefused(f"experiment {experiment_id} has no failed or cancelled trials")
     retried = []

@@ -260,8 +260,32 @@ def build_router() -> APIRouter:
         "/experiments/{experiment_id}",
         summary="An experiment: per agent/model trials, pass rate, mean reward, statuses",
     )
-    async def get_experiment(experiment_id: str) -> dict[str, Any]:
-        return await queue.get_experiment(experiment_id)
+    async def get_experiment(
+        experiment_id: str,
+        tasks_limit: int = Query(
+            default=queue.EXPERIMENT_TASKS_PAGE, ge=0, le=500, description="tasks shown"
+        ),
+        tasks_offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
+    ) -> dict[str, Any]:
+        return await queue.get_experiment(
+            experiment_id, tasks_limit=tasks_limit, tasks_offset=tasks_offset
+        )
+
+    @router.get(
+        "/experiments/{experiment_id}/trials",
+        summary="An experiment's trials in brief, one page at a time (by task, then index)",
+    )
+    async def get_experiment_trials(
+        experiment_id: str,
+        after: str | None = Query(
+            default=None, max_length=200, description="the previous page's next_after"
+        ),
+        limit: int = Query(default=queue.EXPERIMENT_TRIALS_PAGE, ge=1, le=10_000),
+    ) -> dict[str, Any]:
+        try:
+            return await queue.get_experiment_trials(experiment_id, after=after, limit=limit)
+        except queue.BadCursor as exc:
+            raise HTTPException(422, detail=str(exc)) from exc
 
     @router.get("/limits", summary="Per queue key: the limit, and trials waiting and running")
     async def get_limits() -> dict[str, Any]:

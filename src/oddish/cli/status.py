@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import typer
@@ -19,22 +18,23 @@ from oddish.cli.task_view import is_done, render
 def with_error_fields(task: dict[str, Any]) -> dict[str, Any]:
     """The task as the API gives it, plus ``error`` on it and on each trial (the API splits it
     into ``error_type`` and ``error_message``)."""
-    for item in (task, *task["trials"]):
+    for item in (task, *task.get("trials", ())):
         item["error"] = item.get("error_message") or item.get("error_type")
     return task
 
 
-def _signature(status: str, trial_status_counts: dict[str, int]) -> tuple[Any, ...]:
-    return status, tuple(sorted(trial_status_counts.items()))
+# Trials per request when an experiment's trials are read for --json.
+TRIALS_PAGE = 5000
 
 
 @dataclass
 class TaskSet:
-    """The tasks a view shows, with their trials, kept current with few requests.
+    """The tasks a view shows, with few requests whatever their size.
 
-    A list of tasks comes from the task summaries (every page of them); a task's details are
-    fetched again only when its status or its trials' status counts have changed, because a
-    trial's reward and error are recorded together with its status.
+    One task is read in full. A list of tasks is read as the API's task summaries (trial counts
+    by status, mean reward, the verdict in brief), every page of them: an experiment of 10k
+    trials is one or two requests, not one per task. Their trials are read only for JSON
+    (``for_json``), an experiment's a page of thousands at a time.
     """
 
     api: ApiClient
@@ -42,7 +42,6 @@ class TaskSet:
     experiment: str | None = None
     only: set[str] | None = None
     recent: int = 20
-    _details: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
 
     def load(self) -> list[dict[str, Any]]:
         if self.task_id:
@@ -51,26 +50,52 @@ class TaskSet:
             summaries = self.api.get_all_tasks(experiment=self.experiment)
         else:
             summaries = self.api.get("/tasks", params={"limit": self.recent})["tasks"]
-        tasks = []
-        for summary in summaries:
-            if self.only is not None and summary["id"] not in self.only:
-                continue
-            cached = self._details.get(summary["id"])
-            wanted = _signature(summary["status"], summary["trial_status_counts"])
-            if cached is None or cached[0] != wanted:
-                try:
-                    detail = with_error_fields(
-                        self.api.get(path_of("tasks", summary["id"]), raise_api_errors=True)
+        # Offset pages of a list that grew meanwhile repeat a task: shown once.
+        unique = {s["id"]: s for s in summaries}
+        return [
+            with_error_fields(s)
+            for s in unique.values()
+            if self.only is None or s["id"] in self.only
+        ]
+
+    def for_json(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The tasks with their trials: an experiment's from its trial pages (in brief), the
+        latest tasks' each in full (as many as --limit)."""
+        if self.task_id:
+            return tasks
+        if self.experiment:
+            return self._with_experiment_trials(tasks)
+        full = []
+        for task in tasks:
+            try:
+                full.append(
+                    with_error_fields(
+                        self.api.get(path_of("tasks", task["id"]), raise_api_errors=True)
                     )
-                except ApiError as exc:
-                    if exc.status_code == 404:  # deleted since the list was read
-                        continue
+                )
+            except ApiError as exc:
+                if exc.status_code != 404:  # a 404: deleted since the list was read
                     fail(str(exc))
-                counts = Counter(t["status"] for t in detail["trials"])
-                cached = (_signature(detail["status"], dict(counts)), detail)
-                self._details[summary["id"]] = cached
-            tasks.append(cached[1])
-        return tasks
+        return full
+
+    def _with_experiment_trials(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        assert self.experiment is not None
+        trials: dict[str, list[dict[str, Any]]] = {t["id"]: [] for t in tasks}
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": TRIALS_PAGE}
+            if after is not None:
+                params["after"] = after
+            page = self.api.get(path_of("experiments", self.experiment, "trials"), params=params)
+            for trial in page["trials"]:
+                # A task submitted after the list was read is not shown; nor are its trials.
+                if trial["task_id"] in trials:
+                    trial["error"] = trial.get("error_message") or trial.get("error_type")
+                    trials[trial["task_id"]].append(trial)
+            after = page["next_after"]
+            if after is None:
+                break
+        return [{**task, "trials": trials[task["id"]]} for task in tasks]
 
 
 def show(
@@ -89,7 +114,7 @@ def show(
             while watch and not all(is_done(t) for t in current):
                 time.sleep(interval)
                 current = tasks.load()
-            print_json(as_json(current))
+            print_json(as_json(tasks.for_json(current)))
             return
         with_trials = tasks.task_id is not None
         if not watch:
@@ -146,8 +171,11 @@ def status(
 
     A task is done when it is completed (its analyses and verdict included), failed or
     cancelled. With `--json`: for TASK_ID the task object (id, status, ..., trials with id,
-    status, reward, rewards, error, attempts, started_at, finished_at; verdict), otherwise
-    `{"experiment": ID, "tasks": [...]}` or `{"tasks": [...]}` with every task in full.
+    status, reward, rewards, error, attempts, started_at, finished_at; verdict). With
+    `--experiment`, `{"experiment": ID, "tasks": [...]}`: each task's summary (trial counts by
+    status, mean reward, verdict in brief) and its trials in brief (id, index, agent, model,
+    status, reward, rewards, outcome, error, started_at, finished_at; `oddish status TASK_ID`
+    has their attempts and analyses). Otherwise `{"tasks": [...]}` with every task in full.
     """
     if task_id and experiment:
         raise typer.BadParameter(
@@ -163,7 +191,9 @@ def status(
                 as_json=lambda tasks: tasks[0],
             )
         elif experiment:
-            found = api.get(path_of("experiments", experiment))
+            # The summary request: the experiment's id and name, no page of its tasks (the
+            # task list pages them).
+            found = api.get(path_of("experiments", experiment), params={"tasks_limit": 0})
             show(
                 TaskSet(api, experiment=found["id"]),
                 watch=watch,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -52,20 +53,54 @@ def mean_reward(trials: list[dict[str, Any]]) -> float | None:
     return sum(rewards) / len(rewards) if rewards else None
 
 
-def trial_counts(trials: list[dict[str, Any]]) -> Text:
-    counts = Counter(t["status"] for t in trials)
-    order = TRIAL_STATUS_ORDER + sorted(set(counts) - set(TRIAL_STATUS_ORDER))
-    return Text(" · ").join(
-        Text(f"{counts[s]} {s}", style=STYLES.get(s, "")) for s in order if counts[s]
+@dataclass(frozen=True)
+class TrialFigures:
+    """What the task table shows of a task's trials."""
+
+    total: int
+    finished: int
+    by_status: dict[str, int]
+    mean_reward: float | None
+
+
+def trial_figures(task: dict[str, Any]) -> TrialFigures:
+    """From a task summary of a list (counted by the API, its mean reward that of finished
+    trials), or from a task read in full with its trials."""
+    if "trial_status_counts" in task:
+        return TrialFigures(
+            total=task["trials_count"],
+            finished=task["trials_finished"],
+            by_status=task["trial_status_counts"],
+            mean_reward=task["mean_reward"],
+        )
+    trials = task["trials"]
+    return TrialFigures(
+        total=len(trials),
+        finished=sum(t["status"] in TERMINAL_JOB_STATUSES for t in trials),
+        by_status=dict(Counter(t["status"] for t in trials)),
+        mean_reward=mean_reward(trials),
     )
 
 
-def progress(trials: list[dict[str, Any]]) -> Table:
-    finished = sum(t["status"] in TERMINAL_JOB_STATUSES for t in trials)
+def overall_mean_reward(figures: list[TrialFigures]) -> float | None:
+    """The tasks' mean rewards weighed by their finished trials."""
+    weighed = [(f.mean_reward, f.finished) for f in figures if f.mean_reward is not None]
+    n = sum(finished for _, finished in weighed)
+    return sum(m * finished for m, finished in weighed) / n if n else None
+
+
+def trial_counts(by_status: dict[str, int]) -> Text:
+    order = TRIAL_STATUS_ORDER + sorted(set(by_status) - set(TRIAL_STATUS_ORDER))
+    return Text(" · ").join(
+        Text(f"{by_status[s]} {s}", style=STYLES.get(s, "")) for s in order if by_status.get(s)
+    )
+
+
+def progress(figures: TrialFigures) -> Table:
     cell = Table.grid(padding=(0, 1))
     cell.add_row(
-        ProgressBar(total=max(len(trials), 1), completed=finished, width=16),
-        f"{finished}/{len(trials)}",
+        ProgressBar(total=max(figures.total, 1), completed=figures.finished, width=16),
+        f"{figures.finished}/{figures.total}",
     )
     return cell
 
@@ -120,12 +155,13 @@ def tasks_table(tasks: list[dict[str, Any]], title: str | None = None) -> Table:
     ):
         table.add_column(column, justify="right" if column == "mean reward" else "left")
     for task in tasks:
+        figures = trial_figures(task)
         table.add_row(
             f"{escape(task.get('name') or '')}\n[dim]{task['id']}[/dim]",
             styled(task["status"]),
-            progress(task["trials"]),
-            trial_counts(task["trials"]),
-            reward_text(mean_reward(task["trials"])),
+            progress(figures),
+            trial_counts(figures.by_status),
+            reward_text(figures.mean_reward),
             escape(verdict_text(task)),
         )
     return table
@@ -164,10 +200,10 @@ def render(
     # What the judge says needs review comes first (the order is otherwise kept).
     tasks = sorted(tasks, key=lambda t: not needs_review(t))
     done = sum(is_done(t) for t in tasks)
-    trials = [trial for task in tasks for trial in task["trials"]]
+    figures = [trial_figures(t) for t in tasks]
     footer = Text(
-        f"{done}/{len(tasks)} tasks done · {len(trials)} trials · mean reward "
-        f"{reward_text(mean_reward(trials))}",
+        f"{done}/{len(tasks)} tasks done · {sum(f.total for f in figures)} trials · mean reward "
+        f"{reward_text(overall_mean_reward(figures))}",
         style="bold",
     )
     parts: list[RenderableType] = [tasks_table(tasks, title)]

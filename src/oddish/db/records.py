@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import defer, selectinload
 
 from oddish.db import slots
 from oddish.db.models import (
@@ -22,6 +22,7 @@ from oddish.db.models import (
     VerdictModel,
 )
 from oddish.statuses import (
+    RETRYABLE_TRIAL_STATUSES,
     TERMINAL_JOB_STATUSES,
     TERMINAL_TASK_STATUSES,
     AttemptStatus,
@@ -494,11 +495,9 @@ async def list_tasks(
     if user:
         query = query.where(TaskModel.user == user)
     total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
+    # Without their trials: the lists' figures are aggregated in SQL (oddish.db.stats).
     page = await session.execute(
-        query.options(selectinload(TaskModel.trials))
-        .order_by(TaskModel.created_at.desc(), TaskModel.id)
-        .limit(limit)
-        .offset(offset)
+        query.order_by(TaskModel.created_at.desc(), TaskModel.id).limit(limit).offset(offset)
     )
     return list(page.scalars().all()), total
 
@@ -524,6 +523,130 @@ async def get_experiment(session: AsyncSession, experiment_id: str) -> Experimen
     if experiment is None:
         raise RecordNotFound(f"no experiment {experiment_id!r}")
     return experiment
+
+
+async def experiment_row(session: AsyncSession, experiment_id: str) -> ExperimentModel:
+    """The experiment alone (its tasks and trials are read in pages and aggregates)."""
+    experiment = await session.get(ExperimentModel, experiment_id)
+    if experiment is None:
+        raise RecordNotFound(f"no experiment {experiment_id!r}")
+    return experiment
+
+
+async def experiment_task_ids(
+    session: AsyncSession,
+    experiment_id: str,
+    *,
+    unfinished: bool = False,
+    with_retryable_trials: bool = False,
+) -> list[str]:
+    """Ids of the experiment's tasks, oldest first; with ``unfinished`` only those not in a
+    terminal status, with ``with_retryable_trials`` only those with a failed or cancelled
+    trial. Raises RecordNotFound for an unknown experiment."""
+    await experiment_row(session, experiment_id)
+    query = select(TaskModel.id).where(TaskModel.experiment_id == experiment_id)
+    if unfinished:
+        query = query.where(TaskModel.status.not_in([s.value for s in TERMINAL_TASK_STATUSES]))
+    if with_retryable_trials:
+        query = query.where(
+            select(TrialModel.id)
+            .where(
+                TrialModel.task_id == TaskModel.id,
+                TrialModel.status.in_([s.value for s in RETRYABLE_TRIAL_STATUSES]),
+            )
+            .exists()
+        )
+    rows = await session.execute(query.order_by(TaskModel.created_at, TaskModel.id))
+    return list(rows.scalars().all())
+
+
+async def task_with_trial_refs(session: AsyncSession, task_id: str) -> TaskModel:
+    """The task and its trial rows, without their attempts and analyses (what a workflow's
+    input needs). Raises RecordNotFound."""
+    task = (
+        await session.execute(
+            select(TaskModel).where(TaskModel.id == task_id).options(selectinload(TaskModel.trials))
+        )
+    ).scalar_one_or_none()
+    if task is None:
+        raise RecordNotFound(f"no task {task_id!r}")
+    return task
+
+
+async def verdicts_of(session: AsyncSession, task_ids: list[str]) -> dict[str, VerdictModel]:
+    """The verdicts of the tasks that have one, without their per-agent/model details."""
+    if not task_ids:
+        return {}
+    rows = await session.execute(
+        select(VerdictModel)
+        .where(VerdictModel.task_id.in_(task_ids))
+        .options(defer(VerdictModel.details))
+    )
+    return {v.task_id: v for v in rows.scalars().all()}
+
+
+# The trial columns of a page of an experiment's trials: what a list shows of each, without its
+# spec, Harbor config, timings, attempts or analysis (the trial's own route has those).
+TRIAL_PAGE_COLUMNS = (
+    "id",
+    "task_id",
+    "index",
+    "agent",
+    "model",
+    "queue_key",
+    "environment",
+    "status",
+    "reward",
+    "rewards",
+    "outcome",
+    "error_type",
+    "error_message",
+    "run_number",
+    "n_input_tokens",
+    "n_output_tokens",
+    "cost_usd",
+    "started_at",
+    "finished_at",
+)
+
+
+async def experiment_trials_page(
+    session: AsyncSession, experiment_id: str, *, after: tuple[str, int] | None, limit: int
+) -> list[dict[str, Any]]:
+    """The next ``limit`` trials of the experiment after (task id, index) ``after``, in that
+    order: keyset paging, so each page costs the same however deep it is."""
+    query = (
+        select(*(getattr(TrialModel, c) for c in TRIAL_PAGE_COLUMNS))
+        .join(TaskModel, TaskModel.id == TrialModel.task_id)
+        .where(TaskModel.experiment_id == experiment_id)
+    )
+    if after is not None:
+        query = query.where(
+            TaskModel.id >= after[0], tuple_(TrialModel.task_id, TrialModel.index) > tuple_(*after)
+        )
+    rows = await session.execute(query.order_by(TrialModel.task_id, TrialModel.index).limit(limit))
+    return [dict(row._mapping) for row in rows.all()]
+
+
+async def delete_task_rows(session: AsyncSession, task_id: str) -> None:
+    """Delete the task; Postgres cascades to its trials, attempts, analyses and verdict (one
+    statement, no row loaded into Python)."""
+    deleted = await session.execute(
+        delete(TaskModel).where(TaskModel.id == task_id).returning(TaskModel.id)
+    )
+    if deleted.first() is None:
+        raise RecordNotFound(f"no task {task_id!r}")
+
+
+async def delete_experiment_rows(session: AsyncSession, experiment_id: str) -> None:
+    """Delete the experiment and, by cascade in Postgres, everything recorded of its tasks."""
+    deleted = await session.execute(
+        delete(ExperimentModel)
+        .where(ExperimentModel.id == experiment_id)
+        .returning(ExperimentModel.id)
+    )
+    if deleted.first() is None:
+        raise RecordNotFound(f"no experiment {experiment_id!r}")
 
 
 async def get_trial_by_index(session: AsyncSession, task_id: str, index: int) -> TrialModel:
