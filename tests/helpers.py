@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import secrets
 import subprocess
@@ -89,6 +90,8 @@ async def wait_until_running(task_id: str, timeout: float = 30) -> dict:
 
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
+# The workflow id each recorded history ran under (histories recorded before: task/<file stem>).
+WORKFLOW_IDS = HISTORIES / "workflow_ids.json"
 
 
 async def check_history(client: Client, task_id: str, scenario: str) -> None:
@@ -97,13 +100,26 @@ async def check_history(client: Client, task_id: str, scenario: str) -> None:
     handle_id = workflow_id_for_task(task_id)
     runs = [w.run_id async for w in client.list_workflows(f'WorkflowId = "{handle_id}"')]
     assert runs, f"no run of {handle_id} is visible"
-    for number, run_id in enumerate(reversed(runs), start=1):
-        history = await client.get_workflow_handle(handle_id, run_id=run_id).fetch_history()
-        failure = await replay_history(history)
-        assert failure is None, f"{scenario} run {number} does not replay: {failure}"
-        if os.environ.get("ODDISH_RECORD_HISTORIES") == "1":
-            HISTORIES.mkdir(exist_ok=True)
-            (HISTORIES / f"{scenario}-run{number}.json").write_text(history.to_json())
+    # A large task's batches (child workflows) too, each under the task's id.
+    batches: dict[str, list[str]] = {}
+    async for found in client.list_workflows(f'WorkflowId STARTS_WITH "{handle_id}/"'):
+        batches.setdefault(found.id, []).append(found.run_id)
+    for workflow_id, run_ids, name in [(handle_id, runs, scenario)] + [
+        (child, ids, f"{scenario}-{child.rsplit('/', 1)[1]}")
+        for child, ids in sorted(batches.items())
+    ]:
+        for number, run_id in enumerate(reversed(run_ids), start=1):
+            handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+            history = await handle.fetch_history()
+            failure = await replay_history(history)
+            assert failure is None, f"{name} run {number} does not replay: {failure}"
+            if os.environ.get("ODDISH_RECORD_HISTORIES") == "1":
+                HISTORIES.mkdir(exist_ok=True)
+                (HISTORIES / f"{name}-run{number}.json").write_text(history.to_json())
+                # Replayed under the id it ran with: a task's batches are named after it.
+                ids = json.loads(WORKFLOW_IDS.read_text()) if WORKFLOW_IDS.exists() else {}
+                ids[f"{name}-run{number}"] = workflow_id
+                WORKFLOW_IDS.write_text(json.dumps(ids, indent=1, sort_keys=True) + "\n")
 
 
 def unique_key(label: str) -> str:

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # One request to the judge's provider; a slower answer is a timeout, retried.
     analysis_request_timeout_sec: float = Field(default=300.0, gt=0)
 
+    # A task of more trials than this runs them in batches of this many (child workflows), so
+    # that no workflow history grows past Temporal's bounds: about 10 events per trial.
+    trial_batch_size: int = Field(default=400, ge=1, le=800)
     # Upper bound of one trial attempt; Harbor's own timeouts normally end it much sooner.
     trial_start_to_close_timeout_sec: float = 24 * 3600.0
 

@@ -41,6 +41,8 @@ class TaskWorkflowInput:
     settled: dict[str, str] = field(default_factory=dict)
     # Inputs recorded before it existed replay with the default.
     analysis_heartbeat_timeout_sec: float = 30.0
+    # A task of more trials than this runs them in batches (child workflows) of this many.
+    batch_size: int = 400
 
 
 @dataclass
@@ -147,6 +149,15 @@ class VerdictInput:
     task_id: str
     # Judge with this model instead of the task's (judging again with another model).
     model: str | None = None
+
+
+@dataclass
+class TrialBatchResult:
+    """What a batch of a large task's trials ended with: each trial's status, and the error of
+    an analysis that failed for good."""
+
+    statuses: dict[str, str]
+    analysis_error: str | None = None
 
 
 @dataclass

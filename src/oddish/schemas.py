@@ -14,7 +14,8 @@ from oddish.queue_keys import queue_key_for_trial
 from oddish.task_check import task_dir_problem
 
 LOCAL_ENVIRONMENT = "local"
-MAX_TRIALS_PER_TASK = 2000
+# A task of many trials runs them in batches (child workflows): its history stays bounded.
+MAX_TRIALS_PER_TASK = 10_000
 # Priorities are Postgres integers; higher runs first.
 MAX_PRIORITY = 1_000_000_000
 

@@ -56,3 +56,5 @@ TERMINAL_TASK_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, Tas
 TERMINAL_JOB_STATUSES = frozenset({JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED})
 WAITING_JOB_STATUSES = frozenset({JobStatus.PENDING, JobStatus.QUEUED})
 RETRYABLE_TRIAL_STATUSES = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+# Trials with a result the judge can analyse (a cancelled trial has none).
+JUDGEABLE_TRIAL_STATUSES = frozenset({JobStatus.SUCCESS, JobStatus.FAILED})

@@ -13,11 +13,8 @@ from oddish.contracts import JudgeAgainInput
 from oddish.db import records
 from oddish.db.connection import get_session
 from oddish.judge.models import JudgeModels, judge_models
-from oddish.statuses import TERMINAL_TASK_STATUSES, JobStatus
+from oddish.statuses import JUDGEABLE_TRIAL_STATUSES, TERMINAL_TASK_STATUSES
 from oddish.temporal_gateway import start_judge_again
-
-# Trials with a result to judge (a cancelled trial has none).
-JUDGED_TRIAL_STATUSES = (JobStatus.SUCCESS, JobStatus.FAILED)
 
 
 class JudgeRefused(ValueError):
@@ -46,7 +43,7 @@ async def judge_again(
         task = await records.get_task(session, task_id, with_trials=True)
     if task.status not in TERMINAL_TASK_STATUSES:
         raise JudgeRefused(f"task {task_id} is {task.status}; judge it again once it has finished")
-    judged = [t for t in task.trials if t.status in JUDGED_TRIAL_STATUSES]
+    judged = [t for t in task.trials if t.status in JUDGEABLE_TRIAL_STATUSES]
     if trial_ids is None:
         chosen = [t.id for t in judged]
     else:
@@ -55,7 +52,7 @@ async def judge_again(
         if unknown:
             raise records.RecordNotFound(f"no trial {unknown[0]!r} in task {task_id!r}")
         chosen = list(dict.fromkeys(trial_ids))
-        unjudged = [t for t in chosen if known[t].status not in JUDGED_TRIAL_STATUSES]
+        unjudged = [t for t in chosen if known[t].status not in JUDGEABLE_TRIAL_STATUSES]
         if unjudged:
             raise JudgeRefused(
                 "only trials with a result can be judged; "

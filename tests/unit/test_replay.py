@@ -6,13 +6,16 @@ behind ``workflow.patched``. Record new histories with ODDISH_RECORD_HISTORIES=1
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from temporalio.client import WorkflowHistory
 
-from helpers import HISTORIES
+from helpers import HISTORIES, WORKFLOW_IDS
 from oddish.replay import replay_history
 
-RECORDED = sorted(HISTORIES.glob("*.json"))
+RECORDED = sorted(p for p in HISTORIES.glob("*.json") if p != WORKFLOW_IDS)
+RAN_AS: dict[str, str] = json.loads(WORKFLOW_IDS.read_text()) if WORKFLOW_IDS.exists() else {}
 # What the recorded histories must cover: each path the workflow can take.
 SCENARIOS = {
     "completed",
@@ -23,6 +26,9 @@ SCENARIOS = {
     "retry-running",
     # The judge's path (JUDGE_PATCH): analyses and verdict on the judge's task queue.
     "judged",
+    # A large task (BATCH_PATCH): its trials in TrialBatchWorkflow children, each replayed too.
+    "batched",
+    "batched-batch-0",
 }
 
 
@@ -33,7 +39,9 @@ def test_every_scenario_has_a_recorded_history() -> None:
 
 @pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
 async def test_recorded_history_replays(path) -> None:
-    history = WorkflowHistory.from_json(f"task/{path.stem}", path.read_text())
+    history = WorkflowHistory.from_json(
+        RAN_AS.get(path.stem, f"task/{path.stem}"), path.read_text()
+    )
     assert await replay_history(history) is None
 
 

@@ -36,7 +36,7 @@ def test_queue_keys(agent: str, model: str | None, key: str) -> None:
         ({"agent": "no-such-agent"}, "unknown agent"),
         ({"environment": "no-such-env"}, "unknown environment"),
         ({"n_trials": 0}, "greater than or equal to 1"),
-        ({"n_trials": 5000}, "less than or equal to 2000"),
+        ({"n_trials": 50_000}, "less than or equal to 10000"),
         ({"agent_timeout_sec": -1}, "greater than 0"),
     ],
 )

@@ -48,7 +48,7 @@ from oddish.contracts import (
 from oddish.statuses import JobStatus, TaskStatus
 from oddish.temporal_gateway import start_task_workflow_run
 from oddish.workflows.ids import workflow_id_for_task
-from oddish.workflows.task_workflow import TaskWorkflow, judge_task_queue
+from oddish.workflows.task_workflow import TaskWorkflow, TrialBatchWorkflow, judge_task_queue
 
 FAST_RETRIES = TrialRetryPolicy(
     max_attempts=2,
@@ -277,7 +277,7 @@ async def harness(client: Client) -> AsyncIterator[Harness]:
         Worker(
             client,
             task_queue=task_queue,
-            workflows=[TaskWorkflow],
+            workflows=[TaskWorkflow, TrialBatchWorkflow],
             activities=fake.activities(),
             max_concurrent_activities=200,
             default_heartbeat_throttle_interval=throttle,
@@ -296,9 +296,9 @@ async def harness(client: Client) -> AsyncIterator[Harness]:
         yield Harness(client, fake, task_queue)
 
 
-async def finish(handle: WorkflowHandle[TaskWorkflow, str]) -> str:
+async def finish(handle: WorkflowHandle[TaskWorkflow, str], timeout: float = WAIT_SEC) -> str:
     """The workflow's result, bounded: a failing workflow task is retried for ever, not failed."""
-    async with asyncio.timeout(WAIT_SEC):
+    async with asyncio.timeout(timeout):
         return await handle.result()
 
 
@@ -493,7 +493,8 @@ async def test_many_trials_stay_within_history_limits(harness: Harness) -> None:
     fake = harness.fake
     fake.limit = 100
     trials = trial_refs(500, agents=("a", "b", "c", "d"))
-    handle = await harness.start(task_input(trials))
+    # All in the task's own workflow (not in batches), as tasks before batches ran them.
+    handle = await harness.start(task_input(trials, batch_size=10_000))
 
     assert await finish(handle) == TaskStatus.COMPLETED.value
 
@@ -503,6 +504,113 @@ async def test_many_trials_stay_within_history_limits(harness: Harness) -> None:
     events = [event async for event in handle.fetch_history_events()]
     print(f"history of 500 trials: {len(events)} events")
     assert len(events) < HISTORY_LIMIT // 2
+
+
+async def history_sizes(client: Client, task_workflow_id: str) -> dict[str, int]:
+    """Events in the history of the task's workflow and of each of its batches."""
+    sizes = {}
+    query = f'WorkflowId = "{task_workflow_id}" OR WorkflowId STARTS_WITH "{task_workflow_id}/"'
+    async for found in client.list_workflows(query):
+        handle = client.get_workflow_handle(found.id, run_id=found.run_id)
+        sizes[found.id] = len([e async for e in handle.fetch_history_events()])
+    return sizes
+
+
+async def test_a_large_task_runs_its_trials_in_batches(harness: Harness) -> None:
+    fake = harness.fake
+    fake.limit = 40
+    trials = trial_refs(250, agents=("a", "b", "c"))
+    inp = task_input(trials, batch_size=60)
+    handle = await harness.start(inp)
+
+    assert await finish(handle, timeout=120) == TaskStatus.COMPLETED.value
+
+    assert sorted(fake.runs) == sorted((t, 1) for t in trial_ids(trials))
+    assert sorted(a.trial_id for a in fake.calls("analyze_trial")) == sorted(trial_ids(trials))
+    assert len(fake.calls("decide_verdict")) == 1
+    assert fake.violations == [] and fake.max_running <= 40
+    assert fake.statuses == ["running", "verdict_pending", "completed"]
+    # Each batch asked for its own trials' slots, under its own workflow id.
+    requests = fake.calls("request_slots")
+    assert len(requests) == 5
+    assert {r.workflow_id for r in requests} == {
+        f"{workflow_id_for_task(inp.task_id)}/batch-{n}" for n in range(5)
+    }
+    assert sorted(len(r.trials) for r in requests) == [10, 60, 60, 60, 60]
+    progress = await handle.query(TaskWorkflow.progress)
+    assert progress.trials_finished == 250
+    sizes = await history_sizes(harness.client, workflow_id_for_task(inp.task_id))
+    print(f"histories of 250 trials in batches of 60: {sizes}")
+    assert len(sizes) == 6
+    assert max(sizes.values()) < 60 * 15
+
+
+async def test_a_5000_trial_task_keeps_every_history_bounded(harness: Harness) -> None:
+    fake = harness.fake
+    trials = trial_refs(5_000, agents=("a", "b", "c", "d"))
+    # The default batch size; analyses (each batch's own, as in the test above) left out to keep
+    # this test short.
+    inp = task_input(trials, run_analysis=False)
+    handle = await harness.start(inp)
+
+    assert await finish(handle, timeout=600) == TaskStatus.COMPLETED.value
+
+    # Every trial ran (an attempt the loaded test worker did not finish in time ran again).
+    assert set(fake.runs) == {(t, 1) for t in trial_ids(trials)}
+    assert fake.violations == []
+    progress = await handle.query(TaskWorkflow.progress)
+    assert progress.trials_finished == 5_000
+    sizes = await history_sizes(harness.client, workflow_id_for_task(inp.task_id))
+    print(f"5,000 trials: {len(sizes)} histories, the largest {max(sizes.values())} events")
+    assert len(sizes) == 1 + 13
+    assert max(sizes.values()) <= HISTORY_LIMIT
+
+
+async def test_a_batched_task_retries_a_failed_trial_in_a_batch_of_its_own(
+    harness: Harness,
+) -> None:
+    fake = harness.fake
+    fake.failing = {("trial-3", 1)}
+    fake.hold = {"trial-20"}
+    inp = task_input(trial_refs(30), batch_size=10)
+    handle = await harness.start(inp)
+    await until(lambda: ("trial-3", 1) in fake.runs, "trial-3 to fail")
+    await until(lambda: len(fake.calls("fail_trial")) == 1, "trial-3 to be recorded failed")
+
+    # Its batch ended; another still waits for trial-20's slot.
+    await handle.execute_update(TaskWorkflow.retry_trials, RetryTrialsRequest(["trial-3"]))
+    await until(lambda: ("trial-3", 2) in fake.runs, "trial-3 to run again")
+    await fake.release("trial-20")
+    assert await finish(handle) == TaskStatus.COMPLETED.value
+
+    assert {r for r in fake.runs if r[0] == "trial-3"} == {("trial-3", 1), ("trial-3", 2)}
+    retry_batch = [r for r in fake.calls("request_slots") if r.run_number == 2]
+    assert [t.trial_id for r in retry_batch for t in r.trials] == ["trial-3"]
+    assert retry_batch[0].workflow_id.endswith("/batch-3")
+    assert len(fake.calls("decide_verdict")) == 1
+    progress = await handle.query(TaskWorkflow.progress)
+    assert progress.trial_statuses["trial-3"] == "success"
+
+
+async def test_cancelling_a_batched_task_tears_its_batches_trials_down_first(
+    harness: Harness,
+) -> None:
+    fake = harness.fake
+    fake.gates = {"trial-0": asyncio.Event(), "trial-7": asyncio.Event()}
+    inp = task_input(trial_refs(12), batch_size=5)
+    handle = await harness.start(inp)
+    await until(lambda: fake.running == 2, "a trial of two batches to start")
+
+    await handle.cancel()
+
+    with pytest.raises(WorkflowFailureError) as failure:
+        await finish(handle)
+    assert isinstance(failure.value.cause, CancelledError)
+    torn_down = fake.index("run_trial_torn_down")
+    assert len(torn_down) == 2
+    [cancelled] = fake.index("cancel_task_records")
+    assert max(torn_down) < cancelled
+    assert fake.calls("decide_verdict") == []
 
 
 async def test_without_analysis_no_analysis_or_verdict_runs(harness: Harness) -> None:

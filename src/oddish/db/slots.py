@@ -357,12 +357,16 @@ async def release(conn: AsyncConnection, *, trial_ids: list[str], log_status: st
 
 
 async def release_workflow(conn: AsyncConnection, *, workflow_id: str, log_status: str) -> int:
+    """Give back every row of the workflow, and of its children (a large task's batches have
+    ids under its own: ``task/<id>/batch-<n>``)."""
     rows = await conn.execute(
         text(
             """
             WITH gone AS (
                 DELETE FROM pgqueuer
-                WHERE headers ? :owner AND headers ->> 'workflow_id' = :wf
+                WHERE headers ? :owner
+                  AND (headers ->> 'workflow_id' = :wf
+                       OR starts_with(headers ->> 'workflow_id', :wf || '/'))
                 RETURNING id, entrypoint, priority
             )
             INSERT INTO pgqueuer_log (job_id, status, entrypoint, priority)
@@ -400,6 +404,18 @@ async def touch_workflow(conn: AsyncConnection, workflow_id: str) -> None:
         ),
         {"owner": OWNER_HEADER, "wf": workflow_id},
     )
+
+
+async def touch_workflows(conn: AsyncConnection, workflow_ids: list[str]) -> None:
+    """``touch_workflow`` for many workflows in one statement (the reaper's batches)."""
+    if workflow_ids:
+        await conn.execute(
+            text(
+                "UPDATE pgqueuer SET heartbeat = now() "
+                "WHERE headers ? :owner AND headers ->> 'workflow_id' = ANY(:wfs)"
+            ),
+            {"owner": OWNER_HEADER, "wfs": workflow_ids},
+        )
 
 
 async def queue_stats(conn: AsyncConnection, default_limit: int) -> list[dict[str, Any]]:

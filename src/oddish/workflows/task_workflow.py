@@ -7,12 +7,18 @@ so this module imports nothing that does I/O.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
-from temporalio.workflow import ActivityCancellationType
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    is_cancelled_exception,
+)
+from temporalio.workflow import ActivityCancellationType, ChildWorkflowCancellationType
 
 from oddish import search_attributes as sa
 from oddish.contracts import (
@@ -26,6 +32,7 @@ from oddish.contracts import (
     TaskProgress,
     TaskStatusUpdate,
     TaskWorkflowInput,
+    TrialBatchResult,
     TrialOutcome,
     TrialRef,
     VerdictInput,
@@ -48,6 +55,10 @@ RECORD_RETRY = RetryPolicy(
 # (the heartbeat timeout of the input).
 ANALYSIS_TIMEOUT = timedelta(hours=6)
 ANALYSIS_RETRY = RetryPolicy(maximum_attempts=5)
+# From this change on, a task of more than its input's batch_size trials (400) runs them in
+# TrialBatchWorkflow children of at most that many each: a workflow run's history stays far
+# below Temporal's bounds (about 10 events per trial, 10,240 at most) however many trials.
+BATCH_PATCH = "trial-batches"
 # The error type of a retry refused because the workflow is completing; a new run takes it.
 TASK_FINISHING = "TaskFinishing"
 # From this change on, analyses and verdicts run on the judge's task queue (they may wait long
@@ -68,8 +79,11 @@ def _error_text(err: BaseException) -> tuple[str, str]:
     return type(cause).__name__, str(cause)
 
 
-@workflow.defn(name="TaskWorkflow")
-class TaskWorkflow:
+class _TrialRunner:
+    """The trials of one workflow: in line for their slots, run as each is granted, analysed.
+    ``TaskWorkflow`` runs a task's trials this way, or (a large task) hands them out in batches
+    to ``TrialBatchWorkflow`` children that do."""
+
     def __init__(self) -> None:
         self._task_id = ""
         self._status: str = TaskStatus.PENDING
@@ -85,8 +99,6 @@ class TaskWorkflow:
         self._to_analyze: list[str] = []
         self._priority = 0
         self._analysis_error: str | None = None
-        # Set once the last round is over: a retry from then on goes to a new run.
-        self._finishing = False
 
     @workflow.signal(name="slot_granted")
     def slot_granted(self, grant: SlotGrant) -> None:
@@ -104,83 +116,6 @@ class TaskWorkflow:
             trials_finished=sum(s in TERMINAL_JOB_STATUSES for s in statuses),
             trial_statuses=dict(self._trial_status),
         )
-
-    # Named by its method: "retry_trials" (the named form of the decorator loses its typing).
-    @workflow.update
-    async def retry_trials(self, request: RetryTrialsRequest) -> RetryTrialsResult:
-        """Run failed trials of this (still running) workflow again, each as a new attempt."""
-        for trial_id in request.trial_ids:
-            self._run_numbers[trial_id] += 1
-        await self._queue([self._trials[t] for t in request.trial_ids])
-        return RetryTrialsResult(self._task_id, list(request.trial_ids))
-
-    @retry_trials.validator
-    def _validate_retry(self, request: RetryTrialsRequest) -> None:
-        if self._finishing:
-            raise ApplicationError(
-                "the task is finishing; retry it once it has finished", type=TASK_FINISHING
-            )
-        if not request.trial_ids:
-            raise ValueError("no trials to retry")
-        unknown = [t for t in request.trial_ids if t not in self._trials]
-        if unknown:
-            raise ValueError(f"trials not in task {self._task_id}: {', '.join(unknown)}")
-        busy = [
-            t for t in request.trial_ids if self._trial_status[t] not in RETRYABLE_TRIAL_STATUSES
-        ]
-        if busy:
-            raise ValueError(
-                "only failed or cancelled trials can be retried; "
-                + ", ".join(f"{t} is {self._trial_status[t]}" for t in busy)
-            )
-        if len(set(request.trial_ids)) != len(request.trial_ids):
-            raise ValueError("a trial is listed twice")
-
-    @workflow.run
-    async def run(self, inp: TaskWorkflowInput) -> str:
-        self._task_id = inp.task_id
-        self._priority = inp.priority
-        self._trials = {t.trial_id: t for t in inp.trials}
-        self._run_numbers = {t.trial_id: inp.run_numbers.get(t.trial_id, 1) for t in inp.trials}
-        self._trial_status = {
-            t.trial_id: inp.settled.get(t.trial_id, JobStatus.PENDING.value) for t in inp.trials
-        }
-        try:
-            return await self._pipeline(inp)
-        except BaseException as err:
-            if not is_cancelled_exception(err):
-                raise
-            # Trials run as tasks of their own: cancel them, and let them tear their sandboxes
-            # down before their slots are given back.
-            for trial_task in self._trial_tasks.values():
-                trial_task.cancel()
-            await asyncio.gather(*self._trial_tasks.values(), return_exceptions=True)
-            await self._set_status(
-                inp.task_id, TaskStatus.CANCELLED, activity="cancel_task_records"
-            )
-            raise
-
-    async def _pipeline(self, inp: TaskWorkflowInput) -> str:
-        """Rounds of: trials in line run, then analyses and the verdict. A retry that arrives
-        meanwhile puts trials back in line, and the round repeats for them."""
-        await self._set_status(inp.task_id, TaskStatus.RUNNING)
-        await self._queue([t for t in inp.trials if t.trial_id not in inp.settled])
-
-        final = TaskStatus.COMPLETED
-        while True:
-            if self._status != TaskStatus.RUNNING:
-                await self._set_status(inp.task_id, TaskStatus.RUNNING)
-            await self._run_trials_as_granted(inp)
-            final = (
-                await self._analyse_and_decide(inp) if inp.run_analysis else TaskStatus.COMPLETED
-            )
-            # A retry accepted meanwhile may still be putting its trials in line.
-            await workflow.wait_condition(workflow.all_handlers_finished)
-            if not self._waiting:
-                break
-        self._finishing = True
-        await self._set_status(inp.task_id, final, self._analysis_error)
-        return final
 
     async def _queue(self, trials: list[TrialRef]) -> None:
         """Put trials in line for a slot, each for its current run number."""
@@ -228,51 +163,6 @@ class TaskWorkflow:
                     self._run_trial(inp, trial, self._run_numbers[trial_id])
                 )
 
-    async def _analyse_and_decide(self, inp: TaskWorkflowInput) -> TaskStatus:
-        finished, self._to_analyze = self._to_analyze, []
-        self._analysis_error = None
-        # Activity options are not part of what a replay compares: histories recorded without a
-        # heartbeat timeout replay unchanged.
-        analysis_heartbeat = timedelta(seconds=inp.analysis_heartbeat_timeout_sec)
-        judge_queue: str | None = None
-        if workflow.patched(JUDGE_PATCH):
-            finished = list(dict.fromkeys(finished))
-            judge_queue = judge_task_queue(workflow.info().task_queue)
-        try:
-            await self._set_status(inp.task_id, TaskStatus.ANALYZING)
-            await asyncio.gather(
-                *(
-                    workflow.execute_activity(
-                        "analyze_trial",
-                        AnalyzeTrialInput(trial_id),
-                        start_to_close_timeout=ANALYSIS_TIMEOUT,
-                        heartbeat_timeout=analysis_heartbeat,
-                        retry_policy=ANALYSIS_RETRY,
-                        task_queue=judge_queue,
-                        summary=f"analyse trial {self._trials[trial_id].index}",
-                    )
-                    for trial_id in finished
-                    if self._trial_status[trial_id] != JobStatus.CANCELLED
-                )
-            )
-            await self._set_status(inp.task_id, TaskStatus.VERDICT_PENDING)
-            await workflow.execute_activity(
-                "decide_verdict",
-                VerdictInput(inp.task_id),
-                start_to_close_timeout=ANALYSIS_TIMEOUT,
-                heartbeat_timeout=analysis_heartbeat,
-                retry_policy=ANALYSIS_RETRY,
-                task_queue=judge_queue,
-                summary="verdict",
-            )
-        except ActivityError as err:
-            if is_cancelled_exception(err):
-                raise
-            error_type, message = _error_text(err)
-            self._analysis_error = f"{error_type}: {message}"
-            return TaskStatus.FAILED
-        return TaskStatus.COMPLETED
-
     async def _run_trial(
         self, inp: TaskWorkflowInput, trial: TrialRef, run_number: int
     ) -> TrialOutcome:
@@ -317,6 +207,257 @@ class TaskWorkflow:
         self._to_analyze.append(trial.trial_id)
         return outcome
 
+    async def _analyse(
+        self, inp: TaskWorkflowInput, finished: list[str], judge_queue: str | None
+    ) -> None:
+        """Analyse the finished trials (a cancelled one has nothing to analyse); ActivityError
+        when an analysis fails for good."""
+        # Activity options are not part of what a replay compares: histories recorded without a
+        # heartbeat timeout replay unchanged.
+        analysis_heartbeat = timedelta(seconds=inp.analysis_heartbeat_timeout_sec)
+        await asyncio.gather(
+            *(
+                workflow.execute_activity(
+                    "analyze_trial",
+                    AnalyzeTrialInput(trial_id),
+                    start_to_close_timeout=ANALYSIS_TIMEOUT,
+                    heartbeat_timeout=analysis_heartbeat,
+                    retry_policy=ANALYSIS_RETRY,
+                    task_queue=judge_queue,
+                    summary=f"analyse trial {self._trials[trial_id].index}",
+                )
+                for trial_id in finished
+                if self._trial_status[trial_id] != JobStatus.CANCELLED
+            )
+        )
+
+    def _init_trials(self, inp: TaskWorkflowInput) -> None:
+        self._task_id = inp.task_id
+        self._priority = inp.priority
+        self._trials = {t.trial_id: t for t in inp.trials}
+        self._run_numbers = {t.trial_id: inp.run_numbers.get(t.trial_id, 1) for t in inp.trials}
+        self._trial_status = {
+            t.trial_id: inp.settled.get(t.trial_id, JobStatus.PENDING.value) for t in inp.trials
+        }
+
+    async def _cancel_trials(self) -> None:
+        """Trials run as tasks of their own: cancel them, and let them tear their sandboxes
+        down before their slots are given back."""
+        for trial_task in self._trial_tasks.values():
+            trial_task.cancel()
+        await asyncio.gather(*self._trial_tasks.values(), return_exceptions=True)
+
+
+@workflow.defn(name="TaskWorkflow")
+class TaskWorkflow(_TrialRunner):
+    def __init__(self) -> None:
+        super().__init__()
+        self._status: str = TaskStatus.PENDING
+        # Set once the last round is over: a retry from then on goes to a new run.
+        self._finishing = False
+        # A large task's trials run in TrialBatchWorkflow children (BATCH_PATCH).
+        self._batched = False
+        self._inp: TaskWorkflowInput | None = None
+        self._batches: dict[str, asyncio.Task[None]] = {}
+        self._batch_errors: list[str] = []
+
+    # Named by its method: "retry_trials" (the named form of the decorator loses its typing).
+    @workflow.update
+    async def retry_trials(self, request: RetryTrialsRequest) -> RetryTrialsResult:
+        """Run failed trials of this (still running) workflow again, each as a new attempt."""
+        for trial_id in request.trial_ids:
+            self._run_numbers[trial_id] += 1
+        retried = [self._trials[t] for t in request.trial_ids]
+        if self._batched and self._inp is not None:
+            # In a batch of their own: the batch that ran them may still be running others.
+            self._start_batches(self._inp, retried)
+        else:
+            await self._queue(retried)
+        return RetryTrialsResult(self._task_id, list(request.trial_ids))
+
+    @retry_trials.validator
+    def _validate_retry(self, request: RetryTrialsRequest) -> None:
+        if self._finishing:
+            raise ApplicationError(
+                "the task is finishing; retry it once it has finished", type=TASK_FINISHING
+            )
+        if not request.trial_ids:
+            raise ValueError("no trials to retry")
+        unknown = [t for t in request.trial_ids if t not in self._trials]
+        if unknown:
+            raise ValueError(f"trials not in task {self._task_id}: {', '.join(unknown)}")
+        # A batched task learns its trials' statuses when their batch ends: the caller checked
+        # the records, and the batch's slot request leaves out a trial that is not retryable.
+        busy = [
+            t
+            for t in request.trial_ids
+            if self._trial_status[t] not in RETRYABLE_TRIAL_STATUSES and not self._batched
+        ]
+        if busy:
+            raise ValueError(
+                "only failed or cancelled trials can be retried; "
+                + ", ".join(f"{t} is {self._trial_status[t]}" for t in busy)
+            )
+        if len(set(request.trial_ids)) != len(request.trial_ids):
+            raise ValueError("a trial is listed twice")
+
+    @workflow.run
+    async def run(self, inp: TaskWorkflowInput) -> str:
+        self._init_trials(inp)
+        self._inp = inp
+        pending = [t for t in inp.trials if t.trial_id not in inp.settled]
+        try:
+            if len(pending) > inp.batch_size and workflow.patched(BATCH_PATCH):
+                self._batched = True
+                return await self._pipeline_in_batches(inp, pending)
+            return await self._pipeline(inp)
+        except BaseException as err:
+            if not is_cancelled_exception(err):
+                raise
+            await self._cancel_trials()
+            # Each batch tears its trials down first (its cancellation is waited for).
+            for batch in self._batches.values():
+                batch.cancel()
+            await asyncio.gather(*self._batches.values(), return_exceptions=True)
+            await self._set_status(
+                inp.task_id, TaskStatus.CANCELLED, activity="cancel_task_records"
+            )
+            raise
+
+    # --- a large task: its trials in batches -------------------------------------------------
+
+    async def _pipeline_in_batches(self, inp: TaskWorkflowInput, pending: list[TrialRef]) -> str:
+        """Batches of at most ``batch_size`` trials, each a child workflow that runs and analyses
+        them (so that no history grows past Temporal's bounds), then the verdict. A retry that
+        arrives meanwhile starts a batch of its own, and the verdict waits for it."""
+        await self._set_status(inp.task_id, TaskStatus.RUNNING)
+        self._start_batches(inp, pending)
+        judge_queue = judge_task_queue(workflow.info().task_queue)
+        final = TaskStatus.COMPLETED
+        while True:
+            if self._status != TaskStatus.RUNNING:
+                await self._set_status(inp.task_id, TaskStatus.RUNNING)
+            await workflow.wait_condition(lambda: not self._batches_running())
+            final = TaskStatus.COMPLETED
+            self._analysis_error = None
+            if self._batch_errors:
+                self._analysis_error = self._batch_errors[-1]
+                final = TaskStatus.FAILED
+            elif inp.run_analysis:
+                try:
+                    await self._set_status(inp.task_id, TaskStatus.VERDICT_PENDING)
+                    await self._decide(inp, judge_queue)
+                except ActivityError as err:
+                    if is_cancelled_exception(err):
+                        raise
+                    error_type, message = _error_text(err)
+                    self._analysis_error = f"{error_type}: {message}"
+                    final = TaskStatus.FAILED
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            if not self._batches_running():
+                break
+        self._finishing = True
+        await self._set_status(inp.task_id, final, self._analysis_error)
+        return final
+
+    def _batches_running(self) -> bool:
+        return any(not b.done() for b in self._batches.values())
+
+    def _start_batches(self, inp: TaskWorkflowInput, trials: list[TrialRef]) -> None:
+        """Start children for ``trials``, ``batch_size`` at a time; marked queued at once, so the
+        round cannot end before them."""
+        for trial in trials:
+            self._trial_status[trial.trial_id] = JobStatus.QUEUED
+        size = max(1, inp.batch_size)
+        for start in range(0, len(trials), size):
+            chunk = trials[start : start + size]
+            number = len(self._batches)
+            child_id = batch_workflow_id(workflow.info().workflow_id, number)
+            child_input = dataclasses.replace(
+                inp,
+                trials=chunk,
+                run_numbers={t.trial_id: self._run_numbers[t.trial_id] for t in chunk},
+                settled={},
+            )
+            self._batches[child_id] = asyncio.create_task(self._run_batch(child_id, child_input))
+
+    async def _run_batch(self, child_id: str, child_input: TaskWorkflowInput) -> None:
+        try:
+            result: TrialBatchResult = await workflow.execute_child_workflow(
+                "TrialBatchWorkflow",
+                child_input,
+                id=child_id,
+                result_type=TrialBatchResult,
+                task_queue=workflow.info().task_queue,
+                # Cancelled with the task: its trials' sandboxes are gone before the task's
+                # cancellation is recorded.
+                cancellation_type=ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
+                static_summary=f"trials {child_input.trials[0].index}"
+                f"-{child_input.trials[-1].index}",
+            )
+        except ChildWorkflowError as err:
+            if is_cancelled_exception(err):
+                raise
+            error_type, message = _error_text(err.cause or err)
+            self._batch_errors.append(f"{error_type}: {message}")
+            return
+        self._trial_status.update(result.statuses)
+        if result.analysis_error:
+            self._batch_errors.append(result.analysis_error)
+
+    async def _pipeline(self, inp: TaskWorkflowInput) -> str:
+        """Rounds of: trials in line run, then analyses and the verdict. A retry that arrives
+        meanwhile puts trials back in line, and the round repeats for them."""
+        await self._set_status(inp.task_id, TaskStatus.RUNNING)
+        await self._queue([t for t in inp.trials if t.trial_id not in inp.settled])
+
+        final = TaskStatus.COMPLETED
+        while True:
+            if self._status != TaskStatus.RUNNING:
+                await self._set_status(inp.task_id, TaskStatus.RUNNING)
+            await self._run_trials_as_granted(inp)
+            final = (
+                await self._analyse_and_decide(inp) if inp.run_analysis else TaskStatus.COMPLETED
+            )
+            # A retry accepted meanwhile may still be putting its trials in line.
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            if not self._waiting:
+                break
+        self._finishing = True
+        await self._set_status(inp.task_id, final, self._analysis_error)
+        return final
+
+    async def _analyse_and_decide(self, inp: TaskWorkflowInput) -> TaskStatus:
+        finished, self._to_analyze = self._to_analyze, []
+        self._analysis_error = None
+        judge_queue: str | None = None
+        if workflow.patched(JUDGE_PATCH):
+            finished = list(dict.fromkeys(finished))
+            judge_queue = judge_task_queue(workflow.info().task_queue)
+        try:
+            await self._set_status(inp.task_id, TaskStatus.ANALYZING)
+            await self._analyse(inp, finished, judge_queue)
+            await self._set_status(inp.task_id, TaskStatus.VERDICT_PENDING)
+            await self._decide(inp, judge_queue)
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise
+            error_type, message = _error_text(err)
+            self._analysis_error = f"{error_type}: {message}"
+            return TaskStatus.FAILED
+        return TaskStatus.COMPLETED
+
+    async def _decide(self, inp: TaskWorkflowInput, judge_queue: str | None) -> None:
+        await workflow.execute_activity(
+            "decide_verdict",
+            VerdictInput(inp.task_id),
+            start_to_close_timeout=ANALYSIS_TIMEOUT,
+            heartbeat_timeout=timedelta(seconds=inp.analysis_heartbeat_timeout_sec),
+            retry_policy=ANALYSIS_RETRY,
+            task_queue=judge_queue,
+            summary="verdict",
+        )
+
     async def _set_status(
         self,
         task_id: str,
@@ -334,3 +475,37 @@ class TaskWorkflow:
             retry_policy=RECORD_RETRY,
             summary=f"task {status.value}",
         )
+
+
+def batch_workflow_id(task_workflow_id: str, number: int) -> str:
+    """A batch's workflow id: under its task's (``task/<id>/batch-<n>``), so that the task's slot
+    rows and its batches' are found together."""
+    return f"{task_workflow_id}/batch-{number}"
+
+
+@workflow.defn(name="TrialBatchWorkflow")
+class TrialBatchWorkflow(_TrialRunner):
+    """A batch of a large task's trials: in line for their slots, run, then analysed. The task
+    (its parent) keeps the task's status, takes retries and decides the verdict."""
+
+    @workflow.run
+    async def run(self, inp: TaskWorkflowInput) -> TrialBatchResult:
+        self._init_trials(inp)
+        try:
+            await self._queue(list(inp.trials))
+            await self._run_trials_as_granted(inp)
+            error = None
+            if inp.run_analysis:
+                finished = list(dict.fromkeys(self._to_analyze))
+                try:
+                    await self._analyse(inp, finished, judge_task_queue(workflow.info().task_queue))
+                except ActivityError as err:
+                    if is_cancelled_exception(err):
+                        raise
+                    error_type, message = _error_text(err)
+                    error = f"{error_type}: {message}"
+            return TrialBatchResult(statuses=dict(self._trial_status), analysis_error=error)
+        except BaseException as err:
+            if is_cancelled_exception(err):
+                await self._cancel_trials()
+            raise
