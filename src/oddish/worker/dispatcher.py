@@ -3,11 +3,17 @@
 Each worker process runs one. Dispatchers wake on Postgres NOTIFY (the slot table's trigger fires
 on every insert and delete, so a given-back slot wakes them at once) and sweep every few seconds in
 case a notification was missed. Waiting trials cost nothing here: they are rows, not coroutines.
+
+Granting is one loop; maintenance (signalling again, reaping the rows of closed workflows,
+starting tasks nobody started) runs in loops of its own beside it, and asks Temporal about many
+workflows at once with bounded concurrent calls: however slow a maintenance round (thousands of
+workflows, a slow Temporal), no grant waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -20,7 +26,7 @@ from temporalio.service import RPCError
 from oddish.contracts import SlotGrant
 from oddish.db import records, slots
 from oddish.db.connection import database_url, get_engine, get_session, plain_dsn
-from oddish.temporal_gateway import grant_slot, workflow_status
+from oddish.temporal_gateway import grant_slot, workflow_statuses
 from oddish.worker.health import WorkerHealth
 from oddish.worker.unstarted import UnstartedTaskStarter
 from oddish.workflows.ids import task_id_of_workflow
@@ -28,9 +34,16 @@ from oddish.workflows.ids import task_id_of_workflow
 log = logging.getLogger(__name__)
 
 # A claimed row whose owner has not been told after this long is signalled again (its
-# dispatcher died, or Temporal was unreachable): checked every round, so a slot granted during a
-# Temporal outage is taken up within seconds of its return.
+# dispatcher died, or Temporal was unreachable): checked every RESIGNAL_EVERY_SEC, so a slot
+# granted during a Temporal outage is taken up within seconds of its return.
 RESIGNAL_AFTER_SEC = 3.0
+RESIGNAL_EVERY_SEC = 1.0
+# Workflows the reaper asks Temporal about per batch: their rows are touched (or given back)
+# batch by batch, so a round cut short by an outage keeps what it learnt.
+REAP_BATCH = 500
+# On stop, a maintenance round in progress gets this long to finish before it is cancelled
+# (whatever it had not committed is done again by the next worker's round).
+STOP_GRACE_SEC = 5.0
 
 
 class SlotDispatcher:
@@ -52,13 +65,29 @@ class SlotDispatcher:
         self._wake = asyncio.Event()
         # The slot lease is how long anything here may go unheard before it counts as dead.
         self._unstarted = UnstartedTaskStarter(client, older_than_sec=lease_sec)
+        # Rows this process is signalling right now: the resignal loop leaves them to it.
+        self._signalling: set[int] = set()
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        next_maintenance = 0.0
+        maintenance_every = min(self._lease_sec / 4, 30.0)
+        maintenance = [
+            asyncio.create_task(self._every(stop, RESIGNAL_EVERY_SEC, self._resignal)),
+            asyncio.create_task(self._every(stop, maintenance_every, self._reap)),
+            asyncio.create_task(self._every(stop, maintenance_every, self._start_unstarted)),
+        ]
+        try:
+            await self._grant_until(stop)
+        finally:
+            _, unfinished = await asyncio.wait(maintenance, timeout=STOP_GRACE_SEC)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*maintenance, return_exceptions=True)
+
+    async def _grant_until(self, stop: asyncio.Event) -> None:
+        """The grant loop: sweep on every wake-up (a NOTIFY) and at least every poll interval."""
         listener: asyncpg.Connection | None = None
         while not stop.is_set():
             try:
@@ -67,13 +96,7 @@ class SlotDispatcher:
             except Exception as exc:
                 log.warning("slot dispatcher: cannot LISTEN (%s); polling meanwhile", exc)
                 listener = None
-            if loop.time() >= next_maintenance:
-                # Even when maintenance fails it waits its turn: granting slots comes first.
-                next_maintenance = loop.time() + min(self._lease_sec / 4, 30.0)
-                await self._guarded(self._reap)
-                await self._guarded(self._start_unstarted)
             await self._guarded(self.sweep)
-            await self._guarded(self._resignal)
             if self._health is not None:
                 self._health.dispatcher_went_round()
             waiter = asyncio.ensure_future(self._wake.wait())
@@ -86,6 +109,16 @@ class SlotDispatcher:
             self._wake.clear()
         if listener is not None and not listener.is_closed():
             await listener.close()
+
+    async def _every(
+        self, stop: asyncio.Event, interval: float, step: Callable[[], Awaitable[object]]
+    ) -> None:
+        """Run ``step`` now and then ``interval`` after each round ends, until ``stop``; a round
+        that fails waits its turn like any other."""
+        while not stop.is_set():
+            await self._guarded(step)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
 
     async def _guarded(self, step: Callable[[], Awaitable[object]]) -> None:
         """Run one step; a failure is logged and retried on the next round, never fatal."""
@@ -131,13 +164,20 @@ class SlotDispatcher:
         claims = [c for c in claims if not c.judge]
         if not claims:
             return
-        results = await asyncio.gather(
-            *(
-                grant_slot(self._client, c.workflow_id, SlotGrant(c.trial_id, c.slot, c.run_number))
-                for c in claims
-            ),
-            return_exceptions=True,
-        )
+        job_ids = {c.job_id for c in claims}
+        self._signalling |= job_ids
+        try:
+            results = await asyncio.gather(
+                *(
+                    grant_slot(
+                        self._client, c.workflow_id, SlotGrant(c.trial_id, c.slot, c.run_number)
+                    )
+                    for c in claims
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            self._signalling -= job_ids
         told = [c.job_id for c, ok in zip(claims, results, strict=True) if ok is True]
         gone = [c.trial_id for c, ok in zip(claims, results, strict=True) if ok is False]
         async with get_engine().begin() as conn:
@@ -150,28 +190,36 @@ class SlotDispatcher:
     async def _resignal(self) -> None:
         async with get_engine().connect() as conn:
             pending = await slots.unsignalled_holders(conn, older_than_sec=RESIGNAL_AFTER_SEC)
-        await self._signal(pending)
+        await self._signal([c for c in pending if c.job_id not in self._signalling])
 
     async def _start_unstarted(self) -> None:
-        await self._unstarted.start_next_batch()
+        await self._unstarted.start_all()
 
     async def _reap(self) -> None:
         """Give back the slots of workflows that no longer run (terminated, say)."""
         async with get_engine().connect() as conn:
             workflow_ids = await slots.stale_workflow_ids(conn, lease_sec=self._lease_sec)
-        for workflow_id in workflow_ids:
-            status = await workflow_status(self._client, workflow_id)
-            running = status == WorkflowExecutionStatus.RUNNING
-            async with get_session() as session:
-                conn = await session.connection()
-                if running:
-                    await slots.touch_workflow(conn, workflow_id)
-                else:
-                    n = await slots.release_workflow(
-                        conn, workflow_id=workflow_id, log_status="canceled"
-                    )
-                    task_id = task_id_of_workflow(workflow_id)
-                    if task_id is not None:
-                        await records.settle_abandoned_task(session, task_id)
-                    log.warning("reaped %d slot rows of %s, which no longer runs", n, workflow_id)
-                await session.commit()
+        for first in range(0, len(workflow_ids), REAP_BATCH):
+            await self._reap_batch(workflow_ids[first : first + REAP_BATCH])
+
+    async def _reap_batch(self, workflow_ids: list[str]) -> None:
+        # Asked of each workflow itself (not visibility, which may lag): only a workflow Temporal
+        # says is closed, or does not know, loses its rows. One whose describe failed is left
+        # for the next round.
+        statuses = await workflow_statuses(self._client, workflow_ids)
+        running = [w for w, s in statuses.items() if s == WorkflowExecutionStatus.RUNNING]
+        async with get_engine().begin() as conn:
+            await slots.touch_workflows(conn, running)
+        for workflow_id, status in statuses.items():
+            if status != WorkflowExecutionStatus.RUNNING:
+                await self._release_closed(workflow_id)
+
+    async def _release_closed(self, workflow_id: str) -> None:
+        async with get_session() as session:
+            conn = await session.connection()
+            n = await slots.release_workflow(conn, workflow_id=workflow_id, log_status="canceled")
+            task_id = task_id_of_workflow(workflow_id)
+            if task_id is not None:
+                await records.settle_abandoned_task(session, task_id)
+            await session.commit()
+        log.warning("reaped %d slot rows of %s, which no longer runs", n, workflow_id)
