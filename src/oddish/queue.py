@@ -398,7 +398,10 @@ async def get_experiment(
             ),
             "overall": stats_of_groups(groups),
             "by_agent_model": groups_by_agent_model(groups),
-            "judge_usage": await records.judge_usage(session, experiment_id=experiment.id),
+            "judge_usage": sum(
+                (g.judge for g in groups),
+                await stats.experiment_verdict_usage(session, experiment.id),
+            ).as_dict(),
         }
 
 

@@ -111,8 +111,29 @@ async def _seed(experiment_id: str, *, with_history: bool = False) -> list[str]:
                             started_at=records.now(),
                         )
                     )
-                    session.add(AnalysisModel(trial_id=trial.id, status="success"))
-                session.add(VerdictModel(task_id=task_id, status="success", summary="s"))
+                    # The judge answered some analyses (at a cost, or failing) and verdicts.
+                    judged = trial.index % 3 == 0
+                    session.add(
+                        AnalysisModel(
+                            trial_id=trial.id,
+                            status="success",
+                            model="judge/model" if judged else None,
+                            n_input_tokens=100 + trial.index if judged else None,
+                            n_output_tokens=10 if judged else None,
+                            cost_usd=0.25 if judged and trial.index % 2 else None,
+                            error_message="malformed" if judged and t % 4 == 0 else None,
+                        )
+                    )
+                session.add(
+                    VerdictModel(
+                        task_id=task_id,
+                        status="success",
+                        summary="s",
+                        model="judge/model" if t % 5 == 0 else None,
+                        n_input_tokens=7 if t % 5 == 0 else None,
+                        cost_usd=0.5 if t == 5 else None,
+                    )
+                )
         await session.commit()
     return task_ids
 
@@ -144,7 +165,7 @@ def _new_experiment() -> str:
 
 async def test_sql_aggregates_equal_the_python_ones(migrated: None) -> None:
     experiment_id = _new_experiment()
-    task_ids = await _seed(experiment_id)
+    task_ids = await _seed(experiment_id, with_history=True)
     by_task = await _trials_by_task(experiment_id)
     trials = [t for ts in by_task.values() for t in ts]
     assert len(trials) > 100 and {t.status for t in trials} >= {"success", "failed", "queued"}
@@ -161,6 +182,10 @@ async def test_sql_aggregates_equal_the_python_ones(migrated: None) -> None:
     assert sorted(seen) == sorted(task_ids)
 
     assert view["overall"] == _approx(group_stats(trials))
+    async with get_session() as session:
+        usage = await records.judge_usage(session, experiment_id=experiment_id)
+    assert usage["calls"] > 0 and usage["errors"] > 0 and usage["cost_usd"]
+    assert view["judge_usage"] == {**usage, "cost_usd": pytest.approx(usage["cost_usd"])}
     expected = group_by_agent_model(trials)
     assert view["by_agent_model"].keys() == expected.keys()
     for key, stats in expected.items():
