@@ -77,6 +77,9 @@ def oddish_env(
         "ODDISH_TRIAL_RETRY_MAX_INTERVAL_SEC": "2",
         "ODDISH_DISPATCHER_POLL_INTERVAL_SEC": "2",
         "HARBOR_TELEMETRY": "0",
+        # One trial process per worker: the split is exercised, and the many workers the tests
+        # start cost one more process each, not one per core.
+        "ODDISH_TRIAL_PROCESSES": "1",
     }
     reset_settings(**env)
     return env

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # One request to the judge's provider; a slower answer is a timeout, retried.
     analysis_request_timeout_sec: float = Field(default=300.0, gt=0)
 
+    # Processes of a worker that run trials (oddish.worker.trial_processes); unset: one per core;
+    # 0: trials run in the worker's main process.
+    trial_processes: int | None = Field(default=None, ge=0, le=64)
     # A task of more trials than this runs them in batches of this many (child workflows), so
     # that no workflow history grows past Temporal's bounds: about 10 events per trial.
     trial_batch_size: int = Field(default=400, ge=1, le=800)

@@ -93,8 +93,7 @@ async def judge_experiment_again(
     running or being judged is skipped and said so."""
     async with get_session() as session:
         found = await records.experiment_id_for(session, experiment_id) or experiment_id
-        experiment = await records.get_experiment(session, found)
-        task_ids = [t.id for t in experiment.tasks]
+        task_ids = await records.experiment_task_ids(session, found)
     started = []
     for task_id in task_ids:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from collections import Counter
 
@@ -20,6 +21,16 @@ pytestmark = pytest.mark.timeout(600)
 AGENT_SEC = 3
 AGENT_TIMEOUT_SEC = 8
 PAUSE_SEC = 14
+
+
+def trial_process_pids(worker_pid: int) -> list[int]:
+    found = subprocess.run(
+        ["pgrep", "-P", str(worker_pid), "-f", "oddish.worker.trial_processes"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return [int(pid) for pid in found.split()]
 
 
 async def test_a_paused_worker_fakes_no_agent_timeout(
@@ -41,12 +52,17 @@ async def test_a_paused_worker_fakes_no_agent_timeout(
         return sleeping(AGENT_SEC) == 2
 
     await poll(agents_asleep, timeout=120, every=0.05, what="both agents running")
-    # The worker alone: its sandboxes run on, and their agents finish while it is stopped.
-    os.kill(worker.process.pid, signal.SIGSTOP)
+    # The worker's processes alone (its main process and its trial processes): its sandboxes
+    # run on, and their agents finish while it is stopped.
+    frozen = [worker.process.pid, *trial_process_pids(worker.process.pid)]
+    assert len(frozen) == 2, frozen
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
     try:
         await asyncio.sleep(PAUSE_SEC)
     finally:
-        os.kill(worker.process.pid, signal.SIGCONT)
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
     resumed = time.monotonic()
 
     task = await wait_for_task(temporal_client, task_id, timeout=240)

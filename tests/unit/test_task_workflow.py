@@ -48,7 +48,12 @@ from oddish.contracts import (
 from oddish.statuses import JobStatus, TaskStatus
 from oddish.temporal_gateway import start_task_workflow_run
 from oddish.workflows.ids import workflow_id_for_task
-from oddish.workflows.task_workflow import TaskWorkflow, TrialBatchWorkflow, judge_task_queue
+from oddish.workflows.task_workflow import (
+    TaskWorkflow,
+    TrialBatchWorkflow,
+    judge_task_queue,
+    trial_task_queue,
+)
 
 FAST_RETRIES = TrialRetryPolicy(
     max_attempts=2,
@@ -283,11 +288,20 @@ async def harness(client: Client) -> AsyncIterator[Harness]:
             default_heartbeat_throttle_interval=throttle,
             max_heartbeat_throttle_interval=throttle,
         ),
-        # Analyses and verdicts go to the judge's queue, as on a real worker.
+        # Analyses and verdicts go to the judge's queue, trials to the trials' queue, as on a
+        # real worker.
         Worker(
             client,
             task_queue=judge_task_queue(task_queue),
             activities=judge_activities,
+            max_concurrent_activities=200,
+            default_heartbeat_throttle_interval=throttle,
+            max_heartbeat_throttle_interval=throttle,
+        ),
+        Worker(
+            client,
+            task_queue=trial_task_queue(task_queue),
+            activities=[fake.run_trial],
             max_concurrent_activities=200,
             default_heartbeat_throttle_interval=throttle,
             max_heartbeat_throttle_interval=throttle,

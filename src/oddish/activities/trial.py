@@ -59,8 +59,14 @@ def alive_within_sec(heartbeat_timeout_sec: float) -> float:
     return 2 * touch_interval_sec(heartbeat_timeout_sec)
 
 
+# Set in a worker's trial processes (oddish.worker.trial_processes): the worker's main process.
+WORKER_PID_VARIABLE = "ODDISH_TRIAL_PROCESS_PARENT"
+
+
 def worker_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid`` of the worker running the attempt: its main process, also when the trial
+    runs in one of its trial processes."""
+    return f"{socket.gethostname()}:{os.environ.get(WORKER_PID_VARIABLE) or os.getpid()}"
 
 
 def _timings(result: TrialResult) -> dict[str, Any]:

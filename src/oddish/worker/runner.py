@@ -23,6 +23,7 @@ from oddish.temporal_gateway import TemporalNotConfigured, connect, reconnect_de
 from oddish.worker.dispatcher import SlotDispatcher
 from oddish.worker.health import WorkerHealth
 from oddish.worker.output_sweep import sweep_periodically
+from oddish.worker.trial_processes import TrialProcesses, trial_process_count, trial_worker
 from oddish.workflows import ALL_WORKFLOWS
 from oddish.workflows.task_workflow import judge_task_queue
 
@@ -55,26 +56,39 @@ async def run_worker(
     await queue.apply_limits(n_concurrent or {})
     # Outputs a previous life of this worker left on the disk (it died while uploading them).
     sweeping = asyncio.create_task(sweep_periodically(stop))
+    # Trials in processes of their own (none: in this process, with the workflows).
+    processes = trial_process_count(settings)
+    trials: asyncio.Task[None] | None = None
+    # Stopped after the workflows' worker (its own event: the caller's may never be set when the
+    # worker ends otherwise), and waited for, so that their trials end their sandboxes.
+    trials_stop = asyncio.Event()
+    if processes:
+        trials = asyncio.create_task(TrialProcesses(processes).run(trials_stop))
     try:
         with monitoring_pauses():
-            await _serve_until_stopped(stop, health, max_concurrent_activities)
+            await _serve_until_stopped(
+                stop, health, max_concurrent_activities, trials_here=not processes
+            )
     finally:
         sweeping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeping
+        trials_stop.set()
+        if trials is not None:
+            await trials
     health.worker_stopped()
     await dispose_engine()
 
 
 async def _serve_until_stopped(
-    stop: asyncio.Event, health: WorkerHealth, max_concurrent_activities: int
+    stop: asyncio.Event, health: WorkerHealth, max_concurrent_activities: int, *, trials_here: bool
 ) -> None:
     delays = reconnect_delays()
     while not stop.is_set():
         try:
             client = await connect()
             delays = reconnect_delays()
-            await _serve(client, stop, health, max_concurrent_activities)
+            await _serve(client, stop, health, max_concurrent_activities, trials_here=trials_here)
         except TemporalNotConfigured:
             raise
         except Exception as exc:
@@ -86,7 +100,12 @@ async def _serve_until_stopped(
 
 
 async def _serve(
-    client: Client, stop: asyncio.Event, health: WorkerHealth, max_concurrent_activities: int
+    client: Client,
+    stop: asyncio.Event,
+    health: WorkerHealth,
+    max_concurrent_activities: int,
+    *,
+    trials_here: bool,
 ) -> None:
     """The Temporal worker and the slot dispatcher, until ``stop`` or the worker fails."""
     settings = get_settings()
@@ -124,7 +143,10 @@ async def _serve(
     # The dispatcher stops with the worker: grants for workflows nobody runs would only wait.
     dispatcher_stop = asyncio.Event()
     dispatcher_task = asyncio.create_task(dispatcher.run(dispatcher_stop))
-    worker_task = asyncio.create_task(_run_both(worker, judge_worker))
+    workers = [worker, judge_worker]
+    if trials_here:
+        workers.append(trial_worker(client, settings))
+    worker_task = asyncio.create_task(_run_all(workers))
     stopper = asyncio.create_task(stop.wait())
     health.worker_running()
     log.info(
@@ -138,17 +160,17 @@ async def _serve(
         stopper.cancel()
         dispatcher_stop.set()
         if not worker_task.done():
-            await asyncio.gather(worker.shutdown(), judge_worker.shutdown())
+            await asyncio.gather(*(w.shutdown() for w in workers))
         await dispatcher_task
     await worker_task
 
 
-async def _run_both(worker: Worker, judge_worker: Worker) -> None:
-    """Both workers until both end; one failing stops the other (the caller reconnects)."""
-    runs = [asyncio.ensure_future(worker.run()), asyncio.ensure_future(judge_worker.run())]
+async def _run_all(workers: list[Worker]) -> None:
+    """The workers until all end; one failing stops the others (the caller reconnects)."""
+    runs = [asyncio.ensure_future(w.run()) for w in workers]
     done, _ = await asyncio.wait(runs, return_when=asyncio.FIRST_EXCEPTION)
     if any(task.exception() for task in done):
-        for other, w in zip(runs, (worker, judge_worker), strict=True):
-            if not other.done():
+        for run, w in zip(runs, workers, strict=True):
+            if not run.done():
                 await w.shutdown()
     await asyncio.gather(*runs)

@@ -67,6 +67,16 @@ TASK_FINISHING = "TaskFinishing"
 JUDGE_PATCH = "judge-task-queue"
 
 
+# From this change on, trials run on the trials' task queue, served by the worker's trial
+# processes (oddish.worker.trial_processes).
+TRIALS_PATCH = "trial-processes"
+
+
+def trial_task_queue(task_queue: str) -> str:
+    """Where a worker serving ``task_queue`` takes trials."""
+    return f"{task_queue}-trials"
+
+
 def judge_task_queue(task_queue: str) -> str:
     """Where a worker serving ``task_queue`` takes analyses and verdicts."""
     return f"{task_queue}-judge"
@@ -168,6 +178,9 @@ class _TrialRunner:
     ) -> TrialOutcome:
         self._trial_status[trial.trial_id] = JobStatus.RUNNING
         policy = inp.retry_policy
+        trials_queue = (
+            trial_task_queue(workflow.info().task_queue) if workflow.patched(TRIALS_PATCH) else None
+        )
         try:
             outcome: TrialOutcome = await workflow.execute_activity(
                 "run_trial",
@@ -185,6 +198,7 @@ class _TrialRunner:
                     maximum_interval=timedelta(seconds=policy.max_interval_sec),
                     maximum_attempts=policy.max_attempts,
                 ),
+                task_queue=trials_queue,
                 summary=f"trial {trial.index} · {trial.agent} · {trial.queue_key}"
                 + (f" · run {run_number}" if run_number > 1 else ""),
                 # A cancelled trial holds its slot until its sandbox is gone.
