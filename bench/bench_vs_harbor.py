@@ -1,9 +1,12 @@
-"""N trials of a 1-second sleep task through oddish and through Harbor's own job runner.
+"""N trials of a sleep task through oddish and through Harbor's own job runner.
 
 Both use the same task, the same concurrency and the ``local`` environment. Prints both wall
-times, their ratio, and oddish's slot utilisation (ideal makespan / actual).
+times, their ratio, oddish's slot utilisation (ideal makespan / actual), and for both the gap
+from a trial's end to the start of the trial that takes its slot while trials still wait (the
+k-th end hands its slot to the (concurrency + k)-th start), p50 and p95.
 
-    uv run python bench/bench_vs_harbor.py [--trials 100] [--concurrency 8] [--workers 1]
+    uv run python bench/bench_vs_harbor.py [--trials 100] [--concurrency 8] [--sleep 1]
+        [--workers 1]
 """
 
 from __future__ import annotations
@@ -14,17 +17,32 @@ import os
 import secrets
 import tempfile
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from embedded_stack import embedded_stack
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = REPO / "examples" / "tasks" / "sleep"
-SLEEP = {"ODDISH_SLEEP_SECONDS": "1"}
 
 
-async def run_harbor(trials: int, concurrency: int, jobs_dir: Path) -> float:
+def handover_gaps(spans: list[tuple[datetime, datetime]], concurrency: int) -> list[float]:
+    """Seconds from each end to the start that took its slot, while trials waited."""
+    starts = sorted(start for start, _ in spans)
+    ends = sorted(end for _, end in spans)
+    return [
+        (starts[concurrency + k] - ends[k]).total_seconds() for k in range(len(spans) - concurrency)
+    ]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def run_harbor(
+    trials: int, concurrency: int, jobs_dir: Path, sleep: dict[str, str]
+) -> tuple[float, list[float]]:
     from harbor.job import Job
     from harbor.models.job.config import JobConfig
     from harbor.models.trial.config import AgentConfig, EnvironmentConfig, TaskConfig
@@ -37,18 +55,24 @@ async def run_harbor(trials: int, concurrency: int, jobs_dir: Path) -> float:
         n_concurrent_trials=concurrency,
         quiet=True,
         tasks=[TaskConfig(path=TASK)],
-        agents=[AgentConfig(name="oracle", env=SLEEP)],
+        agents=[AgentConfig(name="oracle", env=sleep)],
         environment=EnvironmentConfig(import_path=LOCAL_ENVIRONMENT_IMPORT_PATH),
     )
     started = time.perf_counter()
     job = await Job.create(config)
-    await job.run()
-    return time.perf_counter() - started
+    result = await job.run()
+    wall = time.perf_counter() - started
+    spans = [
+        (r.started_at, r.finished_at)
+        for r in result.trial_results
+        if r.started_at is not None and r.finished_at is not None
+    ]
+    return wall, handover_gaps(spans, concurrency)
 
 
 async def run_oddish(
-    trials: int, concurrency: int, n_workers: int, work: Path
-) -> tuple[float, float]:
+    trials: int, concurrency: int, n_workers: int, work: Path, sleep: dict[str, str]
+) -> tuple[float, float, list[float]]:
     key = f"bench/sleep-{secrets.token_hex(3)}"
     async with embedded_stack(work, n_workers=n_workers, limits={key: concurrency}):
         from oddish.queue import create_task, get_task_with_trials
@@ -62,24 +86,30 @@ async def run_oddish(
             run_analysis=False,
             configs=[
                 AgentRunConfig(
-                    agent="oracle", model=key, environment="local", n_trials=trials, agent_env=SLEEP
+                    agent="oracle", model=key, environment="local", n_trials=trials, agent_env=sleep
                 )
             ],
         )
         started = time.perf_counter()
+        submitted_at = datetime.now(UTC)
         task_id = await create_task(submission, client=client)
         await client.get_workflow_handle(workflow_id_for_task(task_id)).result()
         wall = time.perf_counter() - started
 
         task = await get_task_with_trials(task_id)
         assert all(t["status"] == "success" for t in task["trials"]), "a trial failed"
-        busy = sum(
-            (
-                datetime.fromisoformat(t["finished_at"]) - datetime.fromisoformat(t["started_at"])
-            ).total_seconds()
+        spans = [
+            (datetime.fromisoformat(t["started_at"]), datetime.fromisoformat(t["finished_at"]))
             for t in task["trials"]
+        ]
+        busy = sum((end - start).total_seconds() for start, end in spans)
+        first = (min(start for start, _ in spans) - submitted_at).total_seconds()
+        last = wall - (max(end for _, end in spans) - submitted_at).total_seconds()
+        print(
+            f"oddish: first trial started {first:.2f} s after submission; task done "
+            f"{last:.2f} s after the last trial"
         )
-        return wall, (busy / concurrency) / wall
+        return wall, (busy / concurrency) / wall, handover_gaps(spans, concurrency)
 
 
 async def main() -> None:
@@ -89,19 +119,31 @@ async def main() -> None:
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1, help="oddish worker processes")
+    parser.add_argument("--sleep", type=float, default=1.0, help="seconds each agent sleeps")
     args = parser.parse_args()
+    sleep = {"ODDISH_SLEEP_SECONDS": f"{args.sleep:g}"}
     os.environ.setdefault("HARBOR_TELEMETRY", "0")
     with tempfile.TemporaryDirectory(prefix="oddish-bench-") as tmp:
         work = Path(tmp)
-        harbor_wall = await run_harbor(args.trials, args.concurrency, work / "harbor-jobs")
-        oddish_wall, utilisation = await run_oddish(
-            args.trials, args.concurrency, args.workers, work
+        harbor_wall, harbor_gaps = await run_harbor(
+            args.trials, args.concurrency, work / "harbor-jobs", sleep
         )
-    print(f"trials={args.trials} concurrency={args.concurrency} oddish workers={args.workers}")
+        oddish_wall, utilisation, oddish_gaps = await run_oddish(
+            args.trials, args.concurrency, args.workers, work, sleep
+        )
+    print(
+        f"trials={args.trials} concurrency={args.concurrency} sleep={args.sleep:g}s "
+        f"oddish workers={args.workers}"
+    )
     print(f"harbor Job wall time : {harbor_wall:7.2f} s")
     print(f"oddish wall time     : {oddish_wall:7.2f} s")
     print(f"ratio oddish/harbor  : {oddish_wall / harbor_wall:7.3f}")
     print(f"oddish slot utilisation (ideal makespan / actual): {utilisation:.3f}")
+    for name, gaps in (("harbor", harbor_gaps), ("oddish", oddish_gaps)):
+        print(
+            f"{name} end -> next start on the saturated key: p50 {percentile(gaps, 0.5):.2f} s, "
+            f"p95 {percentile(gaps, 0.95):.2f} s"
+        )
 
 
 if __name__ == "__main__":

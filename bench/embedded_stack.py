@@ -60,10 +60,17 @@ async def embedded_stack(
     try:
         await migrations.upgrade()  # once, before workers start side by side
         workers = [_start_worker(work, i, env, json.dumps(limits)) for i in range(n_workers)]
-        while not all(
-            "worker on task queue" in (work / f"worker-{i}.log").read_text(errors="replace")
-            for i in range(n_workers)
-        ):
+        # Ready once every worker and each of its trial processes (one per core) listens.
+        trial_processes = int(env.get("ODDISH_TRIAL_PROCESSES") or os.cpu_count() or 1)
+
+        def ready(i: int) -> bool:
+            text = (work / f"worker-{i}.log").read_text(errors="replace")
+            return (
+                "worker on task queue" in text
+                and text.count("trial worker on task queue") >= trial_processes
+            )
+
+        while not all(ready(i) for i in range(n_workers)):
             if any(w.poll() is not None for w in workers):
                 raise RuntimeError(f"a worker did not start; see its log in {work}")
             await asyncio.sleep(0.2)

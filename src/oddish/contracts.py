@@ -43,6 +43,10 @@ class TaskWorkflowInput:
     analysis_heartbeat_timeout_sec: float = 30.0
     # A task of more trials than this runs them in batches (child workflows) of this many.
     batch_size: int = 400
+    # Each finished trial gets an analysis activity (the judge's). Without the judge, the
+    # verdict records every trial's rule-based analysis at once instead. Inputs recorded before
+    # it existed analysed every trial.
+    analyse_each_trial: bool = True
 
 
 @dataclass

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
+import tempfile
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
+from oddish.archives import ArchiveError
 from oddish.config import get_settings
 from oddish.contracts import TaskWorkflowInput, TrialRef, TrialRetryPolicy
 from oddish.db import records, slots, stats
@@ -23,7 +27,13 @@ from oddish.ids import new_id
 from oddish.judge.models import judge_models
 from oddish.queue_keys import DEFAULT_LIMIT_KEY, limit_key
 from oddish.schemas import TaskSubmission
-from oddish.task_store import StoredArchive, discard_task_archives, store_task_archive
+from oddish.storage import get_storage, task_archive_key
+from oddish.task_store import (
+    StoredArchive,
+    discard_task_archives,
+    pack_task_dir,
+    store_task_archive,
+)
 from oddish.temporal_gateway import TemporalUnavailable, start_task_workflow
 from oddish.trial_stats import (
     PASS_THRESHOLD,
@@ -39,6 +49,9 @@ log = logging.getLogger(__name__)
 # bounded, so a 100k-trial experiment answers as fast as a small one.
 EXPERIMENT_TASKS_PAGE = 100
 EXPERIMENT_TRIALS_PAGE = 5000
+# A task archive packed at submission stays in memory up to this size, then goes to a temporary
+# file: a task of a dataset is small, and a large one should not hold the API's memory.
+_PACK_IN_MEMORY_BYTES = 16 * 1024 * 1024
 
 
 def retry_policy_from_settings() -> TrialRetryPolicy:
@@ -73,6 +86,8 @@ def workflow_input(
         run_numbers={t.id: t.run_number + 1 for t in rerun_trials},
         settled={} if rerun is None else {t.id: t.status for t in trials if t.id not in rerun},
         analysis_heartbeat_timeout_sec=get_settings().analysis_heartbeat_timeout_sec,
+        batch_size=get_settings().trial_batch_size,
+        analyse_each_trial=task.run_analysis,
     )
 
 
@@ -93,20 +108,35 @@ def trial_rows(task_id: str, submission: TaskSubmission) -> list[TrialModel]:
     ]
 
 
+@dataclasses.dataclass(frozen=True)
+class CreatedTask:
+    """A submitted task as the API answers it, known without reading it back."""
+
+    id: str
+    experiment_id: str
+    trials_count: int
+    # Why its workflow did not start (Temporal unreachable): the workers start it later.
+    not_started: WorkflowNotStartedYet | None = None
+
+
 async def create_task(submission: TaskSubmission, *, client: Client | None) -> str:
     """Record the task and its trials, then start its workflow. Returns the task id.
 
     Without a client (Temporal not connected yet) the task is recorded and WorkflowNotStartedYet
     raised: the workers start its workflow once Temporal answers."""
-    if submission.submission_key:
-        async with get_session() as session:
-            existing = await records.task_by_submission_key(session, submission.submission_key)
-            if existing is not None:
-                existing = await records.get_task(session, existing.id, with_trials=True)
-        if existing is not None:
-            await _start_recorded(client, existing, list(existing.trials))
-            return existing.id
+    created = await submit_task(submission, client=client)
+    if created.not_started is not None:
+        raise created.not_started
+    return created.id
 
+
+async def submit_task(submission: TaskSubmission, *, client: Client | None) -> CreatedTask:
+    """:func:`create_task`, answering with what was recorded; a workflow that could not be
+    started is told in ``not_started`` instead of raised.
+
+    A submission key already used (a resent request) answers with the task it made. That is
+    found when the insert breaks the key's unique constraint, not looked up first: a resent
+    request is rare, a first one pays no extra round trip."""
     # Refused before anything is stored: the judge was asked for and no model is set.
     judge = judge_models(get_settings()) if submission.run_analysis else None
     task_id = new_id("task")
@@ -150,16 +180,26 @@ async def create_task(submission: TaskSubmission, *, client: Client | None) -> s
             await session.commit()
     except IntegrityError:
         await _discard_archives(task_id)
-        if submission.submission_key:
-            # The same submission raced us and won: answer with its task.
-            return await create_task(submission, client=client)
-        raise
+        if not submission.submission_key:
+            raise
+        async with get_session() as session:
+            existing = await records.task_by_submission_key(session, submission.submission_key)
+            if existing is not None:
+                existing = await records.get_task(session, existing.id, with_trials=True)
+        if existing is None:
+            # Not the key: the experiment was created by a submission beside this one.
+            return await submit_task(submission, client=client)
+        # Submitted before with this key (or by a request beside this one): that task.
+        task, trials = existing, list(existing.trials)
     except BaseException:
         # Whatever failed (or cancelled the submission), no archive of it stays in storage.
         await asyncio.shield(_discard_archives(task_id))
         raise
-    await _start_recorded(client, task, trials)
-    return task_id
+    try:
+        await _start_recorded(client, task, trials)
+    except WorkflowNotStartedYet as exc:
+        return CreatedTask(task.id, task.experiment_id, len(trials), not_started=exc)
+    return CreatedTask(task.id, task.experiment_id, len(trials))
 
 
 async def _store_archive(submission: TaskSubmission, task_id: str) -> StoredArchive:
@@ -167,12 +207,7 @@ async def _store_archive(submission: TaskSubmission, task_id: str) -> StoredArch
     the event loop, which serves requests and trials. Cancelled, it waits for the thread to end,
     so that what the thread stored is there to be deleted."""
     storing = asyncio.ensure_future(
-        asyncio.to_thread(
-            store_task_archive,
-            submission.task_path,
-            task_id,
-            docker_image=submission.docker_image,
-        )
+        asyncio.to_thread(_pack_and_store, submission.task_path, task_id, submission.docker_image)
     )
     try:
         return await asyncio.shield(storing)
@@ -181,6 +216,30 @@ async def _store_archive(submission: TaskSubmission, task_id: str) -> StoredArch
         with contextlib.suppress(BaseException):
             storing.result()  # its failure, if any, is not this submission's news any more
         raise
+
+
+def _pack_and_store(source: Path, task_id: str, docker_image: str | None) -> StoredArchive:
+    """Store the task's archive. A task kept as it is (no ``docker_image``) is packed straight
+    from its directory, in memory up to ``_PACK_IN_MEMORY_BYTES``: the same bytes as packing a
+    copy (``store_task_archive``), without writing and deleting that copy's tree, which was most
+    of a submission's cost on a slow disk. A link or special file in the task (which the copy
+    follows or refuses in its own way) takes the copying path."""
+    if docker_image is not None:
+        return store_task_archive(source, task_id, docker_image=docker_image)
+    with tempfile.SpooledTemporaryFile(max_size=_PACK_IN_MEMORY_BYTES) as spooled:
+        packed = cast(BinaryIO, spooled)  # a binary file in all but its declared type
+        try:
+            pack_task_dir(source, packed)
+        except ArchiveError:
+            return store_task_archive(source, task_id)
+        packed.seek(0)
+        digest = hashlib.sha256()
+        while chunk := packed.read(1024 * 1024):
+            digest.update(chunk)
+        packed.seek(0)
+        key = task_archive_key(task_id, digest.hexdigest())
+        info = get_storage().put_fileobj(key, packed)
+    return StoredArchive(key=key, sha256=digest.hexdigest(), size=info.size)
 
 
 async def _discard_archives(task_id: str) -> None:

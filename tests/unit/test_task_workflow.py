@@ -627,6 +627,18 @@ async def test_cancelling_a_batched_task_tears_its_batches_trials_down_first(
     assert fake.calls("decide_verdict") == []
 
 
+async def test_without_the_judge_only_the_verdict_runs(harness: Harness) -> None:
+    fake = harness.fake
+    handle = await harness.start(task_input(trial_refs(4), analyse_each_trial=False))
+
+    assert await finish(handle) == TaskStatus.COMPLETED.value
+
+    assert len(fake.runs) == 4
+    assert fake.calls("analyze_trial") == []
+    assert len(fake.calls("decide_verdict")) == 1
+    assert fake.statuses == ["running", "analyzing", "verdict_pending", "completed"]
+
+
 async def test_without_analysis_no_analysis_or_verdict_runs(harness: Harness) -> None:
     fake = harness.fake
     handle = await harness.start(task_input(trial_refs(3), run_analysis=False))

@@ -8,6 +8,7 @@ from typing import Any
 
 from temporalio import activity
 
+from oddish.activities.analysis import ANALYZER, analyze
 from oddish.activities.heartbeat import heartbeating
 from oddish.config import get_settings
 from oddish.contracts import VerdictInput
@@ -15,7 +16,7 @@ from oddish.db import records
 from oddish.db.connection import get_session, until_database_answers
 from oddish.db.models import TrialModel
 from oddish.judge.calls import Judged, SlotOwner, judge_task
-from oddish.statuses import OutcomeKind
+from oddish.statuses import JUDGEABLE_TRIAL_STATUSES, OutcomeKind
 from oddish.trial_stats import group_by_agent_model, group_stats
 
 DECIDER = "rules-v1"
@@ -58,6 +59,9 @@ def judged_analyses(trials: list[TrialModel]) -> list[dict[str, Any]]:
 
 @dataclass
 class _Reading:
+    # Rule-based analyses of finished trials that have none (a task without the judge):
+    # (trial id, classification, summary, details).
+    rule_analyses: list[tuple[str, str, str, dict[str, Any]]]
     summary: str
     details: dict[str, Any]
     task: dict[str, Any]
@@ -73,6 +77,11 @@ async def _read(inp: VerdictInput) -> _Reading:
         trials = list(task.trials)
         summary, details = decide(trials)
         return _Reading(
+            rule_analyses=[
+                (trial.id, *analyze(trial))
+                for trial in trials
+                if trial.analysis is None and trial.status in JUDGEABLE_TRIAL_STATUSES
+            ],
             summary=summary,
             details=details,
             task={"id": task.id, "name": task.name},
@@ -95,6 +104,7 @@ async def _save(task_id: str, reading: _Reading, judged: Judged | None) -> str:
             error_message=judged.error_message,
         )
     async with get_session() as session:
+        await records.save_rule_analyses(session, reading.rule_analyses, ANALYZER)
         await records.save_verdict(
             session,
             task_id=task_id,

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer, selectinload
 
@@ -744,3 +745,31 @@ async def judge_usage(
         if cost is not None:
             totals["cost_usd"] = (totals["cost_usd"] or 0.0) + float(cost)
     return totals
+
+
+async def save_rule_analyses(
+    session: AsyncSession, analyses: list[tuple[str, str, str, dict[str, Any]]], analyzer: str
+) -> None:
+    """Record (trial id, classification, summary, details) as the rule-based analyses of trials
+    that have none yet, in one statement (a task without the judge gets them with its verdict)."""
+    if not analyses:
+        return
+    finished = now()
+    await session.execute(
+        pg_insert(AnalysisModel)
+        .values(
+            [
+                {
+                    "trial_id": trial_id,
+                    "status": JobStatus.SUCCESS.value,
+                    "classification": classification,
+                    "summary": summary,
+                    "details": details,
+                    "analyzer": analyzer,
+                    "finished_at": finished,
+                }
+                for trial_id, classification, summary, details in analyses
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=["trial_id"])
+    )

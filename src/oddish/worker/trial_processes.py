@@ -133,6 +133,11 @@ async def serve_trials(stop: asyncio.Event) -> None:
                 delays = reconnect_delays()
                 worker = trial_worker(client, settings)
                 running = asyncio.ensure_future(worker.run())
+                log.info(
+                    "trial worker on task queue %r (pid %d)",
+                    trial_task_queue(settings.temporal_task_queue),
+                    os.getpid(),
+                )
                 stopped = asyncio.ensure_future(stop.wait())
                 await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
                 stopped.cancel()

@@ -225,7 +225,10 @@ class _TrialRunner:
         self, inp: TaskWorkflowInput, finished: list[str], judge_queue: str | None
     ) -> None:
         """Analyse the finished trials (a cancelled one has nothing to analyse); ActivityError
-        when an analysis fails for good."""
+        when an analysis fails for good. Without the judge there is nothing to ask per trial:
+        the verdict records the rule-based analyses."""
+        if not inp.analyse_each_trial:
+            return
         # Activity options are not part of what a replay compares: histories recorded without a
         # heartbeat timeout replay unchanged.
         analysis_heartbeat = timedelta(seconds=inp.analysis_heartbeat_timeout_sec)
