@@ -13,6 +13,7 @@ from oddish import queue, task_judge
 from oddish.api.app_state import temporal
 
 JUDGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "a body that is not JSON"},
     404: {"description": "no such trial, task or experiment"},
     409: {"description": "the task still runs, or the judge is at it already"},
     422: {"description": "no judge model configured and none given"},
