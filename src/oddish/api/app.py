@@ -131,26 +131,24 @@ def build_router() -> APIRouter:
         },
     )
     async def create_sweep(body: SweepRequest, request: Request) -> Any:
-        path = upload_path(body.upload_id)
-        submission = body.submission(path, upload_name(body.upload_id))
-        warning = None
-        try:
-            # Recorded even while Temporal is unreachable: the workers start it once it answers.
-            connection: TemporalConnection = request.app.state.temporal
-            task_id = await queue.create_task(submission, client=connection.client)
-        except queue.WorkflowNotStartedYet as exc:
-            log.warning("%s", exc)
-            task_id, warning = exc.task_id, str(exc)
-        task = await queue.get_task_with_trials(task_id)
+        # Reads the upload's files and parses its task.toml: off the event loop.
+        submission = await asyncio.to_thread(
+            lambda: body.submission(upload_path(body.upload_id), upload_name(body.upload_id))
+        )
+        # Recorded even while Temporal is unreachable: the workers start it once it answers.
+        connection: TemporalConnection = request.app.state.temporal
+        # Answered from what was recorded: reading the task back would cost more than the rest.
+        task = await queue.submit_task(submission, client=connection.client)
         created = {
-            "id": task_id,
-            "experiment": task["experiment_id"],
-            "trials_count": len(task["trials"]),
-            "url": str(request.url_for("get_task", task_id=task_id)),
+            "id": task.id,
+            "experiment": task.experiment_id,
+            "trials_count": task.trials_count,
+            "url": str(request.url_for("get_task", task_id=task.id)),
         }
-        if warning is None:
+        if task.not_started is None:
             return created
-        return JSONResponse(status_code=202, content={**created, "warning": warning})
+        log.warning("%s", task.not_started)
+        return JSONResponse(status_code=202, content={**created, "warning": str(task.not_started)})
 
     @router.get("/tasks", summary="List tasks, newest first, one page at a time")
     async def list_tasks(

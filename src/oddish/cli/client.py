@@ -51,8 +51,17 @@ class ApiError(Exception):
         super().__init__(f"{self.detail} (HTTP {self.status_code})")
 
 
+class RequestFailed(Exception):
+    """A request that failed, with the one line that tells the user why (see ``raise_failures``
+    of :meth:`ApiClient.request`)."""
+
+
 class ApiClient:
-    """Calls the API; any failure prints one line on stderr and exits with code 1."""
+    """Calls the API; any failure prints one line on stderr and exits with code 1.
+
+    One client may be used from several threads at once (httpx.Client is thread-safe): its
+    connection pool then keeps a connection per thread open.
+    """
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None) -> None:
         self.base_url = base_url or api_url()
@@ -78,38 +87,55 @@ class ApiClient:
         *,
         retry: bool | None = None,
         raise_api_errors: bool = False,
+        raise_failures: bool = False,
         **kwargs: Any,
     ) -> Any:
         """The JSON answer of a request.
 
         ``retry`` (default: for GET and PUT) sends the request again after a timeout or a dropped
         connection; only requests that cannot do anything twice may be retried. With
-        ``raise_api_errors`` an error answer raises ApiError instead of exiting.
+        ``raise_api_errors`` an error answer raises ApiError instead of exiting; with
+        ``raise_failures`` any failure raises RequestFailed with its line instead of printing it
+        and exiting (requests made side by side, of which one line should be shown).
         """
-        attempts = ATTEMPTS if (retry if retry is not None else method in ("GET", "PUT")) else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                response = self._http.request(method, path, **kwargs)
-                break
-            except httpx.ConnectError:
-                fail(
-                    f"cannot reach the oddish API at {self.base_url}; start it with `oddish up` "
-                    "or point ODDISH_API_URL at a running one"
-                )
-            except RETRYABLE_ERRORS as exc:
-                if attempt == attempts:
-                    fail(
-                        f"the oddish API at {self.base_url} did not answer {method} {path}: "
-                        f"{type(exc).__name__} after {attempts} attempts"
-                    )
-                time.sleep(attempt)
-            except httpx.HTTPError as exc:
-                fail(f"request to the oddish API at {self.base_url} failed: {exc}")
+        try:
+            response = self._send(method, path, retry=retry, **kwargs)
+        except RequestFailed as exc:
+            if raise_failures:
+                raise
+            fail(str(exc))
         if response.is_success:
             return response.json()
         if raise_api_errors:
             raise ApiError(response)
-        fail(f"{error_detail(response)} (HTTP {response.status_code} from {method} {path})")
+        line = f"{error_detail(response)} (HTTP {response.status_code} from {method} {path})"
+        if raise_failures:
+            raise RequestFailed(line)
+        fail(line)
+
+    def _send(self, method: str, path: str, *, retry: bool | None, **kwargs: Any) -> httpx.Response:
+        """The response to a request (of any status); RequestFailed when none came."""
+        attempts = ATTEMPTS if (retry if retry is not None else method in ("GET", "PUT")) else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._http.request(method, path, **kwargs)
+            except httpx.ConnectError:
+                raise RequestFailed(
+                    f"cannot reach the oddish API at {self.base_url}; start it with `oddish up` "
+                    "or point ODDISH_API_URL at a running one"
+                ) from None
+            except RETRYABLE_ERRORS as exc:
+                if attempt == attempts:
+                    raise RequestFailed(
+                        f"the oddish API at {self.base_url} did not answer {method} {path}: "
+                        f"{type(exc).__name__} after {attempts} attempts"
+                    ) from None
+                time.sleep(attempt)
+            except httpx.HTTPError as exc:
+                raise RequestFailed(
+                    f"request to the oddish API at {self.base_url} failed: {exc}"
+                ) from None
+        raise AssertionError("unreachable")
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)

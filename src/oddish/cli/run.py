@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,8 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from oddish.cli.client import ApiClient
-from oddish.cli.output import print_json, stderr, stdout
+from oddish.cli.client import ApiClient, RequestFailed
+from oddish.cli.output import fail, print_json, stderr, stdout
 from oddish.cli.status import TaskSet, show
 from oddish.cli.sweep_file import SweepFile, load_sweep_file, parse_priority
 from oddish.cli.task_source import (
@@ -27,6 +28,9 @@ from oddish.schemas import validate_agent_name, validate_environment_name
 DEFAULT_AGENT = "claude-code"
 DEFAULT_ENVIRONMENT = "docker"
 PATH_HINT = "'PATH'"
+# Tasks uploaded and submitted at once: enough to keep the API busy while each request waits on
+# the network, the database and Temporal; few enough not to queue up behind its one process.
+SUBMIT_CONCURRENCY = 8
 
 
 def parse_pairs(pairs: list[str] | None, *, option: str, json_values: bool) -> dict[str, Any]:
@@ -125,49 +129,85 @@ def find_task_dirs(
     )
 
 
+def submit_one(
+    api: ApiClient, task_dir: Path, archive: bytes, body: dict[str, Any]
+) -> dict[str, Any]:
+    """Upload one task and create it; RequestFailed with the line to show when either fails."""
+    upload = api.request(
+        "POST",
+        "/tasks/upload",
+        retry=True,
+        raise_failures=True,
+        timeout=600,
+        files={"file": (f"{task_dir.name}.tar.gz", archive, "application/gzip")},
+    )
+    # A fresh key per task: should a timed-out request be sent again, the API answers with the
+    # task the first one created instead of a second task.
+    body = {**body, "upload_id": upload["upload_id"], "submission_key": str(uuid.uuid4())}
+    return api.request("POST", "/tasks/sweep", json=body, retry=True, raise_failures=True)
+
+
 def submit(
     api: ApiClient, task_dirs: list[Path], sweep_body: dict[str, Any], show_progress: bool
 ) -> tuple[str, list[dict[str, Any]]]:
-    """Upload and submit each task; the first one's experiment is every other one's."""
+    """Upload and submit each task, ``SUBMIT_CONCURRENCY`` at a time; the first one's experiment
+    is every other one's. Answers in the order of ``task_dirs``.
+
+    On the first failure no further task is started, those under way are let finish (they are
+    submitted: the count says so), and the failure is told once.
+    """
     experiment_id: str | None = sweep_body["experiment_id"]
-    created: list[dict[str, Any]] = []
+    done: dict[int, dict[str, Any]] = {}
+    failure: str | None = None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     try:
-        with Progress(*columns, console=stderr, transient=True, disable=not show_progress) as bar:
+        with (
+            Progress(*columns, console=stderr, transient=True, disable=not show_progress) as bar,
+            ThreadPoolExecutor(SUBMIT_CONCURRENCY, thread_name_prefix="submit") as pool,
+        ):
             step = bar.add_task("submitting tasks", total=len(task_dirs))
-            for task_dir in task_dirs:
+            running: dict[Future[dict[str, Any]], int] = {}
+
+            def settle(finished: set[Future[dict[str, Any]]]) -> None:
+                nonlocal failure
+                for future in sorted(finished, key=running.__getitem__):
+                    index = running.pop(future)
+                    try:
+                        task = future.result()
+                    except RequestFailed as exc:
+                        failure = failure or str(exc)
+                        continue
+                    if task.get("warning"):  # recorded; it starts once Temporal answers
+                        stderr.print(f"[yellow]warning:[/yellow] {escape(task['warning'])}")
+                    done[index] = task
+                    bar.advance(step)
+
+            for index, task_dir in enumerate(task_dirs):
+                # At most SUBMIT_CONCURRENCY archives in memory and requests in flight; until the
+                # experiment is known (the first task creates it) one request at a time.
+                while running and (len(running) >= SUBMIT_CONCURRENCY or experiment_id is None):
+                    settle(wait(running, return_when=FIRST_COMPLETED).done)
+                    if experiment_id is None and done:
+                        experiment_id = done[min(done)]["experiment"]
+                if failure is not None:
+                    break
                 bar.update(step, description=f"submitting {task_dir.name}")
-                archive = task_archive(task_dir)
-                upload = api.request(
-                    "POST",
-                    "/tasks/upload",
-                    retry=True,
-                    timeout=600,
-                    files={"file": (f"{task_dir.name}.tar.gz", archive, "application/gzip")},
-                )
-                # A fresh key per task: should a timed-out request be sent again, the API
-                # answers with the task the first one created instead of a second task.
-                body = {
-                    **sweep_body,
-                    "upload_id": upload["upload_id"],
-                    "experiment_id": experiment_id,
-                    "submission_key": str(uuid.uuid4()),
-                }
-                task = api.request("POST", "/tasks/sweep", json=body, retry=True)
-                if task.get("warning"):  # recorded; it starts once Temporal answers
-                    stderr.print(f"[yellow]warning:[/yellow] {escape(task['warning'])}")
-                experiment_id = experiment_id or task["experiment"]
-                created.append(task)
-                bar.advance(step)
+                archive = task_archive(task_dir)  # a task that cannot be packed exits here
+                body = {**sweep_body, "experiment_id": experiment_id}
+                running[pool.submit(submit_one, api, task_dir, archive, body)] = index
+            while running:
+                settle(wait(running).done)
+        if failure is not None:
+            fail(failure)
     except typer.Exit:
-        if created:
+        if done:
             stderr.print(
-                f"{len(created)} of {len(task_dirs)} tasks were submitted before the "
-                f"error, to experiment {experiment_id}"
+                f"{len(done)} of {len(task_dirs)} tasks were submitted before the "
+                f"error, to experiment {experiment_id or done[min(done)]['experiment']}"
             )
         raise
-    assert experiment_id is not None
-    return experiment_id, created
+    created = [done[i] for i in range(len(task_dirs))]
+    return experiment_id or created[0]["experiment"], created
 
 
 def print_summary(experiment_id: str, created: list[dict[str, Any]], names: list[str]) -> None:
