@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from oddish import queue
 from oddish.activities import ALL_ACTIVITIES, JUDGE_ACTIVITIES
@@ -28,6 +29,9 @@ from oddish.workflows import ALL_WORKFLOWS
 from oddish.workflows.task_workflow import judge_task_queue
 
 log = logging.getLogger(__name__)
+
+# Modules the workflow sandbox imports once for all workflows.
+PASSED_THROUGH = ("oddish", "pydantic", "pydantic_core", "sqlalchemy")
 
 # Judge calls mostly wait (for a slot of their model's key, for the provider): many at once cost
 # little.
@@ -120,6 +124,12 @@ async def _serve(
         client,
         task_queue=settings.temporal_task_queue,
         workflows=ALL_WORKFLOWS,
+        # Each workflow the worker takes up (a new task, or one evicted from its cache) imports
+        # its modules afresh in the sandbox: ~90 ms of CPU each, ~35 ms with these passed
+        # through. Our modules keep no mutable module state, and the others are libraries.
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSED_THROUGH)
+        ),
         activities=ALL_ACTIVITIES,
         max_concurrent_activities=max_concurrent_activities,
         # Eager dispatch would run every trial on the worker that holds the workflow;
