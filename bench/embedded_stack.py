@@ -61,7 +61,8 @@ async def embedded_stack(
         await migrations.upgrade()  # once, before workers start side by side
         workers = [_start_worker(work, i, env, json.dumps(limits)) for i in range(n_workers)]
         # Ready once every worker and each of its trial processes (one per core) listens.
-        trial_processes = int(env.get("ODDISH_TRIAL_PROCESSES") or os.cpu_count() or 1)
+        configured = env.get("ODDISH_TRIAL_PROCESSES") or os.environ.get("ODDISH_TRIAL_PROCESSES")
+        trial_processes = int(configured) if configured else os.cpu_count() or 1
 
         def ready(i: int) -> bool:
             text = (work / f"worker-{i}.log").read_text(errors="replace")
