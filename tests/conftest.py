@@ -77,9 +77,10 @@ def oddish_env(
         "ODDISH_TRIAL_RETRY_MAX_INTERVAL_SEC": "2",
         "ODDISH_DISPATCHER_POLL_INTERVAL_SEC": "2",
         "HARBOR_TELEMETRY": "0",
-        # One trial process per worker: the split is exercised, and the many workers the tests
-        # start cost one more process each, not one per core.
-        "ODDISH_TRIAL_PROCESSES": "1",
+        # Trials in the worker's main process, but for the fault tests and the end-to-end test
+        # (start_worker), which run them as deployments do, in a trial process of their own:
+        # each process costs a Python with Harbor imported, and the tests start many workers.
+        "ODDISH_TRIAL_PROCESSES": "0",
     }
     reset_settings(**env)
     return env
@@ -136,11 +137,26 @@ def task_queue(oddish_env: dict[str, str]) -> Iterator[str]:
 
 
 @pytest.fixture
-def start_worker(oddish_env: dict[str, str], task_queue: str, work_dir: Path, migrated: None):
+def start_worker(
+    oddish_env: dict[str, str],
+    task_queue: str,
+    work_dir: Path,
+    migrated: None,
+    request: pytest.FixtureRequest,
+):
     workers: list[WorkerProcess] = []
+    # Deaths, restarts and pauses are tested on workers as deployed: trials in a process of
+    # their own.
+    in_processes = "faults" in request.path.parts or request.path.name == "test_end_to_end.py"
 
     def start(*args: str, **extra_env: str) -> WorkerProcess:
-        env = {**os.environ, **oddish_env, "ODDISH_TEMPORAL_TASK_QUEUE": task_queue, **extra_env}
+        env = {
+            **os.environ,
+            **oddish_env,
+            "ODDISH_TEMPORAL_TASK_QUEUE": task_queue,
+            **({"ODDISH_TRIAL_PROCESSES": "1"} if in_processes else {}),
+            **extra_env,
+        }
         log_path = work_dir / f"worker-{task_queue}-{len(workers)}.log"
         with open(log_path, "wb") as out:
             process = subprocess.Popen(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -35,6 +37,23 @@ def reset_settings(**env: str) -> None:
     """Set environment variables and have oddish's settings read them again."""
     os.environ.update(env)
     get_settings.cache_clear()
+
+
+@contextlib.contextmanager
+def using_settings(**env: str) -> Iterator[None]:
+    """This process's settings with ``env`` until the block ends, when the previous ones come
+    back."""
+    saved = {name: os.environ.get(name) for name in env}
+    reset_settings(**env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        get_settings.cache_clear()
 
 
 async def submit(

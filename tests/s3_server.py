@@ -158,22 +158,11 @@ def using_s3(server: S3Server, prefix: str = "", **also_here: str) -> Iterator[d
     """This process stores in a new bucket of ``server`` (plus the settings ``also_here``) until
     the block ends, when the previous settings come back. Yields the S3 settings, for the
     workers the test starts."""
-    from helpers import reset_settings
-    from oddish.config import get_settings
+    from helpers import using_settings
 
     env = s3_settings(server, prefix)
-    mine = {**env, **also_here}
-    saved = {name: os.environ.get(name) for name in mine}
-    reset_settings(**mine)
-    try:
+    with using_settings(**env, **also_here):
         yield env
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session", name="s3_server")

@@ -11,12 +11,8 @@ to moto directly.
 
 from __future__ import annotations
 
-import json
-import re
 import secrets
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,8 +24,17 @@ from oddish.queue import get_task_with_trials
 from oddish.statuses import TERMINAL_JOB_STATUSES
 from oddish.storage import trial_output_prefix
 from oddish.workflows import workflow_id_for_task
-from s3_server import S3Server, s3_server_fixture, using_s3  # noqa: F401  (the fixture)
-from tcp_proxy import TcpProxy, tcp_proxy
+from s3_server import S3Server, s3_server_fixture  # noqa: F401  (the fixture)
+from storage_faults import (  # noqa: F401  (the fixtures)
+    agents_asleep,
+    assert_each_output_stored_once,
+    failed_tries,
+    proxy_fixture,
+    s3_env_fixture,
+    stored,
+    uploads_logged,
+)
+from tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -42,55 +47,6 @@ AGENT_SLEEP = f"9.{secrets.randbelow(900) + 100}"
 DOWN_AFTER_RESULTS_SEC = 14
 # ... and at least until every output's upload failed this often (so was tried again).
 MIN_FAILED_TRIES = 3
-
-
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[TcpProxy]:
-    with tcp_proxy(s3_server.endpoint) as started:
-        yield started
-
-
-@pytest.fixture
-def s3_env(s3_server: S3Server, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """S3 settings (a bucket of the test's own) for this process, talking to moto directly, and
-    for its worker (whose endpoint the test sets to the proxy); the previous settings come back
-    afterwards."""
-    prefix = f"outage-{secrets.token_hex(3)}/"
-    with using_s3(s3_server, prefix, ODDISH_TASKS_DIR=str(tmp_path / "submitter-tasks")) as env:
-        yield env
-
-
-def stored(server: S3Server, bucket: str, prefix: str) -> dict[str, bytes]:
-    """The objects under ``prefix``, by key relative to it."""
-    client = server.client()
-    listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
-    return {
-        item["Key"].removeprefix(prefix): client.get_object(Bucket=bucket, Key=item["Key"])[
-            "Body"
-        ].read()
-        for item in listed
-    }
-
-
-def agents_asleep() -> int:
-    """This test's sandboxed agents asleep right now (the sleep task's solve.sh)."""
-    out = subprocess.run(
-        ["pgrep", "-f", f"^sleep {re.escape(AGENT_SLEEP)}$"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    return len(out.split())
-
-
-def failed_tries(log: str, location: str) -> int:
-    """How often the worker's upload of an attempt's output failed, by its log."""
-    return log.count(f"output of {location}: storage failed")
-
-
-def uploads_logged(log: str) -> str:
-    """The worker's log lines about uploads of outputs."""
-    return "\n".join(line for line in log.splitlines() if "oddish.trial_output" in line)
 
 
 async def test_outputs_of_trials_finishing_while_storage_is_down_are_kept_and_uploaded(
@@ -127,7 +83,7 @@ async def test_outputs_of_trials_finishing_while_storage_is_down_are_kept_and_up
 
     # Every agent runs (so the worker has fetched the task's archive): the storage goes down.
     async def all_asleep() -> bool:
-        return agents_asleep() == N_TRIALS
+        return agents_asleep(AGENT_SLEEP) == N_TRIALS
 
     await poll(all_asleep, timeout=120, every=0.1, what=f"{N_TRIALS} agents asleep")
     proxy.stop()
@@ -199,26 +155,7 @@ async def test_outputs_of_trials_finishing_while_storage_is_down_are_kept_and_up
 
     assert task["status"] == "completed", task
     assert len(task["trials"]) == N_TRIALS
-    for trial in task["trials"]:
-        # Recorded once, by the one attempt that ran: no trial ran again.
-        assert (trial["status"], trial["reward"]) == ("success", 1.0), trial
-        assert [(a["number"], a["temporal_attempt"], a["status"]) for a in trial["attempts"]] == [
-            (1, 1, "success")
-        ], trial["attempts"]
-        location = locations[trial["id"]]
-        assert trial["harbor_trial_dir"] == trial["attempts"][0]["harbor_trial_dir"] == location
-        # The whole output is in the bucket, where the record says.
-        output = stored(s3_server, bucket, prefix + location)
-        result = json.loads(output["result.json"])
-        assert result["trial_name"] == "attempt-1"
-        assert result["verifier_result"]["rewards"] == {"reward": 1.0}
-        assert any(name.startswith("verifier/") for name in output), sorted(output)
-        assert any(name.startswith("agent/") for name in output), sorted(output)
-    # Outputs of these trials' first attempts, and of no other attempt.
-    uploaded = {tuple(key.split("/")[:2]) for key in stored(s3_server, bucket, outputs_prefix)}
-    assert uploaded == {(trial_id, "attempt-1") for trial_id in locations}, uploaded
-    # ... and no longer on the worker's disk.
-    assert list(jobs_dir.rglob("attempt-*")) == []
+    assert_each_output_stored_once(task, locations, s3_server, bucket, prefix, jobs_dir)
 
     # Each trial's activity ran once, its first attempt completing: no heartbeat timed out.
     history = await handle.fetch_history()

@@ -25,13 +25,12 @@ from helpers import (
     check_history,
     local,
     poll,
-    reset_settings,
     submit,
+    using_settings,
     wait_for_task,
 )
 from llm_server import JudgeServer, judge_server_fixture  # noqa: F401  (the fixture)
 from oddish import queue
-from oddish.config import get_settings
 from oddish.judge.models import JudgeNotConfigured
 from oddish.queue import create_task
 from oddish.schemas import TaskSubmission
@@ -55,17 +54,8 @@ def judge_settings(server: JudgeServer, **extra: str) -> Iterator[dict[str, str]
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         **extra,
     }
-    saved = {name: os.environ.get(name) for name in env}
-    reset_settings(**env)
-    try:
+    with using_settings(**env):
         yield env
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        get_settings.cache_clear()
 
 
 @pytest.fixture

@@ -93,16 +93,7 @@ async def _read(inp: VerdictInput) -> _Reading:
 
 
 async def _save(task_id: str, reading: _Reading, judged: Judged | None) -> str:
-    judge = None
-    if judged is not None:
-        judge = records.JudgeFields(
-            judgement=judged.judgement,
-            model=judged.model,
-            n_input_tokens=judged.n_input_tokens,
-            n_output_tokens=judged.n_output_tokens,
-            cost_usd=judged.cost_usd,
-            error_message=judged.error_message,
-        )
+    judge = None if judged is None else judged.fields()
     async with get_session() as session:
         await records.save_rule_analyses(session, reading.rule_analyses, ANALYZER)
         await records.save_verdict(

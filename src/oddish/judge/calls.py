@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from oddish.config import Settings
+from oddish.db.records import JudgeFields
 from oddish.judge import answers, evidence, prompts
 from oddish.judge.llm import JudgeAnswer, ask
 from oddish.judge.slot import judge_slot
@@ -24,6 +25,17 @@ class Judged:
     n_input_tokens: int
     n_output_tokens: int
     cost_usd: float | None
+
+    def fields(self) -> JudgeFields:
+        """What the analysis or verdict row records of it."""
+        return JudgeFields(
+            judgement=self.judgement,
+            model=self.model,
+            n_input_tokens=self.n_input_tokens,
+            n_output_tokens=self.n_output_tokens,
+            cost_usd=self.cost_usd,
+            error_message=self.error_message,
+        )
 
     @classmethod
     def of(cls, asked: JudgeAnswer[Any], judgement: dict[str, Any]) -> Judged:
