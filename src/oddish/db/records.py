@@ -513,19 +513,6 @@ async def list_experiments(session: AsyncSession) -> list[tuple[ExperimentModel,
     return [(experiment, count) for experiment, count in rows.all()]
 
 
-async def get_experiment(session: AsyncSession, experiment_id: str) -> ExperimentModel:
-    experiment = (
-        await session.execute(
-            select(ExperimentModel)
-            .where(ExperimentModel.id == experiment_id)
-            .options(selectinload(ExperimentModel.tasks).selectinload(TaskModel.trials))
-        )
-    ).scalar_one_or_none()
-    if experiment is None:
-        raise RecordNotFound(f"no experiment {experiment_id!r}")
-    return experiment
-
-
 async def experiment_row(session: AsyncSession, experiment_id: str) -> ExperimentModel:
     """The experiment alone (its tasks and trials are read in pages and aggregates)."""
     experiment = await session.get(ExperimentModel, experiment_id)
@@ -661,20 +648,6 @@ async def get_trial_by_index(session: AsyncSession, task_id: str, index: int) ->
     if trial is None:
         raise RecordNotFound(f"no trial {index} in task {task_id!r}")
     return trial
-
-
-async def delete_task(session: AsyncSession, task_id: str) -> None:
-    task = await session.get(TaskModel, task_id)
-    if task is None:
-        raise RecordNotFound(f"no task {task_id!r}")
-    await session.delete(task)
-
-
-async def delete_experiment(session: AsyncSession, experiment_id: str) -> None:
-    experiment = await session.get(ExperimentModel, experiment_id)
-    if experiment is None:
-        raise RecordNotFound(f"no experiment {experiment_id!r}")
-    await session.delete(experiment)
 
 
 async def rename_experiment(session: AsyncSession, experiment_id: str, name: str) -> None:
