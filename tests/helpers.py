@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -163,9 +164,9 @@ def max_overlap(spans: list[tuple[datetime, datetime]]) -> int:
     return peak
 
 
-def sleeping_sandboxes(seconds: int) -> str:
+def sleeping_sandboxes(seconds: float | str) -> str:
     return subprocess.run(
-        ["pgrep", "-af", f"^sleep {seconds}$"], capture_output=True, text=True
+        ["pgrep", "-af", f"^sleep {re.escape(str(seconds))}$"], capture_output=True, text=True
     ).stdout.strip()
 
 
@@ -232,10 +233,15 @@ def attempt_spans(
     return spans
 
 
-def sleeping(seconds: int) -> int:
-    """Sandboxed agents asleep for ``seconds`` right now (the sleep task's solve.sh)."""
+def sleeping(seconds: float | str) -> int:
+    """Sandboxed agents asleep for ``seconds`` right now (the sleep task's solve.sh). pgrep sees the
+    whole machine and test files run in parallel: each file that counts sleeps uses a duration no
+    other file uses (a fraction of its own)."""
     out = subprocess.run(
-        ["pgrep", "-f", f"^sleep {seconds}$"], capture_output=True, text=True, check=False
+        ["pgrep", "-f", f"^sleep {re.escape(str(seconds))}$"],
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout
     return len(out.split())
 

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(600)
 
 def sleeping_agents() -> str:
     return subprocess.run(
-        ["pgrep", "-af", "^sleep 8$"], capture_output=True, text=True
+        ["pgrep", "-af", "^sleep 8\\.03$"], capture_output=True, text=True
     ).stdout.strip()
 
 
@@ -37,7 +37,7 @@ async def test_killed_worker_trial_finishes_on_the_other_once(
     limits = json.dumps({key: 1})
     workers = [start_worker("--n-concurrent", limits), start_worker("--n-concurrent", limits)]
     task_id = await submit(
-        temporal_client, "sleep", local(model=key, agent_env={"ODDISH_SLEEP_SECONDS": "8"})
+        temporal_client, "sleep", local(model=key, agent_env={"ODDISH_SLEEP_SECONDS": "8.03"})
     )
 
     running = (await wait_until_running(task_id))["trials"][0]["attempts"][0]
@@ -74,7 +74,7 @@ async def test_worker_stopped_mid_trial_hands_the_trial_over(
     limits = json.dumps({key: 1})
     workers = [start_worker("--n-concurrent", limits), start_worker("--n-concurrent", limits)]
     task_id = await submit(
-        temporal_client, "sleep", local(model=key, agent_env={"ODDISH_SLEEP_SECONDS": "8"})
+        temporal_client, "sleep", local(model=key, agent_env={"ODDISH_SLEEP_SECONDS": "8.03"})
     )
     running = (await wait_until_running(task_id))["trials"][0]["attempts"][0]
     pid = int(running["worker"].rsplit(":", 1)[1])

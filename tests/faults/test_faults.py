@@ -104,13 +104,13 @@ async def test_cancel_with_trials_running_and_waiting(
     start_worker, temporal_client: Client
 ) -> None:
     """Two quick trials finish, four long ones run, four wait; then the task is cancelled."""
-    key, limit, long_sleep = unique_key("cancel-many"), 4, 67
+    key, limit, long_sleep = unique_key("cancel-many"), 4, "67.07"
     start_worker("--n-concurrent", json.dumps({key: limit}))
     task_id = await submit(
         temporal_client,
         "sleep",
         local(n_trials=2, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "1"}),
-        local(n_trials=8, model=key, agent_env={"ODDISH_SLEEP_SECONDS": str(long_sleep)}),
+        local(n_trials=8, model=key, agent_env={"ODDISH_SLEEP_SECONDS": long_sleep}),
     )
 
     async def four_running_four_waiting() -> dict | None:

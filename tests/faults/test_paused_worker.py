@@ -18,7 +18,7 @@ from helpers import local, poll, sleeping, submit, wait_for_task
 
 pytestmark = pytest.mark.timeout(600)
 
-AGENT_SEC = 3
+AGENT_SEC = 3.02
 AGENT_TIMEOUT_SEC = 8
 PAUSE_SEC = 14
 

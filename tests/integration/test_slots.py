@@ -127,20 +127,20 @@ async def test_terminated_workflow_gives_its_slots_back(
     task_id = await submit(
         temporal_client,
         "sleep",
-        local(n_trials=3, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "60"}),
+        local(n_trials=3, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "60.06"}),
     )
     await wait_until_running(task_id)
     for _ in range(300):
-        if sleeping_sandboxes(60):
+        if sleeping_sandboxes("60.06"):
             break
         await asyncio.sleep(0.1)
-    assert sleeping_sandboxes(60), "the running trial's agent is asleep in its sandbox"
+    assert sleeping_sandboxes("60.06"), "the running trial's agent is asleep in its sandbox"
     assert await slot_rows(key) == 3
     terminated = time.monotonic()
     await temporal_client.get_workflow_handle(f"task/{task_id}").terminate("operator says stop")
     sandbox_gone = slots_back = None
     for _ in range(400):
-        if sandbox_gone is None and not sleeping_sandboxes(60):
+        if sandbox_gone is None and not sleeping_sandboxes("60.06"):
             sandbox_gone = time.monotonic() - terminated
         task = await get_task_with_trials(task_id)
         if await slot_rows(key) == 0 and task["status"] == "cancelled":
