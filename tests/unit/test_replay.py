@@ -29,6 +29,9 @@ SCENARIOS = {
     # A large task (BATCH_PATCH): its trials in TrialBatchWorkflow children, each replayed too.
     "batched",
     "batched-batch-0",
+    # Status records as local activities (LOCAL_RECORDS_PATCH): a cancel and a retry update.
+    "local-records-cancelled",
+    "local-records-retry-running",
 }
 
 
