@@ -49,6 +49,9 @@ MIX: list[tuple[str, float | None, str | None]] = [
     ("retrying", None, None),
     ("success", 0.999, None),
     ("pending", None, None),
+    ("failed", None, "infrastructure_error"),
+    ("failed", 0.0, "verifier_error"),
+    ("success", None, "success"),
 ]
 AGENTS = [("oracle", None), ("claude-code", "anthropic/claude-sonnet-4-5"), ("nop", "")]
 
@@ -151,12 +154,13 @@ async def _trials_by_task(experiment_id: str) -> dict[str, list[TrialModel]]:
         return by_task
 
 
-def _approx(stats: dict[str, Any]) -> dict[str, Any]:
+def _approx(stats: Any) -> Any:
     """Sums in another order differ in the last bits of a float."""
-    return {
-        k: pytest.approx(v) if isinstance(v, float) and k in ("mean_reward", "pass_rate") else v
-        for k, v in stats.items()
-    }
+    if isinstance(stats, dict):
+        return {k: _approx(v) for k, v in stats.items()}
+    if isinstance(stats, list):
+        return [_approx(v) for v in stats]
+    return pytest.approx(stats) if isinstance(stats, float) else stats
 
 
 def _new_experiment() -> str:
@@ -186,6 +190,10 @@ async def test_sql_aggregates_equal_the_python_ones(migrated: None) -> None:
         usage = await records.judge_usage(session, experiment_id=experiment_id)
     assert usage["calls"] > 0 and usage["errors"] > 0 and usage["cost_usd"]
     assert view["judge_usage"] == {**usage, "cost_usd": pytest.approx(usage["cost_usd"])}
+    # Every result is in the mix, so SQL's rule and Python's are compared on each.
+    results = view["overall"]["scores"]["results"]
+    assert all(results.values()) and len(results) == 7, results
+    assert view["overall"]["scores"]["pass_at_k"], "tasks with scored trials give pass@k"
     expected = group_by_agent_model(trials)
     assert view["by_agent_model"].keys() == expected.keys()
     for key, stats in expected.items():
