@@ -22,8 +22,9 @@ from oddish.db.models import (
     TrialModel,
     VerdictModel,
 )
+from oddish.db.stats import trial_result_sql
 from oddish.statuses import (
-    RETRYABLE_TRIAL_STATUSES,
+    RETRYABLE_RESULTS,
     TERMINAL_JOB_STATUSES,
     TERMINAL_TASK_STATUSES,
     AttemptStatus,
@@ -529,8 +530,8 @@ async def experiment_task_ids(
     with_retryable_trials: bool = False,
 ) -> list[str]:
     """Ids of the experiment's tasks, oldest first; with ``unfinished`` only those not in a
-    terminal status, with ``with_retryable_trials`` only those with a failed or cancelled
-    trial. Raises RecordNotFound for an unknown experiment."""
+    terminal status, with ``with_retryable_trials`` only those with a trial that finished
+    without passing. Raises RecordNotFound for an unknown experiment."""
     await experiment_row(session, experiment_id)
     query = select(TaskModel.id).where(TaskModel.experiment_id == experiment_id)
     if unfinished:
@@ -540,7 +541,7 @@ async def experiment_task_ids(
             select(TrialModel.id)
             .where(
                 TrialModel.task_id == TaskModel.id,
-                TrialModel.status.in_([s.value for s in RETRYABLE_TRIAL_STATUSES]),
+                trial_result_sql().in_([r.value for r in RETRYABLE_RESULTS]),
             )
             .exists()
         )
