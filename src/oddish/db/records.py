@@ -25,6 +25,7 @@ from oddish.db.models import (
 from oddish.db.stats import trial_result_sql
 from oddish.statuses import (
     RETRYABLE_RESULTS,
+    RETRYABLE_TRIAL_STATUSES,
     TERMINAL_JOB_STATUSES,
     TERMINAL_TASK_STATUSES,
     AttemptStatus,
@@ -189,9 +190,10 @@ async def queue_trials_for_run(
 ) -> list[str]:
     """Put trials in line for run ``run_number``; returns those now waiting for a slot in it.
 
-    A new trial, or a failed or cancelled one of an earlier run, becomes ``queued`` with its
-    previous result cleared (its attempts stay). A trial already running or finished in this run
-    is left out, so a repeated request never puts a finished trial in line again.
+    A new trial, or a finished one of an earlier run (retried: it did not pass), becomes
+    ``queued`` with its previous result cleared (its attempts stay). A trial already running or
+    finished in this run is left out, so a repeated request never puts a finished trial in line
+    again.
     """
     await session.execute(
         update(TrialModel)
@@ -200,7 +202,7 @@ async def queue_trials_for_run(
             (TrialModel.status == JobStatus.PENDING)
             | (
                 (TrialModel.run_number < run_number)
-                & TrialModel.status.in_([JobStatus.FAILED, JobStatus.CANCELLED])
+                & TrialModel.status.in_([s.value for s in RETRYABLE_TRIAL_STATUSES])
             ),
         )
         .values(
