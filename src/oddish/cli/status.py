@@ -274,12 +274,14 @@ def status(
         oddish status --experiment ID --watch   # every task of an experiment, live until done
 
     A task is done when it is completed (its analyses and verdict included), failed or
-    cancelled. With `--json`: for TASK_ID the task object (id, status, ..., trials with id,
-    status, reward, rewards, error, attempts, started_at, finished_at; verdict). With
+    cancelled. With `--json`: for TASK_ID the task object (id, status, ..., scores, trials
+    with id, status, result, reward, rewards, error, attempts, started_at, finished_at;
+    verdict). With
     `--experiment`, `{"experiment": ID, "tasks": [...]}`: each task's summary (trial counts by
-    status, mean reward, verdict in brief) and its trials in brief (id, index, agent, model,
-    status, reward, rewards, outcome, error, started_at, finished_at; `oddish status TASK_ID`
-    has their attempts and analyses). Otherwise `{"tasks": [...]}` with every task in full.
+    status, mean reward, scores, verdict in brief) and its trials in brief (id, index, agent,
+    model, status, result, reward, rewards, outcome, error, started_at, finished_at; `oddish
+    status TASK_ID` has their attempts and analyses). Otherwise `{"tasks": [...]}` with every
+    task in full.
 
     A trial shows its result once it finished: passed (reward 1), partial, failed (reward 0),
     error (infrastructure or verifier: no reward), cancelled, unscored (verification

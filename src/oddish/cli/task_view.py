@@ -209,11 +209,13 @@ def passed_text(scores: dict[str, Any]) -> str:
 def tasks_table(tasks: list[dict[str, Any]], title: str | None = None) -> Table:
     table = Table(title=title, title_justify="left", expand=False)
     for column in ("task", "status", "trials finished", "trials", "passed", "mean reward"):
-        # Ids fold rather than being cut: every character stays, to be copied.
+        # The ids' column is the last to give way to a narrow terminal, and then folds: every
+        # character stays, to be copied.
         table.add_column(
             column,
             justify="right" if column in ("passed", "mean reward") else "left",
             overflow="fold",
+            no_wrap=column in ("task", "status", "passed", "mean reward"),
         )
     table.add_column("verdict", overflow="fold")
     for task in tasks:
@@ -242,7 +244,12 @@ def trials_table(task: dict[str, Any]) -> Table:
     for column in columns:
         numeric = column in ("#", "reward", "attempts")
         # Nothing is cut: an id folds onto a second line at worst (--wide keeps it on one).
-        table.add_column(column, justify="right" if numeric else "left", overflow="fold")
+        table.add_column(
+            column,
+            justify="right" if numeric else "left",
+            overflow="fold",
+            no_wrap=column in ("trial", "result"),
+        )
     for trial in task["trials"]:
         table.add_row(
             str(trial["index"]),
@@ -307,7 +314,7 @@ def scores_table(experiment: dict[str, Any]) -> Table:
     table = Table(
         title=f"scores of experiment {experiment['id']}", title_justify="left", expand=False
     )
-    table.add_column("agent / model", overflow="fold")
+    table.add_column("agent / model", overflow="fold", no_wrap=True)
     for column in ("tasks", "trials", "scored", "pass@1 [95% CI]", "pass@k", "mean reward"):
         table.add_column(column, justify="right", overflow="fold")
     table.add_column("errors", overflow="fold")
