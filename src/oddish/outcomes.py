@@ -3,10 +3,20 @@ failure to retry."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from oddish.statuses import JobStatus, OutcomeKind
+from oddish.statuses import (
+    ERROR_OUTCOMES,
+    TERMINAL_JOB_STATUSES,
+    JobStatus,
+    OutcomeKind,
+    TrialResult,
+)
+
+# Harbor's convention: a reward of 1 (or more) solves the task.
+PASS_REWARD = 1.0
 
 AGENT_TIMEOUT_ERRORS = {"AgentTimeoutError"}
 VERIFIER_ERRORS = {
@@ -86,3 +96,19 @@ def classify(exception_type: str | None, rewards: dict[str, Any] | None) -> Clas
     if exception_type == "CancelledError":
         return Classification(JobStatus.CANCELLED, OutcomeKind.CANCELLED, reward, False)
     return Classification(JobStatus.FAILED, OutcomeKind.INFRASTRUCTURE_ERROR, reward, True)
+
+
+def trial_result(status: str, outcome: str | None, reward: float | None) -> TrialResult | None:
+    """What a trial amounted to (None until it finished). ``oddish.db.stats.trial_result_sql``
+    is the same rule in SQL, for aggregates."""
+    if status not in TERMINAL_JOB_STATUSES:
+        return None
+    if status == JobStatus.CANCELLED or outcome == OutcomeKind.CANCELLED:
+        return TrialResult.CANCELLED
+    if outcome in ERROR_OUTCOMES or (status == JobStatus.FAILED and reward is None):
+        return TrialResult.ERROR
+    if reward is None:
+        return TrialResult.UNSCORED
+    if math.isnan(reward) or reward <= 0.0:
+        return TrialResult.FAILED
+    return TrialResult.PASSED if reward >= PASS_REWARD else TrialResult.PARTIAL

@@ -25,6 +25,7 @@ from oddish.db.models import AnalysisModel, TaskModel, TrialModel, VerdictModel
 from oddish.experiment import generate_experiment_name
 from oddish.ids import new_id
 from oddish.judge.models import judge_models
+from oddish.outcomes import trial_result
 from oddish.queue_keys import DEFAULT_LIMIT_KEY, limit_key
 from oddish.schemas import TaskSubmission
 from oddish.storage import get_storage, task_archive_key
@@ -38,6 +39,7 @@ from oddish.temporal_gateway import TemporalUnavailable, start_task_workflow
 from oddish.trial_stats import (
     PASS_THRESHOLD,
     groups_by_agent_model,
+    scores_of_trials,
     stats_of_groups,
     task_trial_summary,
 )
@@ -302,6 +304,7 @@ def trial_dict(trial: TrialModel) -> dict[str, Any]:
         "queue_key": trial.queue_key,
         "environment": trial.environment,
         **{f.name: getattr(trial, f.name) for f in dataclasses.fields(records.TrialResultFields)},
+        "result": trial_result(trial.status, trial.outcome, trial.reward),
         "started_at": _iso(trial.started_at),
         "finished_at": _iso(trial.finished_at),
         "attempts": [
@@ -482,6 +485,7 @@ async def get_experiment_trials(
         "trials": [
             {
                 **row,
+                "result": trial_result(row["status"], row["outcome"], row["reward"]),
                 "started_at": _iso(row["started_at"]),
                 "finished_at": _iso(row["finished_at"]),
             }
@@ -543,6 +547,7 @@ async def get_task_with_trials(task_id: str) -> dict[str, Any]:
             "error_message": task.error_message,
             "started_at": _iso(task.started_at),
             "trials": [trial_dict(t) for t in task.trials],
+            "scores": scores_of_trials(task.trials),
             "verdict": None
             if verdict is None
             else {

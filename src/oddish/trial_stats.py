@@ -2,19 +2,72 @@
 
 Two sources give the same figures: trial rows (a task's verdict, a few hundred trials), and the
 groups Postgres aggregates (``oddish.db.stats``) for views of whole experiments, where loading
-every row would cost seconds and hundreds of MB."""
+every row would cost seconds and hundreds of MB.
+
+``pass_rate`` and ``mean_reward`` count every trial, a missing reward as 0 (what the verdict
+was always given); ``scores`` are the figures of ``oddish.pass_rates``, over the trials that got
+a reward, errors counted apart. Both sources make per-task cells for it."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from oddish.db.models import TrialModel
 from oddish.db.stats import TaskStatusCount, TrialGroup
-from oddish.statuses import TERMINAL_JOB_STATUSES
+from oddish.outcomes import PASS_REWARD, trial_result
+from oddish.pass_rates import UNFINISHED, TaskCell, summarize
+from oddish.statuses import ERROR_RESULTS, SCORED_RESULTS, TERMINAL_JOB_STATUSES, TrialResult
 
-PASS_THRESHOLD = 1.0
+PASS_THRESHOLD = PASS_REWARD
+
+
+@dataclass
+class _CellCounts:
+    """A ``TaskCell`` being counted."""
+
+    results: Counter[str] = field(default_factory=Counter)
+    reward_sum: float = 0.0
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def add(self, result: str | None, outcome: str | None, trials: int, score_sum: float) -> None:
+        self.results[result or UNFINISHED] += trials
+        if result in SCORED_RESULTS:
+            self.reward_sum += score_sum
+        elif result in ERROR_RESULTS:
+            kind = "cancelled" if result == TrialResult.CANCELLED else outcome or "unknown"
+            self.errors[kind] += trials
+
+    def cell(self) -> TaskCell:
+        return TaskCell(dict(self.results), self.reward_sum, dict(self.errors))
+
+
+def _score(reward: float | None) -> float:
+    return 0.0 if reward is None or math.isnan(reward) else reward
+
+
+def scores_of_trials(trials: Iterable[TrialModel]) -> dict[str, Any]:
+    """``oddish.pass_rates.summarize`` of the trials, each task x agent/model one problem."""
+    cells: dict[tuple[str, str, str | None], _CellCounts] = {}
+    for t in trials:
+        result = trial_result(t.status, t.outcome, t.reward)
+        cell = cells.setdefault((t.task_id, t.agent, t.model), _CellCounts())
+        cell.add(result, t.outcome, 1, _score(t.reward))
+    return summarize(c.cell() for c in cells.values())
+
+
+def scores_of_groups(
+    groups: Iterable[TrialGroup | TaskStatusCount], *, with_pass_at_k: bool = True
+) -> dict[str, Any]:
+    """``scores_of_trials`` of the trials the aggregated groups stand for."""
+    cells: dict[tuple[str, str, str | None], _CellCounts] = {}
+    for g in groups:
+        cell = cells.setdefault((g.task_id, g.agent, g.model), _CellCounts())
+        cell.add(g.result, g.outcome, g.trials, g.score_sum)
+    return summarize((c.cell() for c in cells.values()), with_pass_at_k=with_pass_at_k)
 
 
 def group_stats(trials: list[TrialModel]) -> dict[str, Any]:
@@ -28,6 +81,7 @@ def group_stats(trials: list[TrialModel]) -> dict[str, Any]:
         "mean_reward": sum(rewards) / len(rewards) if rewards else None,
         "status_counts": dict(Counter(t.status for t in trials)),
         "outcome_counts": dict(Counter(t.outcome or "unknown" for t in trials)),
+        "scores": scores_of_trials(trials),
     }
 
 
@@ -39,11 +93,15 @@ def group_by_agent_model(trials: Iterable[TrialModel]) -> dict[str, dict[str, An
     groups: dict[str, list[TrialModel]] = {}
     for trial in trials:
         groups.setdefault(_agent_model(trial.agent, trial.model), []).append(trial)
-    return {key: group_stats(group) for key, group in sorted(groups.items())}
+    return {
+        key: {"agent": group[0].agent, "model": group[0].model, **group_stats(group)}
+        for key, group in sorted(groups.items())
+    }
 
 
 def stats_of_groups(groups: Iterable[TrialGroup]) -> dict[str, Any]:
     """``group_stats`` of the trials the aggregated groups stand for."""
+    groups = list(groups)
     n = passed = 0
     reward_sum = 0.0
     statuses: Counter[str] = Counter()
@@ -61,6 +119,7 @@ def stats_of_groups(groups: Iterable[TrialGroup]) -> dict[str, Any]:
         "mean_reward": reward_sum / n if n else None,
         "status_counts": dict(statuses),
         "outcome_counts": dict(outcomes),
+        "scores": scores_of_groups(groups),
     }
 
 
@@ -69,12 +128,17 @@ def groups_by_agent_model(groups: Iterable[TrialGroup]) -> dict[str, dict[str, A
     by_key: dict[str, list[TrialGroup]] = {}
     for g in groups:
         by_key.setdefault(_agent_model(g.agent, g.model), []).append(g)
-    return {key: stats_of_groups(part) for key, part in sorted(by_key.items())}
+    return {
+        key: {"agent": part[0].agent, "model": part[0].model, **stats_of_groups(part)}
+        for key, part in sorted(by_key.items())
+    }
 
 
 def task_trial_summary(counts: Iterable[TaskStatusCount]) -> dict[str, Any]:
     """A task's trial figures for lists, from its per-status counts: the mean reward is of
-    finished trials (a missing reward as 0), as ``group_stats`` of them gives it."""
+    finished trials (a missing reward as 0), as ``group_stats`` of them gives it; ``scores`` as
+    ``oddish.pass_rates`` gives them (each agent/model of the task one problem)."""
+    counts = list(counts)
     total = finished = 0
     finished_reward = 0.0
     by_status: dict[str, int] = {}
@@ -89,4 +153,5 @@ def task_trial_summary(counts: Iterable[TaskStatusCount]) -> dict[str, Any]:
         "trials_finished": finished,
         "trial_status_counts": by_status,
         "mean_reward": finished_reward / finished if finished else None,
+        "scores": scores_of_groups(counts, with_pass_at_k=False),
     }

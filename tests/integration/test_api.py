@@ -336,10 +336,12 @@ async def test_cancel_delete_and_rename(
         assert (await http.post(f"/tasks/{done}/cancel")).json()["status"] == "completed"
 
         refused = await http.post(f"/tasks/{done}/retry")
-        assert refused.status_code == 409 and "no failed or cancelled" in refused.json()["detail"]
+        assert (
+            refused.status_code == 409 and "no trials that did not pass" in refused.json()["detail"]
+        )
         done_trial = (await http.get(f"/tasks/{done}")).json()["trials"][0]["id"]
         refused = await http.post(f"/trials/{done_trial}/retry")
-        assert refused.status_code == 409 and "success" in refused.json()["detail"]
+        assert refused.status_code == 409 and f"{done_trial} has passed" in refused.json()["detail"]
         retried = (await http.post(f"/experiments/{experiment}/retry")).json()
         assert [t["task_id"] for t in retried["tasks"]] == [running]
         assert sorted(retried["tasks"][0]["retried"]) == sorted(t["id"] for t in task["trials"])

@@ -114,7 +114,7 @@ def test_help_explains_every_command() -> None:
 
 def test_run_json_then_watch_and_status(api: str) -> None:
     submitted = ok_json(api, "run", HELLO, PARTIAL, *LOCAL_ORACLE, "--n-trials", "2", "--json")
-    assert set(submitted) == {"experiment", "total_trials", "tasks"}
+    assert set(submitted) == {"experiment", "experiment_url", "total_trials", "tasks"}
     assert submitted["total_trials"] == 4 and len(submitted["tasks"]) == 2
     for task in submitted["tasks"]:
         assert set(task) == {"id", "trials_count", "url"} and task["trials_count"] == 2

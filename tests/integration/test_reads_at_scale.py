@@ -29,7 +29,8 @@ from oddish.db.models import (
     TrialModel,
     VerdictModel,
 )
-from oddish.statuses import TERMINAL_JOB_STATUSES
+from oddish.outcomes import trial_result
+from oddish.statuses import RETRYABLE_RESULTS, TERMINAL_JOB_STATUSES
 from oddish.trial_stats import group_by_agent_model, group_stats
 
 pytestmark = pytest.mark.timeout(300)
@@ -49,6 +50,9 @@ MIX: list[tuple[str, float | None, str | None]] = [
     ("retrying", None, None),
     ("success", 0.999, None),
     ("pending", None, None),
+    ("failed", None, "infrastructure_error"),
+    ("failed", 0.0, "verifier_error"),
+    ("success", None, "success"),
 ]
 AGENTS = [("oracle", None), ("claude-code", "anthropic/claude-sonnet-4-5"), ("nop", "")]
 
@@ -151,12 +155,13 @@ async def _trials_by_task(experiment_id: str) -> dict[str, list[TrialModel]]:
         return by_task
 
 
-def _approx(stats: dict[str, Any]) -> dict[str, Any]:
+def _approx(stats: Any) -> Any:
     """Sums in another order differ in the last bits of a float."""
-    return {
-        k: pytest.approx(v) if isinstance(v, float) and k in ("mean_reward", "pass_rate") else v
-        for k, v in stats.items()
-    }
+    if isinstance(stats, dict):
+        return {k: _approx(v) for k, v in stats.items()}
+    if isinstance(stats, list):
+        return [_approx(v) for v in stats]
+    return pytest.approx(stats) if isinstance(stats, float) else stats
 
 
 def _new_experiment() -> str:
@@ -186,6 +191,10 @@ async def test_sql_aggregates_equal_the_python_ones(migrated: None) -> None:
         usage = await records.judge_usage(session, experiment_id=experiment_id)
     assert usage["calls"] > 0 and usage["errors"] > 0 and usage["cost_usd"]
     assert view["judge_usage"] == {**usage, "cost_usd": pytest.approx(usage["cost_usd"])}
+    # Every result is in the mix, so SQL's rule and Python's are compared on each.
+    results = view["overall"]["scores"]["results"]
+    assert all(results.values()) and len(results) == 7, results
+    assert view["overall"]["scores"]["pass_at_k"], "tasks with scored trials give pass@k"
     expected = group_by_agent_model(trials)
     assert view["by_agent_model"].keys() == expected.keys()
     for key, stats in expected.items():
@@ -333,8 +342,16 @@ async def test_cancel_and_delete_an_experiment_by_statements(temporal_client: Cl
             session, experiment_id, with_retryable_trials=True
         )
     by_task = await _trials_by_task(experiment_id)
+    # Tasks with a finished trial that did not pass, a reward below 1 recorded as success too.
     assert sorted(retryable) == sorted(
-        t for t, ts in by_task.items() if any(x.status in ("failed", "cancelled") for x in ts)
+        t
+        for t, ts in by_task.items()
+        if any(trial_result(x.status, x.outcome, x.reward) in RETRYABLE_RESULTS for x in ts)
+    )
+    assert any(
+        x.status == "success" and trial_result(x.status, x.outcome, x.reward) == "partial"
+        for ts in by_task.values()
+        for x in ts
     )
 
     cancelled = await task_control.cancel_experiment(experiment_id, client=temporal_client)

@@ -93,7 +93,7 @@ async def test_retry_of_a_finished_task_reruns_only_its_two_failed_trials(
     assert len(report.runs) == 2 and report.deterministic, report.message
     await check_history(temporal_client, task_id, "retry-finished")
 
-    with pytest.raises(task_retry.RetryRefused, match="no failed or cancelled trials"):
+    with pytest.raises(task_retry.RetryRefused, match="no trials that did not pass"):
         await task_retry.retry_task(task_id, client=temporal_client)
 
 
@@ -116,7 +116,7 @@ async def test_retry_of_a_running_task_is_an_update_of_its_workflow(
 
     # A trial still running cannot be retried; the refusal says why.
     running = next(t["id"] for t in task["trials"] if t["id"] not in failed)
-    with pytest.raises(task_retry.RetryRefused, match="only failed or cancelled"):
+    with pytest.raises(task_retry.RetryRefused, match="only finished trials that did not pass"):
         await task_retry.retry_task(task_id, client=temporal_client, trial_ids=[running])
 
     outage_file.unlink()

@@ -193,7 +193,7 @@ def build_router() -> APIRouter:
 
     @router.post(
         "/tasks/{task_id}/retry",
-        summary="Run a task's failed and cancelled trials again, then redo its verdict",
+        summary="Run a task's trials that did not pass again, then redo its verdict",
         responses=REFUSED,
     )
     async def retry_task(task_id: str, request: Request) -> dict[str, Any]:
@@ -202,7 +202,7 @@ def build_router() -> APIRouter:
 
     @router.post(
         "/trials/{trial_id}/retry",
-        summary="Run a failed or cancelled trial again",
+        summary="Run a trial that did not pass (partial, failed, error, cancelled) again",
         responses=REFUSED,
     )
     async def retry_trial(trial_id: str, request: Request) -> dict[str, Any]:
@@ -211,7 +211,7 @@ def build_router() -> APIRouter:
 
     @router.post(
         "/experiments/{experiment_id}/retry",
-        summary="Run the failed and cancelled trials of every task of an experiment again",
+        summary="Run the trials that did not pass of every task of an experiment again",
         responses=REFUSED,
     )
     async def retry_experiment(experiment_id: str, request: Request) -> dict[str, Any]:

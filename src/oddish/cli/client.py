@@ -23,6 +23,22 @@ def api_url() -> str:
     return os.environ.get("ODDISH_API_URL", "").strip().rstrip("/") or DEFAULT_API_URL
 
 
+def dashboard_url() -> str:
+    """The dashboard's base: ``ODDISH_DASHBOARD_URL``, else ``ODDISH_DEFAULT_DASHBOARD_URL``,
+    else the API's own pages (``<api>/ui``)."""
+    for name in ("ODDISH_DASHBOARD_URL", "ODDISH_DEFAULT_DASHBOARD_URL"):
+        value = os.environ.get(name, "").strip().rstrip("/")
+        if value:
+            return value
+    return f"{api_url()}/ui"
+
+
+def dashboard_page(kind: str, id_: str) -> str:
+    """The dashboard's page of an experiment, task or trial (``kind``: experiments, tasks,
+    trials)."""
+    return dashboard_url() + path_of(kind, id_)
+
+
 def path_of(*parts: str) -> str:
     """A URL path from ids and keys, each quoted (queue keys keep their slashes)."""
     return "/" + "/".join(quote(part, safe="/") for part in parts)

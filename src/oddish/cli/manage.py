@@ -117,14 +117,14 @@ def retry(
         "--experiment",
         "-E",
         show_default=False,
-        help="retry the failed trials of every task of it",
+        help="retry the trials that did not pass of every task of it",
     ),
     json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Run failed and cancelled trials again.
+    """Run the trials that did not pass again (partial, failed, error or cancelled).
 
     One trial (`trial-...`), those of a task (`task-...`), or those of every task of an
-    experiment (`--experiment ID`, or an `exp-...` id). Successful trials are kept. Exits 1 when
+    experiment (`--experiment ID`, or an `exp-...` id). Passed trials are kept. Exits 1 when
     there is nothing to retry.
     """
     if target_id and target_id.startswith("exp-") and not experiment:

@@ -13,9 +13,9 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from oddish.cli.client import ApiClient, RequestFailed
+from oddish.cli.client import ApiClient, RequestFailed, dashboard_page
 from oddish.cli.output import fail, print_json, stderr, stdout
-from oddish.cli.status import TaskSet, show
+from oddish.cli.status import FAIL_UNDER_HELP, WIDE_HELP, TaskSet, Watch, show
 from oddish.cli.sweep_file import SweepFile, load_sweep_file, parse_priority
 from oddish.cli.task_source import (
     select_tasks,
@@ -224,6 +224,7 @@ def print_summary(experiment_id: str, created: list[dict[str, Any]], names: list
         else f"oddish status --experiment {experiment_id} --watch"
     )
     stdout.print(f"follow with: [bold]{follow}[/bold]", highlight=False)
+    stdout.print(f"dashboard: {dashboard_page('experiments', experiment_id)}", highlight=False)
 
 
 def run(
@@ -379,14 +380,24 @@ def run(
     json_output: bool = typer.Option(
         False,
         "--json",
-        help='print only {"experiment", "total_trials", "tasks": [{"id", "trials_count", '
-        '"url"}]}; implies --background',
+        help='print only {"experiment", "experiment_url", "total_trials", "tasks": [{"id", '
+        '"trials_count", "url"}]} (the urls: dashboard pages); implies --background',
     ),
+    fail_under: float | None = typer.Option(
+        None, "--fail-under", show_default=False, help=FAIL_UNDER_HELP
+    ),
+    wide: bool = typer.Option(False, "--wide", help=WIDE_HELP),
 ) -> None:
     """Run Harbor tasks: upload each task directory and start its trials.
 
     Every task of one run joins one experiment. The run is watched until it is done (Ctrl+C
-    stops watching, not the tasks); `--background` or `--json` return at once.
+    stops watching, not the tasks), then the experiment's scores per agent/model are printed;
+    `--background` or `--json` return at once. Outside a terminal the watch prints one line
+    per change (for CI logs).
+
+    Exit codes of a watched run: 0 when every trial got a reward (passed, partial or failed);
+    1 when any trial ended in an error (infrastructure, verifier) or was cancelled, or the mean
+    reward is below `--fail-under`, or the API failed; 2 for bad input; 130 when interrupted.
 
         oddish run ./my-task -a claude-code -m claude-sonnet-4-5 --n-trials 5
         oddish run ./tasks/* -a oracle --env local --json
@@ -413,6 +424,11 @@ def run(
         priority: high
         experiment_id: my-experiment
     """
+    if fail_under is not None and (json_output or background or not watch):
+        raise typer.BadParameter(
+            "--fail-under judges a watched run: not with --json, --background or --no-watch",
+            param_hint="'--fail-under'",
+        )
     sweep = load_sweep_file(config) if config else None
     if sweep and (agents or models or n_trials is not None):
         raise typer.BadParameter(
@@ -482,9 +498,14 @@ def run(
             print_json(
                 {
                     "experiment": experiment_id,
+                    "experiment_url": dashboard_page("experiments", experiment_id),
                     "total_trials": sum(t["trials_count"] for t in created),
                     "tasks": [
-                        {"id": t["id"], "trials_count": t["trials_count"], "url": t["url"]}
+                        {
+                            "id": t["id"],
+                            "trials_count": t["trials_count"],
+                            "url": dashboard_page("tasks", t["id"]),
+                        }
                         for t in created
                     ],
                 }
@@ -495,10 +516,18 @@ def run(
             return
         stdout.print()
         tasks = (
-            TaskSet(api, task_id=created[0]["id"])
+            TaskSet(api, task_id=created[0]["id"], scores_of=experiment_id)
             if len(created) == 1
-            else TaskSet(api, experiment=experiment_id, only={t["id"] for t in created})
+            else TaskSet(
+                api,
+                experiment=experiment_id,
+                only={t["id"] for t in created},
+                scores_of=experiment_id,
+            )
         )
         show(
-            tasks, watch=True, json_output=False, as_json=list, title=f"experiment {experiment_id}"
+            tasks,
+            Watch(watch=True, wide=wide, fail_under=fail_under),
+            as_json=list,
+            title=f"experiment {experiment_id}",
         )

@@ -22,7 +22,9 @@ from oddish.db.models import (
     TrialModel,
     VerdictModel,
 )
+from oddish.db.stats import trial_result_sql
 from oddish.statuses import (
+    RETRYABLE_RESULTS,
     RETRYABLE_TRIAL_STATUSES,
     TERMINAL_JOB_STATUSES,
     TERMINAL_TASK_STATUSES,
@@ -188,9 +190,10 @@ async def queue_trials_for_run(
 ) -> list[str]:
     """Put trials in line for run ``run_number``; returns those now waiting for a slot in it.
 
-    A new trial, or a failed or cancelled one of an earlier run, becomes ``queued`` with its
-    previous result cleared (its attempts stay). A trial already running or finished in this run
-    is left out, so a repeated request never puts a finished trial in line again.
+    A new trial, or a finished one of an earlier run (retried: it did not pass), becomes
+    ``queued`` with its previous result cleared (its attempts stay). A trial already running or
+    finished in this run is left out, so a repeated request never puts a finished trial in line
+    again.
     """
     await session.execute(
         update(TrialModel)
@@ -199,7 +202,7 @@ async def queue_trials_for_run(
             (TrialModel.status == JobStatus.PENDING)
             | (
                 (TrialModel.run_number < run_number)
-                & TrialModel.status.in_([JobStatus.FAILED, JobStatus.CANCELLED])
+                & TrialModel.status.in_([s.value for s in RETRYABLE_TRIAL_STATUSES])
             ),
         )
         .values(
@@ -529,8 +532,8 @@ async def experiment_task_ids(
     with_retryable_trials: bool = False,
 ) -> list[str]:
     """Ids of the experiment's tasks, oldest first; with ``unfinished`` only those not in a
-    terminal status, with ``with_retryable_trials`` only those with a failed or cancelled
-    trial. Raises RecordNotFound for an unknown experiment."""
+    terminal status, with ``with_retryable_trials`` only those with a trial that finished
+    without passing. Raises RecordNotFound for an unknown experiment."""
     await experiment_row(session, experiment_id)
     query = select(TaskModel.id).where(TaskModel.experiment_id == experiment_id)
     if unfinished:
@@ -540,7 +543,7 @@ async def experiment_task_ids(
             select(TrialModel.id)
             .where(
                 TrialModel.task_id == TaskModel.id,
-                TrialModel.status.in_([s.value for s in RETRYABLE_TRIAL_STATUSES]),
+                trial_result_sql().in_([r.value for r in RETRYABLE_RESULTS]),
             )
             .exists()
         )

@@ -7,24 +7,68 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, case, func, literal, literal_column, null, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from oddish.db.models import AnalysisModel, TaskModel, TrialModel, VerdictModel
+from oddish.outcomes import PASS_REWARD
+from oddish.statuses import (
+    ERROR_OUTCOMES,
+    TERMINAL_JOB_STATUSES,
+    JobStatus,
+    OutcomeKind,
+    TrialResult,
+)
+
+NAN = float("nan")
+
+
+def trial_result_sql() -> ColumnElement[str | None]:
+    """``oddish.outcomes.trial_result`` of a trial row, in SQL (NULL until it finished)."""
+    reward = TrialModel.reward
+    return case(
+        (TrialModel.status.not_in([s.value for s in TERMINAL_JOB_STATUSES]), null()),
+        (
+            (TrialModel.status == JobStatus.CANCELLED.value)
+            | (TrialModel.outcome == OutcomeKind.CANCELLED.value),
+            literal(TrialResult.CANCELLED.value),
+        ),
+        (
+            TrialModel.outcome.in_([o.value for o in ERROR_OUTCOMES])
+            | ((TrialModel.status == JobStatus.FAILED.value) & reward.is_(None)),
+            literal(TrialResult.ERROR.value),
+        ),
+        (reward.is_(None), literal(TrialResult.UNSCORED.value)),
+        # NaN sorts above every number in Postgres: a NaN reward is a failure, as in Python.
+        ((reward == NAN) | (reward <= 0.0), literal(TrialResult.FAILED.value)),
+        (reward >= PASS_REWARD, literal(TrialResult.PASSED.value)),
+        else_=literal(TrialResult.PARTIAL.value),
+    )
+
+
+def _score_sum() -> ColumnElement[float]:
+    """The sum of the rewards of a group's trials, a NaN counted as 0 (a failure scores 0)."""
+    return func.coalesce(
+        func.sum(case((TrialModel.reward == NAN, 0.0), else_=TrialModel.reward)), 0.0
+    )
 
 
 @dataclass(frozen=True)
 class TrialGroup:
-    """The trials of one (agent, model, status, outcome): how many, how many passed, and the
-    sum of their rewards with a missing reward counted as 0."""
+    """The trials of one (task, agent, model, status, outcome, result): how many, how many
+    passed, the sum of their rewards with a missing reward counted as 0, and the sum of the
+    rewards they have with a NaN counted as 0 (what ``oddish.pass_rates`` averages)."""
 
+    task_id: str
     agent: str
     model: str | None
     status: str
     outcome: str | None
+    result: str | None
     trials: int
     passed: int
     reward_sum: float
+    score_sum: float
     judge: JudgeUsage
 
 
@@ -77,31 +121,42 @@ def _usage(calls: int, errors: int, tokens_in: Any, tokens_out: Any, cost: Any) 
 
 @dataclass(frozen=True)
 class TaskStatusCount:
-    """The trials of one task in one status, and the sum of their rewards (missing as 0)."""
+    """The trials of one task by one agent/model in one status, outcome and result: how many,
+    the sum of their rewards (missing as 0), and the sum of the rewards they have (NaN as 0)."""
 
     task_id: str
+    agent: str
+    model: str | None
     status: str
+    outcome: str | None
+    result: str | None
     trials: int
     reward_sum: float
+    score_sum: float
 
 
 async def experiment_trial_groups(
     session: AsyncSession, experiment_id: str, *, pass_threshold: float
 ) -> list[TrialGroup]:
-    """Every (agent, model, status, outcome) group of the experiment's trials."""
+    """Every (task, agent, model, status, outcome, result) group of the experiment's trials: a
+    few per task and agent/model, what pass@k needs (``oddish.pass_rates``)."""
     # A trial without a reward (it failed before scoring) counts as 0, as in trial_stats.
     reward = func.coalesce(TrialModel.reward, 0.0)
+    result = trial_result_sql()
     rows = await session.execute(
         select(
+            TrialModel.task_id,
             TrialModel.agent,
             TrialModel.model,
             TrialModel.status,
             TrialModel.outcome,
+            result,
             func.count(),
             # NaN sorts above every number in Postgres but compares false in Python: excluded,
             # as the Python computation does.
             func.count().filter((reward >= pass_threshold) & (reward != float("nan"))),
             func.coalesce(func.sum(reward), 0.0),
+            _score_sum(),
             *_usage_columns(AnalysisModel, AnalysisModel.trial_id),
         )
         .join(TaskModel, TaskModel.id == TrialModel.task_id)
@@ -112,11 +167,33 @@ async def experiment_trial_groups(
             (AnalysisModel.trial_id == TrialModel.id) & AnalysisModel.model.is_not(None),
         )
         .where(TaskModel.experiment_id == experiment_id)
-        .group_by(TrialModel.agent, TrialModel.model, TrialModel.status, TrialModel.outcome)
+        # The result follows from the columns grouped and the reward: grouped by its position.
+        .group_by(
+            TrialModel.task_id,
+            TrialModel.agent,
+            TrialModel.model,
+            TrialModel.status,
+            TrialModel.outcome,
+            literal_column("6"),
+        )
     )
     return [
-        TrialGroup(agent, model, status, outcome, int(n), int(passed), float(total), _usage(*usage))
-        for agent, model, status, outcome, n, passed, total, *usage in rows.all()
+        TrialGroup(
+            task_id,
+            agent,
+            model,
+            status,
+            outcome,
+            result,
+            int(n),
+            int(passed),
+            float(total),
+            float(scores),
+            _usage(*usage),
+        )
+        for task_id, agent, model, status, outcome, result, n, passed, total, scores, *usage in (
+            rows.all()
+        )
     ]
 
 
@@ -133,21 +210,36 @@ async def experiment_verdict_usage(session: AsyncSession, experiment_id: str) ->
 
 
 async def task_status_counts(session: AsyncSession, task_ids: list[str]) -> list[TaskStatusCount]:
-    """Per task and trial status: the trials and the sum of their rewards."""
+    """Per task, agent/model, trial status, outcome and result: the trials and the sums of
+    their rewards."""
     if not task_ids:
         return []
     reward = func.coalesce(TrialModel.reward, 0.0)
     rows = await session.execute(
         select(
             TrialModel.task_id,
+            TrialModel.agent,
+            TrialModel.model,
             TrialModel.status,
+            TrialModel.outcome,
+            trial_result_sql(),
             func.count(),
             func.coalesce(func.sum(reward), 0.0),
+            _score_sum(),
         )
         .where(TrialModel.task_id.in_(task_ids))
-        .group_by(TrialModel.task_id, TrialModel.status)
+        .group_by(
+            TrialModel.task_id,
+            TrialModel.agent,
+            TrialModel.model,
+            TrialModel.status,
+            TrialModel.outcome,
+            literal_column("6"),
+        )
     )
     return [
-        TaskStatusCount(task_id, status, int(n), float(total))
-        for task_id, status, n, total in rows.all()
+        TaskStatusCount(
+            task_id, agent, model, status, outcome, result, int(n), float(total), float(scores)
+        )
+        for task_id, agent, model, status, outcome, result, n, total, scores in rows.all()
     ]
