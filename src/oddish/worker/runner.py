@@ -21,6 +21,7 @@ from oddish.db import migrations
 from oddish.db.connection import dispose_engine
 from oddish.storage import get_storage
 from oddish.temporal_gateway import TemporalNotConfigured, connect, reconnect_delays
+from oddish.worker.build_id import WORKER_BUILD_ID
 from oddish.worker.dispatcher import SlotDispatcher
 from oddish.worker.health import WorkerHealth
 from oddish.worker.output_sweep import sweep_periodically
@@ -123,6 +124,7 @@ async def _serve(
     worker = Worker(
         client,
         task_queue=settings.temporal_task_queue,
+        build_id=WORKER_BUILD_ID,
         workflows=ALL_WORKFLOWS,
         # Each workflow the worker takes up (a new task, or one evicted from its cache) imports
         # its modules afresh in the sandbox: ~90 ms of CPU each, ~35 ms with these passed
@@ -145,6 +147,7 @@ async def _serve(
     judge_worker = Worker(
         client,
         task_queue=judge_task_queue(settings.temporal_task_queue),
+        build_id=WORKER_BUILD_ID,
         activities=JUDGE_ACTIVITIES,
         max_concurrent_activities=JUDGE_MAX_CONCURRENT_ACTIVITIES,
         graceful_shutdown_timeout=timedelta(seconds=5),

@@ -35,6 +35,7 @@ from oddish.activities.trial import WORKER_PID_VARIABLE, run_trial
 from oddish.config import Settings, get_settings
 from oddish.db.connection import dispose_engine
 from oddish.temporal_gateway import TemporalNotConfigured, connect, reconnect_delays
+from oddish.worker.build_id import WORKER_BUILD_ID
 from oddish.workflows.task_workflow import trial_task_queue
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def trial_worker(client: Client, settings: Settings) -> Worker:
     return Worker(
         client,
         task_queue=trial_task_queue(settings.temporal_task_queue),
+        build_id=WORKER_BUILD_ID,
         activities=[run_trial],
         max_concurrent_activities=MAX_CONCURRENT_TRIALS,
         graceful_shutdown_timeout=timedelta(seconds=5),
