@@ -195,3 +195,12 @@ def api(
     yield url
     process.terminate()
     process.wait(timeout=20)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Each phase's report on its test (``item.report_call``, say), for fixtures that act when a
+    test failed (the browser tests' screenshot)."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import logging
 import tempfile
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -41,7 +42,10 @@ from oddish.trial_stats import (
     groups_by_agent_model,
     scores_of_trials,
     stats_of_groups,
+    task_matrix,
     task_trial_summary,
+    usage_by_agent_model,
+    usage_of_groups,
 )
 from oddish.workflows import workflow_id_for_task
 
@@ -363,19 +367,27 @@ def _task_fields(task: TaskModel) -> dict[str, Any]:
     }
 
 
-async def task_summaries(session: AsyncSession, tasks: list[TaskModel]) -> list[dict[str, Any]]:
+async def task_summaries(
+    session: AsyncSession,
+    tasks: list[TaskModel],
+    *,
+    counts: Iterable[stats.TaskStatusCount | stats.TrialGroup] | None = None,
+) -> list[dict[str, Any]]:
     """The tasks without their trials' details (for lists): trial counts by status and the
-    mean reward of finished trials, aggregated by Postgres, and each task's verdict in brief."""
+    mean reward of finished trials, aggregated by Postgres, and each task's verdict in brief.
+    ``counts`` are the trial groups of (at least) these tasks when the caller has them already
+    (an experiment's view); otherwise Postgres counts them."""
     ids = [t.id for t in tasks]
-    counts: dict[str, list[stats.TaskStatusCount]] = {t: [] for t in ids}
-    for count in await stats.task_status_counts(session, ids):
-        counts[count.task_id].append(count)
+    by_task: dict[str, list[stats.TaskStatusCount | stats.TrialGroup]] = {t: [] for t in ids}
+    for count in await stats.task_status_counts(session, ids) if counts is None else counts:
+        if count.task_id in by_task:
+            by_task[count.task_id].append(count)
     verdicts = await records.verdicts_of(session, ids)
     return [
         {
             **_task_fields(task),
             "error_message": task.error_message,
-            **task_trial_summary(counts[task.id]),
+            **task_trial_summary(by_task[task.id]),
             "verdict": _verdict_brief(verdicts.get(task.id)),
         }
         for task in tasks
@@ -420,12 +432,31 @@ async def list_tasks(
 
 
 async def list_experiments() -> list[dict[str, Any]]:
+    """Every experiment, newest first, with its tasks and its trials in figures: how many, how
+    many ended, got a reward (scored), passed and ended in an error or were cancelled, pass@1
+    (passed over scored, as in ``scores``), and the agents' cost."""
     async with get_session() as session:
         rows = await records.list_experiments(session)
-    return [
-        {"id": e.id, "name": e.name, "created_at": _iso(e.created_at), "tasks_count": n}
-        for e, n in rows
-    ]
+        totals = await stats.experiment_totals(session, [e.id for e, _ in rows])
+    listed = []
+    for e, n in rows:
+        figures = totals.get(e.id) or stats.ExperimentTotals(e.id, 0, 0, 0, 0, 0, None)
+        listed.append(
+            {
+                "id": e.id,
+                "name": e.name,
+                "created_at": _iso(e.created_at),
+                "tasks_count": n,
+                "trials_count": figures.trials,
+                "trials_finished": figures.finished,
+                "trials_scored": figures.scored,
+                "trials_passed": figures.passed,
+                "trials_errored": figures.errored,
+                "pass_at_1": figures.passed / figures.scored if figures.scored else None,
+                "cost_usd": figures.cost_usd,
+            }
+        )
+    return listed
 
 
 async def get_experiment(
@@ -433,7 +464,9 @@ async def get_experiment(
 ) -> dict[str, Any]:
     """The experiment (by id, or by name), one page of its tasks (newest first, as /tasks
     pages them), and over all its trials and per agent/model: trials, pass rate, mean reward,
-    statuses. Every figure is aggregated by Postgres: no trial row is read into Python."""
+    statuses, scores, the agents' usage, and the page's tasks x agent/model matrix. Every figure
+    comes from one aggregate of Postgres (per task x agent/model x status x outcome x result):
+    no trial row is read into Python."""
     async with get_session() as session:
         experiment_id = await records.experiment_id_for(session, experiment_id) or experiment_id
         experiment = await records.experiment_row(session, experiment_id)
@@ -448,11 +481,12 @@ async def get_experiment(
         groups = await stats.experiment_trial_groups(
             session, experiment.id, pass_threshold=PASS_THRESHOLD
         )
+        page_task_ids = {t.id for t in tasks}
         return {
             "id": experiment.id,
             "name": experiment.name,
             "created_at": _iso(experiment.created_at),
-            "tasks": await task_summaries(session, tasks),
+            "tasks": await task_summaries(session, tasks, counts=groups),
             "tasks_total": total,
             "tasks_offset": tasks_offset,
             "tasks_next_offset": (
@@ -460,6 +494,10 @@ async def get_experiment(
             ),
             "overall": stats_of_groups(groups),
             "by_agent_model": groups_by_agent_model(groups),
+            "agent_usage": usage_of_groups(groups),
+            "agent_usage_by_agent_model": usage_by_agent_model(groups),
+            # The page's tasks by agent/model, from the same groups (no second scan).
+            "matrix": task_matrix(g for g in groups if g.task_id in page_task_ids),
             "judge_usage": sum(
                 (g.judge for g in groups),
                 await stats.experiment_verdict_usage(session, experiment.id),

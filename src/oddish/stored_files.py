@@ -70,6 +70,18 @@ class OpenedFile:
     chunks: Iterator[bytes]
 
 
+@dataclass(frozen=True)
+class Excerpt:
+    """A file shown within a bound: all of it (``tail`` empty), or its first and last bytes
+    with ``omitted`` bytes between them left out. Text decoded as UTF-8, bad bytes replaced."""
+
+    path: str
+    size: int
+    head: str
+    tail: str
+    omitted: int
+
+
 class FileTree(Protocol):
     def list_files(self, limit: int = MAX_LISTED_FILES) -> FileListing: ...
 
@@ -107,6 +119,26 @@ class ObjectFolder:
         size = self.storage.stat(key).size
         # Up to the size announced: an object replaced meanwhile by a longer one is cut there.
         return OpenedFile(path, size, self.storage.iter_bytes(key, CHUNK_SIZE, end=size))
+
+    def _read(self, key: str, start: int, end: int) -> bytes:
+        chunks = self.storage.iter_bytes(key, CHUNK_SIZE, start=start, end=end)
+        try:
+            return b"".join(chunks)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    def excerpt(self, path: str, head_bytes: int, tail_bytes: int) -> Excerpt:
+        """The file whole if it is at most ``head_bytes + tail_bytes`` long, else its head and
+        its tail, each by a ranged read: a 4 GiB log costs two small reads."""
+        key = self.prefix + checked_path(path)
+        size = self.storage.stat(key).size
+        if size <= head_bytes + tail_bytes:
+            return Excerpt(path, size, self._read(key, 0, size).decode(errors="replace"), "", 0)
+        head = self._read(key, 0, head_bytes).decode(errors="replace")
+        tail = self._read(key, size - tail_bytes, size).decode(errors="replace")
+        return Excerpt(path, size, head, tail, size - head_bytes - tail_bytes)
 
     def find(self, suffix: str) -> str | None:
         """The shallowest file whose path is ``suffix`` or ends with ``/`` + ``suffix`` (first by

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oddish.db.models import TrialModel
-from oddish.db.stats import TaskStatusCount, TrialGroup
+from oddish.db.stats import AgentUsage, TaskStatusCount, TrialGroup
 from oddish.outcomes import PASS_REWARD, trial_result
 from oddish.pass_rates import UNFINISHED, TaskCell, summarize
 from oddish.statuses import ERROR_RESULTS, SCORED_RESULTS, TERMINAL_JOB_STATUSES, TrialResult
@@ -134,7 +134,7 @@ def groups_by_agent_model(groups: Iterable[TrialGroup]) -> dict[str, dict[str, A
     }
 
 
-def task_trial_summary(counts: Iterable[TaskStatusCount]) -> dict[str, Any]:
+def task_trial_summary(counts: Iterable[TaskStatusCount | TrialGroup]) -> dict[str, Any]:
     """A task's trial figures for lists, from its per-status counts: the mean reward is of
     finished trials (a missing reward as 0), as ``group_stats`` of them gives it; ``scores`` as
     ``oddish.pass_rates`` gives them (each agent/model of the task one problem)."""
@@ -154,4 +154,56 @@ def task_trial_summary(counts: Iterable[TaskStatusCount]) -> dict[str, Any]:
         "trial_status_counts": by_status,
         "mean_reward": finished_reward / finished if finished else None,
         "scores": scores_of_groups(counts, with_pass_at_k=False),
+    }
+
+
+def usage_of_groups(groups: Iterable[TrialGroup]) -> dict[str, Any]:
+    """What the agents of the groups' trials used: tokens, cost (None when none reported one)
+    and the mean wall time of the trials that ran to an end."""
+    usage = sum((g.usage for g in groups), AgentUsage())
+    return {
+        "n_input_tokens": usage.n_input_tokens,
+        "n_cache_tokens": usage.n_cache_tokens,
+        "n_output_tokens": usage.n_output_tokens,
+        "cost_usd": usage.cost_usd,
+        "mean_duration_sec": (
+            usage.duration_sec / usage.timed_trials if usage.timed_trials else None
+        ),
+    }
+
+
+def usage_by_agent_model(groups: Iterable[TrialGroup]) -> dict[str, dict[str, Any]]:
+    by_key: dict[str, list[TrialGroup]] = {}
+    for g in groups:
+        by_key.setdefault(_agent_model(g.agent, g.model), []).append(g)
+    return {key: usage_of_groups(part) for key, part in sorted(by_key.items())}
+
+
+def task_matrix(
+    counts: Iterable[TaskStatusCount | TrialGroup],
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per task, per agent/model: trials, finished, scored (got a reward), passed, errored
+    (an error or cancelled), and pass@1 of the scored ones (None while none is), from the
+    groups the experiment's figures are made of (``oddish.db.stats``)."""
+    cells: dict[str, dict[str, _CellCounts]] = {}
+    for c in counts:
+        by_key = cells.setdefault(c.task_id, {})
+        by_key.setdefault(_agent_model(c.agent, c.model), _CellCounts()).add(
+            c.result, c.outcome, c.trials, c.score_sum
+        )
+    return {
+        task_id: {key: _matrix_cell(cell.cell()) for key, cell in sorted(by_key.items())}
+        for task_id, by_key in cells.items()
+    }
+
+
+def _matrix_cell(cell: TaskCell) -> dict[str, Any]:
+    trials = sum(cell.results.values())
+    return {
+        "trials": trials,
+        "finished": trials - cell.results.get(UNFINISHED, 0),
+        "scored": cell.scored,
+        "passed": cell.passed,
+        "errored": sum(cell.errors.values()),
+        "pass_rate": cell.passed / cell.scored if cell.scored else None,
     }

@@ -31,6 +31,7 @@ from oddish import queue, task_control, task_judge, task_retry
 from oddish.api.app_state import temporal
 from oddish.api.auth import ApiKeyGate
 from oddish.api.body_limit import BodySizeLimit
+from oddish.api.docs import add_docs
 from oddish.api.files import build_files_router
 from oddish.api.judge_routes import build_judge_router
 from oddish.api.sweeps import SweepRequest
@@ -346,6 +347,9 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
         title="oddish",
         description="Durable evaluation scheduler for Harbor agent tasks.",
         lifespan=lifespan,
+        # Served from the package's own assets (add_docs): FastAPI's load them from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     settings = get_settings()
     app.add_middleware(
@@ -476,4 +480,9 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
     app.include_router(build_router())
     app.include_router(build_files_router())
     app.include_router(build_judge_router())
+    add_docs(app)
+    # Imported here: the dashboard reads through this package's modules (app_state, the files).
+    from oddish import dashboard
+
+    dashboard.install(app)
     return app

@@ -14,6 +14,8 @@ from oddish.db.models import AnalysisModel, TaskModel, TrialModel, VerdictModel
 from oddish.outcomes import PASS_REWARD
 from oddish.statuses import (
     ERROR_OUTCOMES,
+    ERROR_RESULTS,
+    SCORED_RESULTS,
     TERMINAL_JOB_STATUSES,
     JobStatus,
     OutcomeKind,
@@ -70,6 +72,31 @@ class TrialGroup:
     reward_sum: float
     score_sum: float
     judge: JudgeUsage
+    usage: AgentUsage
+
+
+@dataclass(frozen=True)
+class AgentUsage:
+    """What the agents of a group of trials used: tokens and cost as Harbor reported them
+    (None when no trial reported a cost), and the wall time of the trials that ran to an end."""
+
+    n_input_tokens: int = 0
+    n_cache_tokens: int = 0
+    n_output_tokens: int = 0
+    cost_usd: float | None = None
+    timed_trials: int = 0
+    duration_sec: float = 0.0
+
+    def __add__(self, other: AgentUsage) -> AgentUsage:
+        costs = [c for c in (self.cost_usd, other.cost_usd) if c is not None]
+        return AgentUsage(
+            n_input_tokens=self.n_input_tokens + other.n_input_tokens,
+            n_cache_tokens=self.n_cache_tokens + other.n_cache_tokens,
+            n_output_tokens=self.n_output_tokens + other.n_output_tokens,
+            cost_usd=sum(costs) if costs else None,
+            timed_trials=self.timed_trials + other.timed_trials,
+            duration_sec=self.duration_sec + other.duration_sec,
+        )
 
 
 @dataclass(frozen=True)
@@ -135,6 +162,31 @@ class TaskStatusCount:
     score_sum: float
 
 
+def _agent_usage_columns() -> list[Any]:
+    duration = func.extract("epoch", TrialModel.finished_at - TrialModel.started_at)
+    return [
+        func.coalesce(func.sum(TrialModel.n_input_tokens), 0),
+        func.coalesce(func.sum(TrialModel.n_cache_tokens), 0),
+        func.coalesce(func.sum(TrialModel.n_output_tokens), 0),
+        func.sum(TrialModel.cost_usd),
+        func.count(duration),
+        func.coalesce(func.sum(duration), 0.0),
+    ]
+
+
+def _agent_usage(
+    tokens_in: Any, tokens_cache: Any, tokens_out: Any, cost: Any, timed: Any, seconds: Any
+) -> AgentUsage:
+    return AgentUsage(
+        int(tokens_in),
+        int(tokens_cache),
+        int(tokens_out),
+        None if cost is None else float(cost),
+        int(timed),
+        float(seconds),
+    )
+
+
 async def experiment_trial_groups(
     session: AsyncSession, experiment_id: str, *, pass_threshold: float
 ) -> list[TrialGroup]:
@@ -158,6 +210,7 @@ async def experiment_trial_groups(
             func.coalesce(func.sum(reward), 0.0),
             _score_sum(),
             *_usage_columns(AnalysisModel, AnalysisModel.trial_id),
+            *_agent_usage_columns(),
         )
         .join(TaskModel, TaskModel.id == TrialModel.task_id)
         # The judge's analyses ride along in the same scan (few of them, by a partial index),
@@ -177,24 +230,27 @@ async def experiment_trial_groups(
             literal_column("6"),
         )
     )
-    return [
-        TrialGroup(
-            task_id,
-            agent,
-            model,
-            status,
-            outcome,
-            result,
-            int(n),
-            int(passed),
-            float(total),
-            float(scores),
-            _usage(*usage),
+    groups = []
+    for row in rows.all():
+        values: tuple[Any, ...] = tuple(row)
+        task_id, agent, model, status, outcome, trial_result, n, passed, total, scores = values[:10]
+        groups.append(
+            TrialGroup(
+                task_id,
+                agent,
+                model,
+                status,
+                outcome,
+                trial_result,
+                int(n),
+                int(passed),
+                float(total),
+                float(scores),
+                _usage(*values[10:15]),
+                _agent_usage(*values[15:]),
+            )
         )
-        for task_id, agent, model, status, outcome, result, n, passed, total, scores, *usage in (
-            rows.all()
-        )
-    ]
+    return groups
 
 
 async def experiment_verdict_usage(session: AsyncSession, experiment_id: str) -> JudgeUsage:
@@ -243,3 +299,54 @@ async def task_status_counts(session: AsyncSession, task_ids: list[str]) -> list
         )
         for task_id, agent, model, status, outcome, result, n, total, scores in rows.all()
     ]
+
+
+@dataclass(frozen=True)
+class ExperimentTotals:
+    """An experiment's trials in figures for a list: how many, how many ended, how many got a
+    reward (scored: passed, partial or failed), how many passed, how many ended in an error or
+    were cancelled, and what their agents cost (None when none reported a cost). The results
+    are ``oddish.outcomes.trial_result``'s, as in every ``scores``."""
+
+    experiment_id: str
+    trials: int
+    finished: int
+    scored: int
+    passed: int
+    errored: int
+    cost_usd: float | None
+
+
+async def experiment_totals(
+    session: AsyncSession, experiment_ids: list[str]
+) -> dict[str, ExperimentTotals]:
+    """Per experiment: its trials counted by what they amounted to, and the agents' cost."""
+    if not experiment_ids:
+        return {}
+    result = trial_result_sql()
+    rows = await session.execute(
+        select(
+            TaskModel.experiment_id,
+            func.count(),
+            func.count(result),
+            func.count().filter(result.in_([r.value for r in SCORED_RESULTS])),
+            func.count().filter(result == TrialResult.PASSED.value),
+            func.count().filter(result.in_([r.value for r in ERROR_RESULTS])),
+            func.sum(TrialModel.cost_usd),
+        )
+        .join(TaskModel, TaskModel.id == TrialModel.task_id)
+        .where(TaskModel.experiment_id.in_(experiment_ids))
+        .group_by(TaskModel.experiment_id)
+    )
+    return {
+        experiment_id: ExperimentTotals(
+            experiment_id,
+            int(n),
+            int(finished),
+            int(scored),
+            int(passed),
+            int(errored),
+            None if cost is None else float(cost),
+        )
+        for experiment_id, n, finished, scored, passed, errored, cost in rows.all()
+    }
