@@ -157,6 +157,7 @@ def banner(endpoints: Endpoints, started_sec: float) -> str:
     lines = [
         f"oddish is up in {started_sec:.1f}s",
         f"  API          {endpoints.api}",
+        f"  Dashboard    {endpoints.api}/ui",
         f"  API docs     {endpoints.api}/docs",
     ]
     if endpoints.temporal_ui:

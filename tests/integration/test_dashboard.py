@@ -26,9 +26,10 @@ pytestmark = pytest.mark.timeout(420)
 CHROMIUM = "/usr/bin/chromium"
 TESTS_DIR = Path(__file__).resolve().parents[1]
 RECORDER = "trajectory_agent:TrajectoryAgent"
-# Long enough to stay on the page while a browser looks, short enough for a test.
-SLEEP_SEC = 6
-LONG_SLEEP_SEC = 300
+# Long enough to stay on the page while a browser looks, short enough for a test. Sleeps are
+# counted machine-wide (pgrep) while other test files run: durations of this file's own.
+SLEEP_SEC = "6.25"
+LONG_SLEEP_SEC = "301.25"
 WAIT_MS = 120_000
 
 
@@ -108,7 +109,7 @@ async def test_a_page_follows_a_run_and_every_page_shows_its_data(
     slow_id = await submit(
         temporal_client,
         "sleep",
-        local("oracle", agent_env={"ODDISH_SLEEP_SECONDS": str(SLEEP_SEC)}),
+        local("oracle", agent_env={"ODDISH_SLEEP_SECONDS": SLEEP_SEC}),
         experiment_name=experiment,
     )
 
@@ -220,7 +221,7 @@ async def test_a_task_is_cancelled_from_its_page_after_confirmation(
             "oracle",
             n_trials=2,
             model=model,
-            agent_env={"ODDISH_SLEEP_SECONDS": str(LONG_SLEEP_SEC)},
+            agent_env={"ODDISH_SLEEP_SECONDS": LONG_SLEEP_SEC},
         ),
         experiment_name=unique("cancel"),
     )
@@ -253,7 +254,7 @@ async def test_a_task_is_cancelled_from_its_page_after_confirmation(
     )
 
 
-async def _no_sleeper(seconds: int) -> bool:
+async def _no_sleeper(seconds: str) -> bool:
     return sleeping(seconds) == 0
 
 
