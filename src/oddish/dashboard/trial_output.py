@@ -15,7 +15,7 @@ from typing import Any
 
 from oddish.api.trial_files import LOG_SUFFIXES, read_result
 from oddish.db.records import RecordNotFound
-from oddish.storage import ObjectNotFound, StorageUnavailable
+from oddish.storage import ObjectNotFound, StorageError
 from oddish.stored_files import (
     TRAJECTORY_NAME,
     Excerpt,
@@ -176,12 +176,14 @@ def read_trial_output(trial: dict[str, Any]) -> TrialOutput:
         found = trajectory_path(output)
         if found is not None:
             shown.trajectory = read_trajectory(output, found, sizes.get(found, 0))
-    except StorageUnavailable as exc:
-        shown.problem = f"the storage cannot be reached: {exc}"
+    except StorageError as exc:
+        shown.problem = f"the storage failed: {exc}"
         return shown
     try:
         text = json.dumps(read_result(trial), indent=2, ensure_ascii=False)
         shown.result = _cut(text, MAX_RESULT_TEXT)
     except RecordNotFound as exc:
         shown.result_problem = str(exc)
+    except StorageError as exc:
+        shown.result_problem = f"the storage failed: {exc}"
     return shown
