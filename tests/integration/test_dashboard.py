@@ -120,6 +120,7 @@ async def test_a_page_follows_a_run_and_every_page_shows_its_data(
     await expect(trial_row).to_have_count(1)
     await expect(page.locator("#task-status")).to_have_text("completed", timeout=WAIT_MS)
     await expect(trial_row.locator(".status")).to_have_text("success")
+    await expect(trial_row.locator(".result")).to_have_text("passed")
     await expect(trial_row).to_contain_text("1.000")
     assert await page.evaluate("window.notReloaded") is True
 
@@ -131,32 +132,51 @@ async def test_a_page_follows_a_run_and_every_page_shows_its_data(
         local("oracle"),
         experiment_id=slow["experiment_id"],
     )
+    # Two trials that score 0: oracle/- then has 2 passed of 4 scored over 3 tasks.
+    fail_id = await submit(
+        temporal_client,
+        "always-fail",
+        local("oracle", n_trials=2),
+        experiment_id=slow["experiment_id"],
+    )
     task = await wait_for_task(temporal_client, task_id)
+    await wait_for_task(temporal_client, fail_id)
     experiment_id = task["experiment_id"]
     recorder = next(t for t in task["trials"] if t["agent"] == RECORDER)
 
-    # Experiments: name (shown as text, never as markup), tasks, trials done / total, pass rate.
+    # Experiments: name (shown as text, never as markup), tasks, trials done / total, pass@1
+    # (passed over scored: 2 of the oracle's 4 and none of the recorder's 1).
     await page.goto(f"{api}/ui/")
     row = page.locator(f'tr[data-experiment="{experiment_id}"]')
     await expect(row).to_contain_text(experiment)
     assert await row.locator("b").count() == 0
-    await expect(row.locator("td").nth(2)).to_have_text("2")
-    await expect(row.locator(".done")).to_have_text("3 / 3")
-    await expect(row.locator("td").nth(4)).to_have_text("67%")
+    await expect(row.locator("td").nth(2)).to_have_text("3")
+    await expect(row.locator(".done")).to_have_text("5 / 5")
+    await expect(row.locator("td.pass-at-1")).to_have_text("40% 2 / 5")
+    await expect(row.locator("td").nth(5)).to_have_text("0")
+    await expect(page.locator("p.hint").first).to_contain_text("trials passed over trials scored")
 
-    # An experiment: per agent/model figures, and the task x agent/model matrix.
+    # An experiment: per agent/model scores, and the task x agent/model matrix.
     await row.locator("a").click()
     await expect(page.locator("h1")).to_have_text(experiment)
     oracle = page.locator('tr[data-key="oracle/-"]')
-    await expect(oracle.locator("td").nth(1)).to_have_text("2")
-    await expect(oracle.locator("td").nth(2)).to_contain_text("100%")
+    await expect(oracle.locator("td").nth(1)).to_have_text("4 (4)")
+    # pass@1 2/4 with its Wilson 95% interval [0.150, 0.850].
+    await expect(oracle.locator("td.pass-at-1")).to_have_text("50% [15% – 85%]")
+    # pass@k (Chen et al.): k=1 weighs the 3 tasks alike (1, 1, 0); k=2 only always-fail has
+    # 2 scored trials, none passed.
+    await expect(oracle.locator("td.pass-at-k .passk")).to_have_text(["@1 67%", "@2 0%"])
+    await expect(oracle.locator("td").nth(4)).to_have_text("0.500")
+    await expect(oracle.locator("td.errors")).to_have_text("-")
     recorded = page.locator(f'tr[data-key="{RECORDER}/-"]')
-    await expect(recorded.locator("td").nth(2)).to_contain_text("0%")
-    await expect(recorded).to_contain_text("task_failure 1")
+    await expect(recorded.locator("td.pass-at-1")).to_have_text("0% [0% – 79%]")
+    await expect(recorded.locator("td.pass-at-k .passk")).to_have_text(["@1 0%"])
+    await expect(page.locator("#overall")).to_contain_text("5 scored · 2 passed")
     # Columns by agent/model in order: oracle/-, then the recorder.
     cell = page.locator(f'tr[data-task="{task_id}"] td.cell').nth(1)
     await expect(cell).to_have_text("0 / 1")
     await expect(cell).to_have_class(re.compile("rate-0"))
+    await expect(page.locator(f'tr[data-task="{fail_id}"] td.cell').nth(0)).to_have_text("0 / 2")
 
     # The cell leads to that agent's trials of the task.
     await cell.locator("a").click()
@@ -164,6 +184,8 @@ async def test_a_page_follows_a_run_and_every_page_shows_its_data(
     await expect(page.locator("tr[data-trial]")).to_have_count(1)
     trial_row = page.locator(f'tr[data-trial="{recorder["id"]}"]')
     await expect(trial_row).to_contain_text("task_failure")
+    # A reward of 0: the trial ran to its end (success) and failed.
+    await expect(trial_row.locator(".result")).to_have_text("failed")
     await expect(page.locator("#task-status")).to_have_text("completed")
     files = page.locator("ul.files")
     await expect(files).to_contain_text("instruction.md")
@@ -172,6 +194,7 @@ async def test_a_page_follows_a_run_and_every_page_shows_its_data(
     # A trial: phases, attempts, logs and the trajectory on the page, result.json, the files.
     await trial_row.locator("a").click()
     await expect(page.locator("#trial-outcome")).to_have_text("task_failure")
+    await expect(page.locator("#trial-result")).to_have_text("failed")
     for phase in ("environment", "agent", "verifier"):
         await expect(page.locator(f'.phase[data-phase="{phase}"]')).to_have_count(1)
     await expect(page.locator("table.attempts tbody tr")).to_have_count(1)

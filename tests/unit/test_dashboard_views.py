@@ -1,12 +1,14 @@
-"""The dashboard's pure parts: the phase timeline, the order of tasks, the rate colours, and the
-templates escaping whatever a task's code or agent wrote."""
+"""The dashboard's pure parts: the phase timeline, the order of tasks, the rate colours, the
+matrix's cells, and the templates escaping whatever a task's code or agent wrote."""
 
 from __future__ import annotations
 
 from oddish.dashboard import views
 from oddish.dashboard.routes import templates
 from oddish.dashboard.trial_output import Step, Trajectory, TrialOutput
+from oddish.db.stats import TaskStatusCount
 from oddish.stored_files import Excerpt
+from oddish.trial_stats import task_matrix
 
 HOSTILE = '<script>alert(1)</script><img src=x onerror="alert(2)">'
 
@@ -101,3 +103,31 @@ def test_what_an_agent_wrote_is_escaped_on_the_trial_page() -> None:
     )
     assert "<script>" not in html and "<img" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_the_matrix_counts_each_cell_by_result_from_the_experiments_groups() -> None:
+    def count(
+        task: str, agent: str, status: str, outcome: str | None, result: str | None, n: int
+    ) -> TaskStatusCount:
+        return TaskStatusCount(task, agent, None, status, outcome, result, n, 0.0, 0.0)
+
+    matrix = task_matrix(
+        [
+            count("t1", "a", "success", "success", "passed", 2),
+            count("t1", "a", "success", "task_failure", "failed", 1),
+            count("t1", "a", "failed", "infrastructure_error", "error", 1),
+            count("t1", "a", "running", None, None, 3),
+            count("t1", "b", "cancelled", "cancelled", "cancelled", 1),
+        ]
+    )
+    assert matrix["t1"]["a/-"] == {
+        "trials": 7,
+        "finished": 4,
+        "scored": 3,
+        "passed": 2,
+        "errored": 1,
+        "pass_rate": 2 / 3,
+    }
+    # Nothing scored: no rate, not 0%.
+    assert matrix["t1"]["b/-"]["pass_rate"] is None
+    assert matrix["t1"]["b/-"]["errored"] == 1

@@ -37,6 +37,7 @@ from oddish.dashboard.session import (
 )
 from oddish.dashboard.trial_output import read_trial_output
 from oddish.db.records import RecordNotFound
+from oddish.pass_rates import CONFIDENCE
 from oddish.statuses import TERMINAL_JOB_STATUSES, TERMINAL_TASK_STATUSES
 from oddish.storage import ObjectNotFound, StorageError
 from oddish.stored_files import MAX_LISTED_FILES, task_files
@@ -60,6 +61,8 @@ SECURITY_HEADERS = {
 
 _environment = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
 _environment.filters.update(views.FILTERS)
+# The level of the pass@1 intervals the API gives (``scores.pass_at_1.confidence``).
+_environment.globals["confidence"] = CONFIDENCE
 templates = Jinja2Templates(env=_environment)
 
 
