@@ -164,6 +164,28 @@ def _approx(stats: Any) -> Any:
     return pytest.approx(stats) if isinstance(stats, float) else stats
 
 
+def _matrix_of(trials: list[TrialModel]) -> dict[str, dict[str, Any]]:
+    """The matrix's cells of one task, counted over its trial rows."""
+    cells: dict[str, list[Any]] = {}
+    for t in trials:
+        cells.setdefault(f"{t.agent}/{t.model or '-'}", []).append(
+            trial_result(t.status, t.outcome, t.reward)
+        )
+    matrix = {}
+    for key, results in cells.items():
+        scored = sum(r in ("passed", "partial", "failed") for r in results)
+        passed = results.count("passed")
+        matrix[key] = {
+            "trials": len(results),
+            "finished": sum(r is not None for r in results),
+            "scored": scored,
+            "passed": passed,
+            "errored": sum(r in ("error", "cancelled") for r in results),
+            "pass_rate": passed / scored if scored else None,
+        }
+    return matrix
+
+
 def _new_experiment() -> str:
     return f"reads-{os.getpid()}-{time.monotonic_ns()}"
 
@@ -183,6 +205,10 @@ async def test_sql_aggregates_equal_the_python_ones(migrated: None) -> None:
         for task in view["tasks"]:
             assert task["id"] not in seen
             seen[task["id"]] = task
+        # The matrix holds the page's tasks, each cell counted by result as Python counts.
+        assert set(view["matrix"]) == {t["id"] for t in view["tasks"] if by_task.get(t["id"])}
+        for task_id, cells in view["matrix"].items():
+            assert cells == _matrix_of(by_task[task_id]), task_id
         offset = view["tasks_next_offset"]
     assert sorted(seen) == sorted(task_ids)
 
@@ -211,6 +237,23 @@ async def test_sql_aggregates_equal_the_python_ones(migrated: None) -> None:
         }
         mean = group_stats(finished)["mean_reward"]
         assert summary["mean_reward"] == (None if mean is None else pytest.approx(mean))
+
+    # The experiments list: pass@1 over the scored trials, as the scores count them.
+    listed_experiment = next(e for e in await queue.list_experiments() if e["id"] == experiment_id)
+    scores = view["overall"]["scores"]
+    assert {
+        k: listed_experiment[k]
+        for k in ("trials_count", "trials_scored", "trials_passed", "trials_errored")
+    } == {
+        "trials_count": scores["trials"],
+        "trials_scored": scores["scored"],
+        "trials_passed": scores["passed"],
+        "trials_errored": scores["errored"],
+    }
+    assert listed_experiment["pass_at_1"] == pytest.approx(scores["pass_at_1"]["estimate"])
+    assert listed_experiment["trials_finished"] == sum(
+        t.status in TERMINAL_JOB_STATUSES for t in trials
+    )
 
     # The task list gives the same summaries, and pages every task once.
     listed: list[dict[str, Any]] = []
