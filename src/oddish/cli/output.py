@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -10,8 +11,19 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-stdout = Console()
-stderr = Console(stderr=True)
+# Piped into a file or a CI log there is no terminal to fit: 80 columns would fold every id and
+# number of a table, so such output gets room for a table's widest row (COLUMNS still wins).
+PIPED_WIDTH = 160
+
+
+def _console(*, stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=PIPED_WIDTH if piped else None)
+
+
+stdout = _console()
+stderr = _console(stderr=True)
 
 
 def print_json(data: Any) -> None:
