@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
 
 
 def is_own_setting(name: str) -> bool:
@@ -130,6 +135,34 @@ class Settings(BaseSettings):
     # of oddish.env_references.AGENT_ENV_ALLOWLIST; comma-separated in the environment.
     agent_env_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # The original Oddish's names of settings we renamed: honoured, each with one warning naming
+    # the new setting (see _renamed_settings); never read anywhere else.
+    model_concurrency_overrides: dict[str, int] | None = Field(default=None, exclude=True)
+    max_retries: int | None = Field(default=None, ge=0, exclude=True)
+    max_task_upload_mb: int | None = Field(default=None, ge=1, exclude=True)
+
+    @model_validator(mode="after")
+    def _renamed_settings(self) -> Settings:
+        """Apply the original's names onto ours, unless ours is set too (ours wins)."""
+        explicit = self.model_fields_set
+        if self.model_concurrency_overrides is not None:
+            _deprecated("ODDISH_MODEL_CONCURRENCY_OVERRIDES", "ODDISH_MODEL_CONCURRENCY")
+            if "model_concurrency" not in explicit:
+                self.model_concurrency = self._positive_limits(self.model_concurrency_overrides)
+        if self.max_retries is not None:
+            _deprecated(
+                "ODDISH_MAX_RETRIES",
+                "ODDISH_TRIAL_MAX_ATTEMPTS",
+                "attempts in all: retries + 1",
+            )
+            if "trial_max_attempts" not in explicit:
+                self.trial_max_attempts = self.max_retries + 1
+        if self.max_task_upload_mb is not None:
+            _deprecated("ODDISH_MAX_TASK_UPLOAD_MB", "ODDISH_UPLOAD_MAX_BYTES", "in bytes")
+            if "upload_max_bytes" not in explicit:
+                self.upload_max_bytes = self.max_task_upload_mb * MIB
+        return self
+
     @field_validator("agent_env_allowlist", mode="before")
     @classmethod
     def _comma_separated(cls, raw: object) -> object:
@@ -186,9 +219,24 @@ def _host_pattern(name: str) -> str:
     return host
 
 
+def _deprecated(old: str, new: str, note: str = "") -> None:
+    log.warning(
+        "%s is deprecated: use %s%s (honoured for now)", old, new, f" ({note})" if note else ""
+    )
+
+
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def __getattr__(name: str) -> Any:
+    # The original Oddish's ``from oddish.config import settings``: the same object as
+    # get_settings(), read when first asked for (not at import, so tests may change the
+    # environment first).
+    if name == "settings":
+        return get_settings()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def parse_concurrency_json(raw: str | None) -> dict[str, int]:

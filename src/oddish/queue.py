@@ -566,6 +566,23 @@ async def attempt_outputs(trial_ids: list[str]) -> dict[tuple[str, int], records
         return await records.attempt_outputs(session, trial_ids)
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskSource:
+    """What a task was made of: its stored archive, name and experiment."""
+
+    location: str
+    sha256: str | None
+    name: str
+    experiment_id: str
+
+
+async def get_task_source(task_id: str) -> TaskSource:
+    """Raises RecordNotFound."""
+    async with get_session() as session:
+        task = await records.get_task(session, task_id)
+        return TaskSource(task.task_path, task.archive_sha256, task.name, task.experiment_id)
+
+
 async def get_task_location(task_id: str) -> str:
     """Where the task's files are kept: its archive's storage key, or (a task stored before
     archives went to storage) the absolute path of its copy. Raises RecordNotFound."""

@@ -152,3 +152,24 @@ class TaskSubmission(BaseModel):
             spec = TrialSpec.model_validate(config.model_dump(exclude={"n_trials"}))
             specs.extend(spec.model_copy() for _ in range(config.n_trials))
         return specs
+
+
+# The original Oddish's names, as aliases of ours (one model each). Its TaskSweepSubmission and
+# HarborConfig are the body of POST /tasks/sweep and its ``harbor`` part; AgentModelPair is one
+# entry of ``configs`` as the library takes it. Loaded on first use: oddish.sweep_request
+# imports this module.
+_ORIGINAL_NAMES = {
+    "TaskSweepSubmission": "SweepRequest",
+    "HarborConfig": "HarborSettings",
+    "HarborAgentConfig": "AgentSettings",
+    "HarborVerifierConfig": "VerifierSettings",
+}
+AgentModelPair = AgentRunConfig
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ORIGINAL_NAMES:
+        from oddish import sweep_request
+
+        return getattr(sweep_request, _ORIGINAL_NAMES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

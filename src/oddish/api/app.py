@@ -34,7 +34,7 @@ from oddish.api.body_limit import BodySizeLimit
 from oddish.api.docs import add_docs
 from oddish.api.files import build_files_router
 from oddish.api.judge_routes import build_judge_router
-from oddish.api.sweeps import SweepRequest
+from oddish.api.original_routes import build_original_router
 from oddish.api.trial_files import read_logs, read_result
 from oddish.api.uploads import (
     collect_uploads_periodically,
@@ -53,9 +53,11 @@ from oddish.db.connection import (
 )
 from oddish.db.records import RecordNotFound
 from oddish.judge.models import JudgeNotConfigured
-from oddish.schemas import MAX_TRIALS_PER_TASK
+from oddish.schemas import MAX_TRIALS_PER_TASK, TaskSubmission
 from oddish.statuses import TaskStatus
 from oddish.storage import StorageError, StorageUnavailable, get_storage
+from oddish.sweep_request import SweepRequest
+from oddish.task_cache import task_dir_for
 from oddish.temporal_gateway import TemporalConnection, TemporalUnavailable
 from oddish.worker.health import WorkerHealth
 
@@ -76,6 +78,8 @@ def _raised_by_the_database_driver(exc: BaseException) -> bool:
     )
 
 
+# The original Oddish's GET /tasks answered at most this many tasks, with their trials.
+ORIGINAL_LIST_LIMIT = 100
 # Pages past this are refused with a reason, not overflowing Postgres' bigint.
 MAX_OFFSET = 1_000_000_000
 
@@ -115,6 +119,16 @@ REFUSED: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def _submission_of_task(body: SweepRequest, task_id: str) -> TaskSubmission:
+    """More trials of an existing task's stored version: a new task of the same archive, in
+    that task's experiment unless the body names another."""
+    source = await queue.get_task_source(task_id)
+    if body.experiment_id is None and body.experiment_name is None:
+        body = body.model_copy(update={"experiment_id": source.experiment_id})
+    async with task_dir_for(source.location, source.sha256) as path:
+        return await asyncio.to_thread(body.submission, path, source.name)
+
+
 def build_router() -> APIRouter:
     router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -132,10 +146,14 @@ def build_router() -> APIRouter:
         },
     )
     async def create_sweep(body: SweepRequest, request: Request) -> Any:
-        # Reads the upload's files and parses its task.toml: off the event loop.
-        submission = await asyncio.to_thread(
-            lambda: body.submission(upload_path(body.upload_id), upload_name(body.upload_id))
-        )
+        if body.task_id is not None:
+            submission = await _submission_of_task(body, body.task_id)
+        else:
+            upload_id = body.upload_id or ""
+            # Reads the upload's files and parses its task.toml: off the event loop.
+            submission = await asyncio.to_thread(
+                lambda: body.submission(upload_path(upload_id), upload_name(upload_id))
+            )
         # Recorded even while Temporal is unreachable: the workers start it once it answers.
         connection: TemporalConnection = request.app.state.temporal
         # Answered from what was recorded: reading the task back would cost more than the rest.
@@ -151,17 +169,48 @@ def build_router() -> APIRouter:
         log.warning("%s", task.not_started)
         return JSONResponse(status_code=202, content={**created, "warning": str(task.not_started)})
 
-    @router.get("/tasks", summary="List tasks, newest first, one page at a time")
+    @router.get(
+        "/tasks",
+        summary="List tasks, newest first, one page at a time",
+        description="One page: `{tasks, total, limit, offset, next_offset}`. Asked with the "
+        "original Oddish's parameters (`experiment_id=` or `include_trials=`) it answers the "
+        "original's shape instead: a bare list of at most `limit` (default 100) tasks, each with "
+        "its trials unless `include_trials=false`, and no way to tell that more exist; page with "
+        "`experiment=` and `offset` instead.",
+    )
     async def list_tasks(
         status: TaskStatus | None = None,
-        experiment: str | None = Query(default=None, description="experiment id"),
+        experiment: str | None = Query(default=None, description="experiment id or name"),
         user: str | None = None,
-        limit: int = Query(default=50, ge=1, le=500),
+        limit: int | None = Query(default=None, ge=1, le=500, description="default 50"),
         offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
-    ) -> dict[str, Any]:
-        return await queue.list_tasks(
-            status=status, experiment_id=experiment, user=user, limit=limit, offset=offset
+        experiment_id: str | None = Query(
+            default=None, description="the original's name of `experiment`: a bare list"
+        ),
+        include_trials: bool | None = Query(
+            default=None, description="the original's: a bare list, with trials unless false"
+        ),
+    ) -> Any:
+        original = experiment_id is not None or include_trials is not None
+        if not original:
+            return await queue.list_tasks(
+                status=status, experiment_id=experiment, user=user, limit=limit or 50, offset=offset
+            )
+        with_trials = include_trials is not False
+        if with_trials and (limit or 0) > ORIGINAL_LIST_LIMIT:
+            raise HTTPException(
+                422, detail=f"include_trials lists at most {ORIGINAL_LIST_LIMIT} tasks (limit)"
+            )
+        page = await queue.list_tasks(
+            status=status,
+            experiment_id=experiment_id or experiment,
+            user=user,
+            limit=limit or ORIGINAL_LIST_LIMIT,
+            offset=offset,
         )
+        if not with_trials:
+            return page["tasks"]
+        return [await queue.get_task_with_trials(t["id"]) for t in page["tasks"]]
 
     @router.get("/tasks/{task_id}", summary="A task with its trials and verdict")
     async def get_task(task_id: str) -> dict[str, Any]:
@@ -477,6 +526,8 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
             "worker": "not in this process" if worker is None else worker.report(),
         }
 
+    # Before build_router's: /tasks/browse must not be taken for a task id.
+    app.include_router(build_original_router(), responses=ERROR_RESPONSES)
     app.include_router(build_router())
     app.include_router(build_files_router())
     app.include_router(build_judge_router())

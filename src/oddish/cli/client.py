@@ -19,8 +19,26 @@ RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.Rea
 ATTEMPTS = 3
 
 
+# Set by a command's --api option: wins over the environment for this process.
+_api_url_option: str | None = None
+
+
+def use_api_url(url: str | None) -> None:
+    """The API every client of this process talks to (a command's ``--api URL``)."""
+    global _api_url_option
+    _api_url_option = url.strip().rstrip("/") if url and url.strip() else None
+
+
 def api_url() -> str:
-    return os.environ.get("ODDISH_API_URL", "").strip().rstrip("/") or DEFAULT_API_URL
+    """``--api``, else ``ODDISH_API_URL``, else ``ODDISH_DEFAULT_API_URL`` (the original's
+    fallback), else http://localhost:8000."""
+    if _api_url_option:
+        return _api_url_option
+    for name in ("ODDISH_API_URL", "ODDISH_DEFAULT_API_URL"):
+        url = os.environ.get(name, "").strip().rstrip("/")
+        if url:
+            return url
+    return DEFAULT_API_URL
 
 
 def dashboard_url() -> str:

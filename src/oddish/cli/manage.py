@@ -30,6 +30,7 @@ def clean(
         None,
         "--experiment",
         "-E",
+        "-e",
         show_default=False,
         help="delete this experiment and all its tasks",
     ),
@@ -80,16 +81,25 @@ def cancel(
         None,
         "--experiment",
         "-E",
+        "-e",
         show_default=False,
         help="cancel every unfinished task of this experiment",
     ),
     json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        "-f",
+        help="the original Oddish's 'do not ask first': ours never asks, since a cancel keeps "
+        "every finished result and `oddish retry` runs the cancelled trials again",
+    ),
 ) -> None:
     """Stop a task, or every unfinished task of an experiment.
 
     Running sandboxes are torn down, model slots given back and unfinished trials marked
     cancelled. Finished trials keep their results; `oddish retry` runs cancelled ones again.
     """
+    del force  # accepted, see its help
     one_target(task_id, **{"--experiment": experiment})
     with ApiClient() as api:
         if task_id:
@@ -116,6 +126,7 @@ def retry(
         None,
         "--experiment",
         "-E",
+        "-e",
         show_default=False,
         help="retry the trials that did not pass of every task of it",
     ),
@@ -181,12 +192,17 @@ def limits(
     if json_output:
         print_json(answer)
         return
+    stdout.print(queue_table(answer))
+
+
+def queue_table(answer: dict[str, Any]) -> Table:
+    """GET /limits as a table: per queue key its limit, running and waiting trials."""
     table = Table(title=f"limits (default {answer['default']})", title_justify="left")
     for column in ("queue key", "limit", "running", "waiting"):
         table.add_column(column, justify="left" if column == "queue key" else "right")
     for key, queue in sorted(answer["queues"].items()):
         table.add_row(key, str(queue["limit"]), str(queue["running"]), str(queue["waiting"]))
-    stdout.print(table)
+    return table
 
 
 @limits_app.command("set")

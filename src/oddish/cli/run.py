@@ -210,6 +210,28 @@ def submit(
     return experiment_id or created[0]["experiment"], created
 
 
+def submit_existing(
+    api: ApiClient, task_ids: list[str], sweep_body: dict[str, Any]
+) -> tuple[str, list[dict[str, Any]]]:
+    """More trials of existing tasks, one after the other (each a new task of the same stored
+    version); the first one's experiment is every other one's unless --experiment named one."""
+    created: list[dict[str, Any]] = []
+    experiment_id: str | None = sweep_body["experiment_id"]
+    for task_id in task_ids:
+        body = {
+            **sweep_body,
+            "experiment_id": experiment_id,
+            "task_id": task_id,
+            "submission_key": str(uuid.uuid4()),
+        }
+        task = api.request("POST", "/tasks/sweep", json=body, retry=True)
+        if task.get("warning"):
+            stderr.print(f"[yellow]warning:[/yellow] {escape(task['warning'])}")
+        created.append(task)
+        experiment_id = experiment_id or task["experiment"]
+    return experiment_id or created[0]["experiment"], created
+
+
 def print_summary(experiment_id: str, created: list[dict[str, Any]], names: list[str]) -> None:
     total = sum(t["trials_count"] for t in created)
     stdout.print(
@@ -362,6 +384,13 @@ def run(
     override_gpus: int | None = typer.Option(
         None, "--override-gpus", min=0, show_default=False, help="GPUs for the environment"
     ),
+    override_storage_mb: int | None = typer.Option(
+        None,
+        "--override-storage-mb",
+        min=1,
+        show_default=False,
+        help="storage (MB) for the environment",
+    ),
     force_build: bool = typer.Option(
         False, "--force-build/--no-force-build", help="rebuild the environment's image"
     ),
@@ -376,6 +405,18 @@ def run(
     ),
     background: bool = typer.Option(
         False, "--background", "-b", "--async", help="submit and return at once (no --watch)"
+    ),
+    existing_tasks: list[str] | None = typer.Option(
+        None,
+        "--task",
+        show_default=False,
+        help="run more trials of this existing task (its stored files; no PATH): a new task "
+        "of the same version, in that task's experiment unless --experiment says otherwise "
+        "(the original Oddish added them to the task itself; ours keeps a task's trials and "
+        "verdict as submitted); repeatable",
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="no progress bar and no summary of what was submitted"
     ),
     json_output: bool = typer.Option(
         False,
@@ -459,13 +500,22 @@ def run(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'-P' / '--priority'") from None
 
-    task_dirs = select_tasks(
-        find_task_dirs([*(paths or []), *(path_option or [])], dataset, sweep, config),
-        include=task_names or (sweep and sweep.task_names) or None,
-        exclude=exclude_task_names or (sweep and sweep.exclude_task_names) or None,
-        limit=n_tasks or (sweep and sweep.n_tasks) or None,
+    if existing_tasks and (paths or path_option or dataset or (sweep and sweep.path)):
+        raise typer.BadParameter(
+            "--task runs an existing task's files: give no PATH, --path or --dataset",
+            param_hint="'--task'",
+        )
+    task_dirs = (
+        []
+        if existing_tasks
+        else select_tasks(
+            find_task_dirs([*(paths or []), *(path_option or [])], dataset, sweep, config),
+            include=task_names or (sweep and sweep.task_names) or None,
+            exclude=exclude_task_names or (sweep and sweep.exclude_task_names) or None,
+            limit=n_tasks or (sweep and sweep.n_tasks) or None,
+        )
     )
-    if not task_dirs:
+    if not task_dirs and not existing_tasks:
         raise typer.BadParameter(
             "no task is left after --task-name / --exclude-task-name",
             param_hint="'-t' / '--task-name'",
@@ -484,6 +534,7 @@ def run(
             "override_cpus": pick(override_cpus, "override_cpus"),
             "override_memory_mb": pick(override_memory_mb, "override_memory_mb"),
             "override_gpus": pick(override_gpus, "override_gpus"),
+            "override_storage_mb": override_storage_mb,
             "force_build": force_build,
         },
         "priority": priority_value,
@@ -493,7 +544,12 @@ def run(
     }
 
     with ApiClient() as api:
-        experiment_id, created = submit(api, task_dirs, sweep_body, show_progress=not json_output)
+        if existing_tasks:
+            experiment_id, created = submit_existing(api, existing_tasks, sweep_body)
+        else:
+            experiment_id, created = submit(
+                api, task_dirs, sweep_body, show_progress=not (json_output or quiet)
+            )
         if json_output:
             print_json(
                 {
@@ -511,7 +567,10 @@ def run(
                 }
             )
             return
-        print_summary(experiment_id, created, [d.name for d in task_dirs])
+        if not quiet:
+            print_summary(
+                experiment_id, created, [d.name for d in task_dirs] or existing_tasks or []
+            )
         if background or not watch:
             return
         stdout.print()

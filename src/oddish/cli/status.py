@@ -13,6 +13,7 @@ import typer
 from rich.live import Live
 
 from oddish.cli.client import ApiClient, ApiError, path_of
+from oddish.cli.manage import queue_table
 from oddish.cli.output import fail, print_json, stderr, stdout
 from oddish.cli.task_view import change_line, is_done, render, totals, trial_figures
 
@@ -239,7 +240,7 @@ def status(
         None, metavar="TASK_ID", show_default=False, help="a task id (task-...)"
     ),
     experiment: str | None = typer.Option(
-        None, "--experiment", "-E", help="show every task of this experiment (id or name)"
+        None, "--experiment", "-E", "-e", help="show every task of this experiment (id or name)"
     ),
     watch: bool = typer.Option(
         False,
@@ -264,6 +265,13 @@ def status(
         None, "--fail-under", show_default=False, help=FAIL_UNDER_HELP
     ),
     wide: bool = typer.Option(False, "--wide", help=WIDE_HELP),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="without TASK_ID or --experiment: show each queue key's limit, running and "
+        "waiting trials above the latest tasks",
+    ),
 ) -> None:
     """Show tasks: progress, trials by status, mean reward and verdict.
 
@@ -315,6 +323,8 @@ def status(
                 as_json=lambda tasks: {"experiment": found["id"], "tasks": tasks},
             )
         else:
+            if verbose and not json_output:
+                stdout.print(queue_table(api.get("/limits")))
             show(
                 TaskSet(api, recent=limit),
                 how,

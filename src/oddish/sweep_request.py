@@ -1,10 +1,13 @@
-"""Bodies of ``POST /tasks/sweep``, in the original Oddish's shape, mapped onto a TaskSubmission."""
+"""Bodies of ``POST /tasks/sweep``, in the original Oddish's shape, mapped onto a TaskSubmission.
+
+HTTP-level models only (no I/O): the API validates with them and the CLI builds its bodies
+with them."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from oddish.schemas import MAX_TRIALS_PER_TASK, AgentRunConfig, TaskSubmission
 
@@ -79,7 +82,14 @@ class HarborSettings(Strict):
 
 
 class SweepRequest(Strict):
-    upload_id: str = Field(description="what POST /tasks/upload answered")
+    upload_id: str | None = Field(default=None, description="what POST /tasks/upload answered")
+    task_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="instead of upload_id: run more trials of this task's stored version, as "
+        "a new task in its experiment (unless experiment_id says otherwise); the original "
+        "Oddish appended them to the task itself",
+    )
     name: str | None = None
     configs: list[SweepConfig] = Field(min_length=1)
     harbor: HarborSettings = Field(default_factory=HarborSettings)
@@ -94,6 +104,12 @@ class SweepRequest(Strict):
         max_length=255,
         description="resending the same key returns the same task",
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SweepRequest:
+        if (self.upload_id is None) == (self.task_id is None):
+            raise ValueError("give upload_id (a new upload) or task_id (an existing task)")
+        return self
 
     def submission(self, task_path: Any, default_name: str) -> TaskSubmission:
         """Raises pydantic.ValidationError for unknown agents or environments, too many trials."""
