@@ -5,13 +5,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by, array_agg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from oddish.db.models import ExperimentModel, TaskModel, TrialModel
 from oddish.db.records import RecordNotFound
 from oddish.statuses import JobStatus
+
+
+def _first_of(column: Any, *order: Any) -> Any:
+    """The group's first value of ``column`` in ``order``."""
+    return array_agg(aggregate_order_by(column, *order))[1]
 
 
 @dataclass(frozen=True)
@@ -45,9 +52,9 @@ async def task_versions(session: AsyncSession, task_id: str) -> list[TaskVersion
             first.label("created_at"),
             func.count().label("n"),
             # The first task of that version: its location and who submitted it.
-            func.array_agg(TaskModel.id).within_group(TaskModel.created_at, TaskModel.id)[1],
-            func.array_agg(TaskModel.task_path).within_group(TaskModel.created_at, TaskModel.id)[1],
-            func.array_agg(TaskModel.user).within_group(TaskModel.created_at, TaskModel.id)[1],
+            _first_of(TaskModel.id, TaskModel.created_at, TaskModel.id),
+            _first_of(TaskModel.task_path, TaskModel.created_at, TaskModel.id),
+            _first_of(TaskModel.user, TaskModel.created_at, TaskModel.id),
         )
         .where(TaskModel.name == name)
         .group_by(key)
@@ -99,9 +106,9 @@ async def browse_tasks(
         select(
             task_rows.c.name,
             func.max(task_rows.c.created_at).label("last_created"),
-            func.array_agg(task_rows.c.id)
-            .within_group(task_rows.c.created_at.desc())[1]
-            .label("latest_id"),
+            _first_of(task_rows.c.id, task_rows.c.created_at.desc(), task_rows.c.id).label(
+                "latest_id"
+            ),
             func.count(
                 func.distinct(func.coalesce(task_rows.c.archive_sha256, task_rows.c.id))
             ).label("versions"),

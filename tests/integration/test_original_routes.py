@@ -1,0 +1,203 @@
+"""The original Oddish's routes and query parameters on our API, against the real stack: the
+bare list of GET /tasks?experiment_id=, POST /tasks/cancel, GET /tasks/browse, GET /dashboard,
+GET /tasks/{id}/versions[/{v}], DELETE /trials/{id}, and a sweep of an existing task."""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import shutil
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from helpers import EXAMPLES, serve_api
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def api(oddish_env: dict[str, str], work_dir: Path, migrated: None) -> Iterator[httpx.Client]:
+    queue = f"oddish-routes-{secrets.token_hex(4)}"
+    env = {**os.environ, **oddish_env, "ODDISH_TEMPORAL_TASK_QUEUE": queue}
+    process, url = serve_api(env, work_dir / f"api-{queue}.log")
+    with httpx.Client(base_url=url, timeout=120) as client:
+        yield client
+    process.terminate()
+    process.wait(timeout=60)
+
+
+def archive_of(task_dir: Path) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(task_dir, arcname=task_dir.name)
+    return buffer.getvalue()
+
+
+def submit(
+    api: httpx.Client, task_dir: Path, *, experiment: str, sleep: float | None = None, n: int = 1
+) -> dict[str, Any]:
+    upload = api.post("/tasks/upload", files={"file": ("t.tar.gz", archive_of(task_dir))})
+    assert upload.status_code == 200, upload.text
+    env = {"ODDISH_SLEEP_SECONDS": str(sleep)} if sleep is not None else {}
+    sweep = api.post(
+        "/tasks/sweep",
+        json={
+            "upload_id": upload.json()["upload_id"],
+            "configs": [{"agent": "oracle", "n_trials": n, "agent_config": {"env": env}}],
+            "harbor": {"environment": "local"},
+            "experiment_id": experiment,
+            "submission_key": str(uuid.uuid4()),
+        },
+    )
+    assert sweep.status_code == 200, sweep.text
+    return sweep.json()
+
+
+def wait_until(api: httpx.Client, task_id: str, statuses: set[str]) -> dict[str, Any]:
+    deadline = time.monotonic() + 240
+    while True:
+        task = api.get(f"/tasks/{task_id}").json()
+        if task["status"] in statuses:
+            return task
+        assert time.monotonic() < deadline, task["status"]
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def finished(api: httpx.Client, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two versions of one task name (the second a changed copy), three tasks in all, done."""
+    experiment = f"exp-routes-{secrets.token_hex(3)}"
+    name = f"versioned-{secrets.token_hex(3)}"
+    first = tmp_path_factory.mktemp("v1") / name
+    shutil.copytree(EXAMPLES / "hello-pass", first)
+    second = tmp_path_factory.mktemp("v2") / name
+    shutil.copytree(first, second)
+    (second / "instruction.md").write_text("Changed: write hello to /app/greeting.txt.\n")
+    tasks = [
+        submit(api, first, experiment=experiment),
+        submit(api, first, experiment=experiment, n=2),
+        submit(api, second, experiment=experiment),
+    ]
+    for task in tasks:
+        wait_until(api, task["id"], {"completed"})
+    return {"experiment": experiment, "name": name, "ids": [t["id"] for t in tasks]}
+
+
+def test_tasks_by_experiment_id_is_the_original_bare_list(
+    api: httpx.Client, finished: dict[str, Any]
+) -> None:
+    ours = api.get("/tasks", params={"experiment": finished["experiment"]}).json()
+    assert ours["total"] == 3 and ours["next_offset"] is None
+
+    listed = api.get("/tasks", params={"experiment_id": finished["experiment"]})
+    assert listed.status_code == 200
+    tasks = listed.json()
+    assert isinstance(tasks, list)
+    assert sorted(t["id"] for t in tasks) == sorted(finished["ids"])
+    assert all(t["trials"] and t["experiment_id"] == finished["experiment"] for t in tasks)
+
+    brief = api.get(
+        "/tasks", params={"experiment_id": finished["experiment"], "include_trials": "false"}
+    ).json()
+    assert sorted(t["id"] for t in brief) == sorted(finished["ids"])
+    assert all("trials" not in t for t in brief)
+    assert len(api.get("/tasks", params={"include_trials": "false", "limit": 2}).json()) == 2
+    refused = api.get("/tasks", params={"include_trials": "true", "limit": 101})
+    assert refused.status_code == 422 and "at most 100" in refused.text
+
+
+def test_versions_and_browse(api: httpx.Client, finished: dict[str, Any]) -> None:
+    first, again, changed = finished["ids"]
+    versions = api.get(f"/tasks/{first}/versions").json()
+    assert [v["version"] for v in versions] == [2, 1]
+    assert versions[1]["id"] == first and versions[1]["tasks_count"] == 2
+    assert versions[0]["id"] == changed and versions[0]["tasks_count"] == 1
+    assert versions[0]["content_hash"] != versions[1]["content_hash"]
+    assert api.get(f"/tasks/{again}/versions").json() == [{**v, "task_id": again} for v in versions]
+    one = api.get(f"/tasks/{changed}/versions/1").json()
+    assert one["id"] == first and one["task_id"] == changed
+    assert api.get(f"/tasks/{first}/versions/3").status_code == 404
+    assert api.get("/tasks/task-nope/versions").status_code == 404
+    assert api.get(f"/tasks/{first}/versions/0").status_code == 422
+
+    page = api.get("/tasks/browse", params={"query": finished["name"]}).json()
+    assert page["has_more"] is False and page["limit"] == 25 and page["offset"] == 0
+    (item,) = page["items"]
+    assert item["id"] == changed and item["name"] == finished["name"]
+    assert item["current_version"] == 2 and item["version_count"] == 2
+    assert item["tasks_count"] == 3 and item["total_trials"] == 4
+    assert item["completed_trials"] == 4 and item["failed_trials"] == 0
+    assert item["reward_success"] == 4 and item["reward_total"] == 4
+    assert [e["id"] for e in item["experiments"]] == [finished["experiment"]]
+    # A LIKE wildcard in the query is matched literally.
+    assert api.get("/tasks/browse", params={"query": "%"}).json()["items"] == []
+    assert api.get("/tasks/browse", params={"limit": 101}).status_code == 422
+
+
+def test_dashboard_counts_per_queue_and_status(api: httpx.Client, finished: dict[str, Any]) -> None:
+    board = api.get("/dashboard", params={"tasks_limit": 2, "experiments_limit": 1}).json()
+    assert board["queues"] == api.get("/limits").json()["queues"]
+    assert board["pipeline"]["tasks"]["completed"] >= 3
+    assert board["pipeline"]["trials"]["success"] >= 4
+    assert len(board["tasks"]) == 2 and board["has_more"] is True
+    assert len(board["experiments"]) == 1 and board["experiments_has_more"] in (True, False)
+    assert api.get("/dashboard", params={"tasks_limit": 0}).status_code == 422
+
+
+def test_batch_cancel_and_deleting_a_trial(api: httpx.Client, finished: dict[str, Any]) -> None:
+    experiment = f"exp-cancel-{secrets.token_hex(3)}"
+    running = submit(api, EXAMPLES / "sleep", experiment=experiment, sleep=60)
+    deadline = time.monotonic() + 120
+    while api.get(f"/tasks/{running['id']}").json()["trials"][0]["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    trial_id = api.get(f"/tasks/{running['id']}").json()["trials"][0]["id"]
+    busy = api.delete(f"/trials/{trial_id}")
+    assert busy.status_code == 409 and "cancel the task first" in busy.json()["detail"]
+
+    answer = api.post("/tasks/cancel", json={"task_ids": [running["id"], "task-nope"]})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["status"] == "cancelled" and body["task_ids"] == [running["id"]]
+    assert body["not_found_task_ids"] == ["task-nope"] and body["tasks_found"] == 1
+    assert body["tasks_cancelled"] == 1
+    wait_until(api, running["id"], {"cancelled"})
+
+    assert api.post("/tasks/cancel", json={"task_ids": ["task-nope"]}).status_code == 404
+    assert api.post("/tasks/cancel", json={"task_ids": []}).status_code == 422
+
+    gone = api.delete(f"/trials/{trial_id}")
+    assert gone.status_code == 200, gone.text
+    assert gone.json() == {"id": trial_id, "task_id": running["id"], "deleted": True}
+    assert api.get(f"/trials/{trial_id}").status_code == 404
+    assert api.get(f"/tasks/{running['id']}").json()["trials"] == []
+    assert api.delete(f"/trials/{trial_id}").status_code == 404
+
+    # A finished trial of a finished task, with its stored output.
+    done = api.get(f"/tasks/{finished['ids'][1]}").json()["trials"][1]["id"]
+    assert api.get(f"/trials/{done}/result").status_code == 200
+    assert api.delete(f"/trials/{done}").status_code == 200
+    assert len(api.get(f"/tasks/{finished['ids'][1]}").json()["trials"]) == 1
+
+
+def test_sweep_of_an_existing_task(api: httpx.Client, finished: dict[str, Any]) -> None:
+    source = finished["ids"][2]
+    body = {"task_id": source, "configs": [{"agent": "oracle"}], "harbor": {"environment": "local"}}
+    made = api.post("/tasks/sweep", json=body)
+    assert made.status_code == 200, made.text
+    task = wait_until(api, made.json()["id"], {"completed"})
+    assert task["experiment_id"] == finished["experiment"] and task["name"] == finished["name"]
+    assert api.get(f"/tasks/{source}/versions").json()[0]["tasks_count"] == 2
+
+    both = api.post("/tasks/sweep", json={**body, "upload_id": "x"})
+    assert both.status_code == 422 and "upload_id" in both.text
+    missing = api.post("/tasks/sweep", json={**body, "task_id": "task-nope"})
+    assert missing.status_code == 404
