@@ -156,7 +156,7 @@ class TaskSubmission(BaseModel):
 
 # The original Oddish's names, as aliases of ours (one model each). Its TaskSweepSubmission and
 # HarborConfig are the body of POST /tasks/sweep and its ``harbor`` part; AgentModelPair is one
-# entry of ``configs`` as the library takes it. Loaded on first use: oddish.sweep_request
+# entry of ``configs`` as the library takes it. Loaded on first use: oddish.request_bodies
 # imports this module.
 _ORIGINAL_NAMES = {
     "TaskSweepSubmission": "SweepRequest",
@@ -169,7 +169,7 @@ AgentModelPair = AgentRunConfig
 
 def __getattr__(name: str) -> Any:
     if name in _ORIGINAL_NAMES:
-        from oddish import sweep_request
+        from oddish import request_bodies
 
-        return getattr(sweep_request, _ORIGINAL_NAMES[name])
+        return getattr(request_bodies, _ORIGINAL_NAMES[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

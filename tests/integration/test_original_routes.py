@@ -17,8 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel, RootModel, TypeAdapter
 
 from helpers import EXAMPLES, serve_api
+from oddish.api import views
+from oddish.api.original_routes import BrowsePage, Dashboard, TaskVersionView
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -201,3 +204,77 @@ def test_sweep_of_an_existing_task(api: httpx.Client, finished: dict[str, Any]) 
     assert both.status_code == 422 and "upload_id" in both.text
     missing = api.post("/tasks/sweep", json={**body, "task_id": "task-nope"})
     assert missing.status_code == 404
+
+
+def declared(model: type[BaseModel], data: Any) -> None:
+    """``data`` is valid for ``model`` and every field in it, at any depth, is declared: the
+    views let unknown fields through (nothing is dropped), so this is where a field a route
+    returns but its model lacks is caught."""
+    undeclared: list[str] = []
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, RootModel):
+            walk(value.root, where)
+        elif isinstance(value, BaseModel):
+            undeclared.extend(f"{where}.{name}" for name in value.model_extra or {})
+            for name in type(value).model_fields:
+                walk(getattr(value, name), f"{where}.{name}")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}")
+
+    walk(TypeAdapter(model).validate_python(data), model.__name__)
+    assert undeclared == [], f"fields the response models do not declare: {undeclared}"
+
+
+def test_answers_match_their_response_models(api: httpx.Client, finished: dict[str, Any]) -> None:
+    task_id = finished["ids"][2]
+    experiment = finished["experiment"]
+    task = api.get(f"/tasks/{task_id}").json()
+    trial_id = task["trials"][0]["id"]
+    answers: list[tuple[Any, str, dict[str, Any]]] = [
+        (views.Health, "/health", {}),
+        (views.TaskList, "/tasks", {}),
+        (views.TaskList, "/tasks", {"experiment_id": experiment}),
+        (views.TaskList, "/tasks", {"experiment_id": experiment, "include_trials": "false"}),
+        (views.TaskDetail, f"/tasks/{task_id}", {}),
+        (views.Trial, f"/tasks/{task_id}/trials/0", {}),
+        (views.Trial, f"/trials/{trial_id}", {}),
+        (views.TrialLogs, f"/trials/{trial_id}/logs", {}),
+        (views.HarborTrialResult, f"/trials/{trial_id}/result", {}),
+        (list[views.ExperimentListed], "/experiments", {}),
+        (views.Experiment, f"/experiments/{experiment}", {}),
+        (views.ExperimentTrials, f"/experiments/{experiment}/trials", {}),
+        (views.Limits, "/limits", {}),
+        (BrowsePage, "/tasks/browse", {}),
+        (Dashboard, "/dashboard", {}),
+        (list[TaskVersionView], f"/tasks/{task_id}/versions", {}),
+    ]
+    for model, path, params in answers:
+        answer = api.get(path, params=params)
+        assert answer.status_code == 200, (path, answer.text)
+        declared(model, answer.json())
+    assert task["trials"][0]["attempts"] and task["verdict"] is not None
+
+    declared(views.LimitSet, api.put("/limits/test%2Fviews", json={"limit": 3}).json())
+    declared(views.TaskCancelled, api.post(f"/tasks/{task_id}/cancel").json())
+    declared(views.ExperimentCancelled, api.post(f"/experiments/{experiment}/cancel").json())
+    upload = api.post(
+        "/tasks/upload", files={"file": ("t.tar.gz", archive_of(EXAMPLES / "hello-pass"))}
+    )
+    declared(views.Uploaded, upload.json())
+    sweep = api.post(
+        "/tasks/sweep",
+        json={
+            "upload_id": upload.json()["upload_id"],
+            "configs": [{"agent": "oracle"}],
+            "harbor": {"environment": "local"},
+        },
+    )
+    assert sweep.status_code == 200 and "warning" not in sweep.json()
+    declared(views.SweepCreated, sweep.json())
+    wait_until(api, sweep.json()["id"], {"completed", "failed"})
+    declared(views.TaskDeleted, api.delete(f"/tasks/{sweep.json()['id']}").json())

@@ -19,8 +19,8 @@ from oddish.api.app import create_app
 from oddish.config import Settings, get_settings
 from oddish.env_references import AGENT_ENV_ALLOWLIST, env_reference_problems
 from oddish.harbor_config import trial_config
+from oddish.request_bodies import SweepRequest
 from oddish.schemas import AgentRunConfig, TaskSubmission, TrialSpec
-from oddish.sweep_request import SweepRequest
 
 DB_URL = "postgresql+asyncpg://oddish:worker-secret@db:5432/oddish"
 TASK = EXAMPLES / "hello-pass"

@@ -22,14 +22,15 @@ from fastapi import (
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from temporalio.service import RPCError, RPCStatusCode
 
-from oddish import queue, task_control, task_judge, task_retry
+from oddish import __version__, queue, task_control, task_judge, task_retry
+from oddish.api import views
 from oddish.api.app_state import temporal
-from oddish.api.auth import ApiKeyGate
+from oddish.api.auth import OPEN_PATHS, ApiKeyGate
 from oddish.api.body_limit import BodySizeLimit
 from oddish.api.docs import add_docs
 from oddish.api.files import build_files_router
@@ -53,10 +54,10 @@ from oddish.db.connection import (
 )
 from oddish.db.records import RecordNotFound
 from oddish.judge.models import JudgeNotConfigured
+from oddish.request_bodies import ExperimentUpdate, LimitUpdate, SweepRequest
 from oddish.schemas import MAX_TRIALS_PER_TASK, TaskSubmission
 from oddish.statuses import TaskStatus
 from oddish.storage import StorageError, StorageUnavailable, get_storage
-from oddish.sweep_request import SweepRequest
 from oddish.task_cache import task_dir_for
 from oddish.temporal_gateway import TemporalConnection, TemporalUnavailable
 from oddish.worker.health import WorkerHealth
@@ -82,18 +83,6 @@ def _raised_by_the_database_driver(exc: BaseException) -> bool:
 ORIGINAL_LIST_LIMIT = 100
 # Pages past this are refused with a reason, not overflowing Postgres' bigint.
 MAX_OFFSET = 1_000_000_000
-
-
-class ExperimentUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=255)
-
-
-class LimitUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    limit: int = Field(ge=1, le=10_000, description="trials of this queue key that may run at once")
 
 
 # Room for the multipart envelope around the archive.
@@ -132,16 +121,24 @@ async def _submission_of_task(body: SweepRequest, task_id: str) -> TaskSubmissio
 def build_router() -> APIRouter:
     router = APIRouter(responses=ERROR_RESPONSES)
 
-    @router.post(UPLOAD_PATH, summary="Upload a task: a gzipped tar of one task directory")
+    @router.post(
+        UPLOAD_PATH,
+        summary="Upload a task: a gzipped tar of one task directory",
+        response_model=views.Uploaded,
+    )
     async def upload_task(file: UploadFile = File(description="task.tar.gz")) -> dict[str, Any]:
         return await asyncio.to_thread(store_upload, file.file)
 
     @router.post(
         "/tasks/sweep",
-        summary="Create a task of an uploaded version and run its trials",
+        summary="Create a task of an uploaded version (or of an existing task) and run its trials",
+        response_model=views.SweepCreated,
+        response_model_exclude_unset=True,
         responses={
             202: {
-                "description": "recorded; its workflow starts once Temporal answers (see `warning`)"
+                "model": views.SweepCreated,
+                "description": "recorded; its workflow starts once Temporal answers "
+                "(see `warning`)",
             }
         },
     )
@@ -172,6 +169,14 @@ def build_router() -> APIRouter:
     @router.get(
         "/tasks",
         summary="List tasks, newest first, one page at a time",
+        # Documented, not filtered: the answer is one of three shapes (see the description).
+        response_model=None,
+        responses={
+            200: {
+                "model": views.TaskList,
+                "description": "a page; with the original's parameters a bare list",
+            }
+        },
         description="One page: `{tasks, total, limit, offset, next_offset}`. Asked with the "
         "original Oddish's parameters (`experiment_id=` or `include_trials=`) it answers the "
         "original's shape instead: a bare list of at most `limit` (default 100) tasks, each with "
@@ -212,31 +217,55 @@ def build_router() -> APIRouter:
             return page["tasks"]
         return [await queue.get_task_with_trials(t["id"]) for t in page["tasks"]]
 
-    @router.get("/tasks/{task_id}", summary="A task with its trials and verdict")
+    @router.get(
+        "/tasks/{task_id}",
+        summary="A task with its trials and verdict",
+        response_model=views.TaskDetail,
+    )
     async def get_task(task_id: str) -> dict[str, Any]:
         return await queue.get_task_with_trials(task_id)
 
-    @router.get("/tasks/{task_id}/trials/{index}", summary="A trial of a task by its index")
+    @router.get(
+        "/tasks/{task_id}/trials/{index}",
+        summary="A trial of a task by its index",
+        response_model=views.Trial,
+    )
     async def get_trial_by_index(
         task_id: str,
         index: int = Path(ge=0, lt=MAX_TRIALS_PER_TASK),
     ) -> dict[str, Any]:
         return await queue.get_trial_by_index(task_id, index)
 
-    @router.get("/trials/{trial_id}", summary="A trial with its attempts and analysis")
+    @router.get(
+        "/trials/{trial_id}",
+        summary="A trial with its attempts and analysis",
+        response_model=views.Trial,
+    )
     async def get_trial(trial_id: str) -> dict[str, Any]:
         return await queue.get_trial(trial_id)
 
-    @router.get("/trials/{trial_id}/result", summary="Harbor's result.json of the latest attempt")
+    @router.get(
+        "/trials/{trial_id}/result",
+        summary="Harbor's result.json of the latest attempt",
+        response_model=views.HarborTrialResult,
+    )
     async def get_trial_result(trial_id: str) -> dict[str, Any]:
         return await asyncio.to_thread(read_result, await queue.get_trial(trial_id))
 
-    @router.get("/trials/{trial_id}/logs", summary="Text files of the latest attempt's output")
+    @router.get(
+        "/trials/{trial_id}/logs",
+        summary="Text files of the latest attempt's output",
+        response_model=views.TrialLogs,
+    )
     async def get_trial_logs(trial_id: str) -> dict[str, Any]:
         trial = await queue.get_trial(trial_id)
         return {"trial_id": trial_id, "files": await asyncio.to_thread(read_logs, trial)}
 
-    @router.post("/tasks/{task_id}/cancel", summary="Stop a task: its sandboxes, slots and trials")
+    @router.post(
+        "/tasks/{task_id}/cancel",
+        summary="Stop a task: its sandboxes, slots and trials",
+        response_model=views.TaskCancelled,
+    )
     async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
         status = await task_control.cancel_task(task_id, client=temporal(request))
         return {"id": task_id, "status": status}
@@ -244,6 +273,7 @@ def build_router() -> APIRouter:
     @router.post(
         "/tasks/{task_id}/retry",
         summary="Run a task's trials that did not pass again, then redo its verdict",
+        response_model=views.Retried,
         responses=REFUSED,
     )
     async def retry_task(task_id: str, request: Request) -> dict[str, Any]:
@@ -253,6 +283,7 @@ def build_router() -> APIRouter:
     @router.post(
         "/trials/{trial_id}/retry",
         summary="Run a trial that did not pass (partial, failed, error, cancelled) again",
+        response_model=views.Retried,
         responses=REFUSED,
     )
     async def retry_trial(trial_id: str, request: Request) -> dict[str, Any]:
@@ -262,6 +293,7 @@ def build_router() -> APIRouter:
     @router.post(
         "/experiments/{experiment_id}/retry",
         summary="Run the trials that did not pass of every task of an experiment again",
+        response_model=views.ExperimentRetried,
         responses=REFUSED,
     )
     async def retry_experiment(experiment_id: str, request: Request) -> dict[str, Any]:
@@ -272,7 +304,9 @@ def build_router() -> APIRouter:
         }
 
     @router.post(
-        "/experiments/{experiment_id}/cancel", summary="Stop every unfinished task of an experiment"
+        "/experiments/{experiment_id}/cancel",
+        summary="Stop every unfinished task of an experiment",
+        response_model=views.ExperimentCancelled,
     )
     async def cancel_experiment(experiment_id: str, request: Request) -> dict[str, Any]:
         cancelled = await task_control.cancel_experiment(experiment_id, client=temporal(request))
@@ -281,7 +315,11 @@ def build_router() -> APIRouter:
             "tasks": [{"id": t, "status": s} for t, s in cancelled],
         }
 
-    @router.delete("/tasks/{task_id}", summary="Stop a task, then delete it and its files")
+    @router.delete(
+        "/tasks/{task_id}",
+        summary="Stop a task, then delete it and its files",
+        response_model=views.TaskDeleted,
+    )
     async def delete_task(task_id: str, request: Request) -> dict[str, Any]:
         await queue.get_task_with_trials(task_id)  # 404 before anything is stopped
         await task_control.delete_task(task_id, client=temporal(request))
@@ -290,23 +328,31 @@ def build_router() -> APIRouter:
     @router.delete(
         "/experiments/{experiment_id}",
         summary="Stop an experiment's tasks, then delete them and the experiment",
+        response_model=views.ExperimentDeleted,
     )
     async def delete_experiment(experiment_id: str, request: Request) -> dict[str, Any]:
         n = await task_control.delete_experiment(experiment_id, client=temporal(request))
         return {"id": experiment_id, "deleted": True, "tasks_deleted": n}
 
-    @router.patch("/experiments/{experiment_id}", summary="Rename an experiment")
+    @router.patch(
+        "/experiments/{experiment_id}",
+        summary="Rename an experiment",
+        response_model=views.Experiment,
+    )
     async def rename_experiment(experiment_id: str, update: ExperimentUpdate) -> dict[str, Any]:
         await queue.rename_experiment(experiment_id, update.name)
         return await queue.get_experiment(experiment_id)
 
-    @router.get("/experiments", summary="List experiments")
+    @router.get(
+        "/experiments", summary="List experiments", response_model=list[views.ExperimentListed]
+    )
     async def list_experiments() -> list[dict[str, Any]]:
         return await queue.list_experiments()
 
     @router.get(
         "/experiments/{experiment_id}",
         summary="An experiment: per agent/model trials, pass rate, mean reward, statuses",
+        response_model=views.Experiment,
     )
     async def get_experiment(
         experiment_id: str,
@@ -322,6 +368,7 @@ def build_router() -> APIRouter:
     @router.get(
         "/experiments/{experiment_id}/trials",
         summary="An experiment's trials in brief, one page at a time (by task, then index)",
+        response_model=views.ExperimentTrials,
     )
     async def get_experiment_trials(
         experiment_id: str,
@@ -335,11 +382,19 @@ def build_router() -> APIRouter:
         except queue.BadCursor as exc:
             raise HTTPException(422, detail=str(exc)) from exc
 
-    @router.get("/limits", summary="Per queue key: the limit, and trials waiting and running")
+    @router.get(
+        "/limits",
+        summary="Per queue key: the limit, and trials waiting and running",
+        response_model=views.Limits,
+    )
     async def get_limits() -> dict[str, Any]:
         return {"default": await queue.get_default_limit(), "queues": await queue.get_queue_stats()}
 
-    @router.put("/limits/{queue_key:path}", summary="Set a queue key's limit; takes effect at once")
+    @router.put(
+        "/limits/{queue_key:path}",
+        summary="Set a queue key's limit; takes effect at once",
+        response_model=views.LimitSet,
+    )
     async def put_limit(
         update: LimitUpdate,
         queue_key: str = Path(min_length=1, max_length=200, pattern=r"\S"),
@@ -394,6 +449,7 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
 
     app = FastAPI(
         title="oddish",
+        version=__version__,
         description="Durable evaluation scheduler for Harbor agent tasks.",
         lifespan=lifespan,
         # Served from the package's own assets (add_docs): FastAPI's load them from a CDN.
@@ -510,7 +566,8 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
     @app.get(
         "/health",
         summary="Liveness of the API, its database, Temporal and the worker in this process",
-        responses={503: {"description": "the database cannot be reached"}},
+        response_model=views.Health,
+        responses={503: {"model": ErrorBody, "description": "the database cannot be reached"}},
     )
     async def health(request: Request) -> dict[str, Any]:
         async with get_session() as session:
@@ -536,4 +593,30 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
     from oddish import dashboard
 
     dashboard.install(app)
+    describe_the_key(app)
     return app
+
+
+BEARER_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "ODDISH_API_KEY: required on every route but /health (and /docs, "
+    "/openapi.json) when the server sets it",
+}
+
+
+def describe_the_key(app: FastAPI) -> None:
+    """The bearer key as the schema's security scheme (ApiKeyGate enforces it)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = {"bearerKey": BEARER_SCHEME}
+            schema["security"] = [{"bearerKey": []}]
+            for path in OPEN_PATHS:
+                for operation in schema["paths"].get(path, {}).values():
+                    operation["security"] = []
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]

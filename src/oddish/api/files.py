@@ -42,7 +42,10 @@ INLINE_TYPES = frozenset(
 TEXT_SUFFIXES = frozenset({".txt", ".log", ".out", ".err", ".jsonl", ".md", ".toml", ".sh", ""})
 
 FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "the file's bytes, streamed", "content": {"application/octet-stream": {}}},
+    200: {
+        "description": "the file's bytes, streamed, with the content type its name suggests",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
     400: {"description": "a path that would leave the folder ('..', absolute, backslash)"},
     404: {"description": "no such trial, task, attempt or file; the reason is in `detail`"},
     503: {"description": "the storage cannot be reached"},
@@ -193,7 +196,19 @@ def build_files_router() -> APIRouter:
         summary="The agent's trajectory (Harbor's trajectory.json), when it wrote one",
         response_class=StreamingResponse,
         responses={
-            200: {"description": "trajectory.json as the agent wrote it (ATIF)"},
+            200: {
+                "description": "trajectory.json as the agent wrote it (ATIF)",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "title": "AtifTrajectory",
+                            "description": "Harbor's agent trajectory format, as written",
+                            "additionalProperties": True,
+                        }
+                    }
+                },
+            },
             404: {"description": "no such trial, no output yet, or the agent wrote none"},
             503: {"description": "the storage cannot be reached"},
         },

@@ -7,29 +7,21 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from oddish import queue, task_judge
 from oddish.api.app_state import temporal
+from oddish.request_bodies import JudgeAgainRequest
 
 JUDGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "a body that is not JSON"},
+    401: {"description": "missing or wrong key (when ODDISH_API_KEY is set)"},
     404: {"description": "no such trial, task or experiment"},
     409: {"description": "the task still runs, or the judge is at it already"},
+    413: {"description": "a body over ODDISH_API_MAX_BODY_BYTES"},
     422: {"description": "no judge model configured and none given"},
     503: {"description": "Temporal cannot be reached"},
 }
-
-
-class JudgeAgainRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=200,
-        description="a LiteLLM model name; default: the task's judge model, else the server's",
-    )
 
 
 class JudgeAgainStarted(BaseModel):

@@ -3,21 +3,20 @@ task's versions, the dashboard's counts, cancelling many tasks at once, deleting
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from oddish import task_catalog, task_control
 from oddish.api.app_state import temporal
+from oddish.api.views import ExperimentListed, IsoTime, QueueStats, TaskSummary, View
 from oddish.db.records import RecordNotFound
+from oddish.request_bodies import BatchCancel
 
 
-class Closed(BaseModel):
-    # Every field the route returns is declared: a field missing here fails the tests, never
-    # silently disappears from an answer.
-    model_config = ConfigDict(extra="forbid")
+class Closed(View):
+    """A view (see oddish.api.views: unknown fields pass, the tests refuse them)."""
 
 
 class TaskVersionView(Closed):
@@ -28,7 +27,7 @@ class TaskVersionView(Closed):
     content_hash: str | None = Field(description="sha256 of the archive (None: before hashing)")
     message: None = Field(description="always null: ours records no version messages")
     created_by_user_id: str | None
-    created_at: datetime
+    created_at: IsoTime
     tasks_count: int = Field(description="tasks that ran this version")
 
 
@@ -49,7 +48,7 @@ class BrowseItem(Closed):
     failed_trials: int
     reward_success: int = Field(description="trials with reward >= 1")
     reward_total: int = Field(description="trials with a reward")
-    last_run_at: datetime | None
+    last_run_at: IsoTime | None
     experiments: list[BrowseExperiment]
 
 
@@ -61,7 +60,7 @@ class BrowsePage(Closed):
 
 
 class Dashboard(Closed):
-    queues: dict[str, dict[str, int]] = Field(
+    queues: dict[str, QueueStats] = Field(
         description="per queue key: waiting, running, limit",
         examples=[{"default": {"waiting": 3, "running": 8, "limit": 8}}],
     )
@@ -69,18 +68,14 @@ class Dashboard(Closed):
         description="tasks and trials per status",
         examples=[{"tasks": {"running": 2}, "trials": {"queued": 3, "running": 8}}],
     )
-    tasks: list[dict[str, Any]] = Field(description="a page of tasks as GET /tasks lists them")
+    tasks: list[TaskSummary] = Field(description="a page of tasks as GET /tasks lists them")
     tasks_limit: int
     tasks_offset: int
     has_more: bool
-    experiments: list[dict[str, Any]] = Field(description="as GET /experiments lists them")
+    experiments: list[ExperimentListed] = Field(description="as GET /experiments lists them")
     experiments_limit: int
     experiments_offset: int
     experiments_has_more: bool
-
-
-class BatchCancel(Closed):
-    task_ids: list[str] = Field(min_length=1, max_length=1000, examples=[["task-3f2a9c1e"]])
 
 
 class CancelledTask(Closed):

@@ -1,4 +1,5 @@
-"""Bodies of ``POST /tasks/sweep``, in the original Oddish's shape, mapped onto a TaskSubmission.
+"""The bodies clients send: ``POST /tasks/sweep`` (in the original Oddish's shape, mapped onto a
+TaskSubmission), limits, an experiment's name, the judge again, a batch cancel.
 
 HTTP-level models only (no I/O): the API validates with them and the CLI builds its bodies
 with them."""
@@ -148,3 +149,24 @@ class SweepRequest(Strict):
                 for c in self.configs
             ],
         )
+
+
+class LimitUpdate(Strict):
+    limit: int = Field(ge=1, le=10_000, description="trials of this queue key that may run at once")
+
+
+class ExperimentUpdate(Strict):
+    name: str = Field(min_length=1, max_length=255)
+
+
+class JudgeAgainRequest(Strict):
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="a LiteLLM model name; default: the task's judge model, else the server's",
+    )
+
+
+class BatchCancel(Strict):
+    task_ids: list[str] = Field(min_length=1, max_length=1000, examples=[["task-3f2a9c1e"]])
