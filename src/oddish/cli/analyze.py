@@ -11,6 +11,7 @@ import typer
 from oddish.cli.client import ApiClient, path_of
 from oddish.cli.manage import JSON_HELP, one_target
 from oddish.cli.output import fail, print_json, stderr, stdout
+from oddish.request_bodies import JudgeAgainRequest
 
 WAIT_INTERVAL_SEC = 2.0
 
@@ -59,7 +60,7 @@ def analyze(
     judged, and when the server has no judge model and none is given.
     """
     one_target(task_id, **{"--experiment": experiment})
-    body = {"model": model} if model else None
+    body = JudgeAgainRequest(model=model).model_dump() if model else None
     with ApiClient() as api:
         if task_id:
             started = [

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from oddish.cli.client import ApiClient, ApiError, path_of
 from oddish.cli.output import fail, print_json, stdout
+from oddish.request_bodies import LimitUpdate
 
 JSON_HELP = "print JSON only"
 
@@ -221,7 +222,9 @@ def set_limit(
     Takes effect at once; a lower limit never stops running trials, new ones wait instead.
     """
     with ApiClient() as api:
-        answer = api.request("PUT", path_of("limits", queue_key), json={"limit": limit})
+        answer = api.request(
+            "PUT", path_of("limits", queue_key), json=LimitUpdate(limit=limit).model_dump()
+        )
     if json_output:
         print_json(answer)
         return

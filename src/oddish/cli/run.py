@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from oddish.cli.bodies import checked_sweep, sweep_request_body
 from oddish.cli.client import ApiClient, RequestFailed, dashboard_page
 from oddish.cli.output import fail, print_json, stderr, stdout
 from oddish.cli.status import FAIL_UNDER_HELP, WIDE_HELP, TaskSet, Watch, show
@@ -143,7 +144,7 @@ def submit_one(
     )
     # A fresh key per task: should a timed-out request be sent again, the API answers with the
     # task the first one created instead of a second task.
-    body = {**body, "upload_id": upload["upload_id"], "submission_key": str(uuid.uuid4())}
+    body = sweep_request_body(body, upload_id=upload["upload_id"], submission_key=str(uuid.uuid4()))
     return api.request("POST", "/tasks/sweep", json=body, retry=True, raise_failures=True)
 
 
@@ -211,19 +212,18 @@ def submit(
 
 
 def submit_existing(
-    api: ApiClient, task_ids: list[str], sweep_body: dict[str, Any]
+    api: ApiClient, task_ids: list[str], shared: dict[str, Any]
 ) -> tuple[str, list[dict[str, Any]]]:
     """More trials of existing tasks, one after the other (each a new task of the same stored
     version); the first one's experiment is every other one's unless --experiment named one."""
     created: list[dict[str, Any]] = []
-    experiment_id: str | None = sweep_body["experiment_id"]
+    experiment_id: str | None = shared["experiment_id"]
     for task_id in task_ids:
-        body = {
-            **sweep_body,
-            "experiment_id": experiment_id,
-            "task_id": task_id,
-            "submission_key": str(uuid.uuid4()),
-        }
+        body = sweep_request_body(
+            {**shared, "experiment_id": experiment_id},
+            task_id=task_id,
+            submission_key=str(uuid.uuid4()),
+        )
         task = api.request("POST", "/tasks/sweep", json=body, retry=True)
         if task.get("warning"):
             stderr.print(f"[yellow]warning:[/yellow] {escape(task['warning'])}")
@@ -525,23 +525,25 @@ def run(
         """The command line's value, else the sweep file's."""
         return flag if flag is not None else getattr(sweep, field, None)
 
-    sweep_body = {
-        "configs": configs,
-        "harbor": {
-            "environment": environment,
-            "verifier": {"disable": bool(pick(disable_verification, "disable_verification"))},
-            "artifacts": artifacts or [],
-            "override_cpus": pick(override_cpus, "override_cpus"),
-            "override_memory_mb": pick(override_memory_mb, "override_memory_mb"),
-            "override_gpus": pick(override_gpus, "override_gpus"),
-            "override_storage_mb": override_storage_mb,
-            "force_build": force_build,
-        },
-        "priority": priority_value,
-        "experiment_id": experiment or (sweep and sweep.experiment_id) or None,
-        "run_analysis": pick(run_analysis, "run_analysis") is True,
-        "user": user or getpass.getuser(),
-    }
+    sweep_body = checked_sweep(
+        {
+            "configs": configs,
+            "harbor": {
+                "environment": environment,
+                "verifier": {"disable": bool(pick(disable_verification, "disable_verification"))},
+                "artifacts": artifacts or [],
+                "override_cpus": pick(override_cpus, "override_cpus"),
+                "override_memory_mb": pick(override_memory_mb, "override_memory_mb"),
+                "override_gpus": pick(override_gpus, "override_gpus"),
+                "override_storage_mb": override_storage_mb,
+                "force_build": force_build,
+            },
+            "priority": priority_value,
+            "experiment_id": experiment or (sweep and sweep.experiment_id) or None,
+            "run_analysis": pick(run_analysis, "run_analysis") is True,
+            "user": user or getpass.getuser(),
+        }
+    )
 
     with ApiClient() as api:
         if existing_tasks:

@@ -1,0 +1,34 @@
+"""Request bodies built from the API's own models (oddish.request_bodies), so a field the API
+renames or bounds is caught here, before anything is sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from pydantic import ValidationError
+
+from oddish.request_bodies import SweepRequest
+
+
+def _reason(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False)
+    )
+
+
+def checked_sweep(shared: dict[str, Any]) -> dict[str, Any]:
+    """The part of POST /tasks/sweep every task of a run shares, checked against the model
+    (with a stand-in for the upload, which is made later); bad values exit 2 with the reason."""
+    try:
+        SweepRequest.model_validate({**shared, "upload_id": "checked-before-upload"})
+    except ValidationError as exc:
+        raise typer.BadParameter(_reason(exc), param_hint="the sweep") from None
+    return shared
+
+
+def sweep_request_body(shared: dict[str, Any], **source: Any) -> dict[str, Any]:
+    """The body of one POST /tasks/sweep: the shared part plus where the task comes from
+    (``upload_id`` or ``task_id``) and its submission key."""
+    return SweepRequest.model_validate({**shared, **source}).model_dump(mode="json")
