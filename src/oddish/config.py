@@ -17,6 +17,11 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 
 
+# The original Oddish's names of settings we renamed (fields of Settings only to be read under
+# that name and applied to ours): not settings of their own, so env.example does not list them.
+RENAMED_SETTINGS = frozenset({"model_concurrency_overrides", "max_retries", "max_task_upload_mb"})
+
+
 def is_own_setting(name: str) -> bool:
     """Whether an environment variable is one of oddish's settings (matched, as pydantic-settings
     matches them, whatever its case)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from oddish.config import Settings
+from oddish.config import RENAMED_SETTINGS, Settings
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = {"db", "temporal", "temporal-ui", "db-init", "api", "worker"}
@@ -24,6 +24,7 @@ ODDISH_SERVICES = ("db-init", "api", "worker")
 KNOWN_EXTRAS = {
     "DATABASE_URL",  # an alias of ODDISH_DATABASE_URL
     "ODDISH_API_URL",  # the CLI's
+    "ODDISH_DEFAULT_API_URL",  # the CLI's, when ODDISH_API_URL is unset
     "HARBOR_TELEMETRY",  # Harbor's own
     "ANTHROPIC_API_KEY",
     "OPENAI_API_KEY",
@@ -47,7 +48,9 @@ def compose() -> dict:
 
 
 def setting_names() -> set[str]:
-    return {f"ODDISH_{name.upper()}" for name in Settings.model_fields}
+    return {
+        f"ODDISH_{name.upper()}" for name in Settings.model_fields if name not in RENAMED_SETTINGS
+    }
 
 
 def env_example() -> dict[str, str]:
