@@ -1,6 +1,7 @@
 """schemathesis over the real API's /openapi.json (uvicorn, Postgres, Temporal): requests made
 from the schema, valid and invalid, to every operation; none may answer a 5xx, and every status
-code answered is one the schema declares (schemathesis' ``status_code_conformance``).
+code answered is one the schema declares (schemathesis' ``status_code_conformance``), and every
+answer fits the schema declared for it (``response_schema_conformance``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from hypothesis import strategies as st
 from schemathesis import Case, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import Failure, FailureGroup
-from schemathesis.specs.openapi.checks import status_code_conformance
+from schemathesis.specs.openapi.checks import (
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from oddish.db.connection import plain_dsn
 
@@ -67,6 +71,7 @@ def test_no_request_made_from_the_schema_is_a_server_error_or_undocumented(
     schema = schemathesis.openapi.from_url(f"{api}/openapi.json")
     server_errors: list[str] = []
     undocumented: dict[str, set[int]] = defaultdict(set)
+    off_schema: list[str] = []
     calls = 0
 
     def exercise(case: Case) -> None:
@@ -84,6 +89,10 @@ def test_no_request_made_from_the_schema_is_a_server_error_or_undocumented(
             case.validate_response(response, checks=[status_code_conformance])
         except (Failure, FailureGroup):
             undocumented[case.operation.label].add(response.status_code)
+        try:
+            case.validate_response(response, checks=[response_schema_conformance])
+        except (Failure, FailureGroup) as exc:
+            off_schema.append(f"{case.operation.label} -> {response.status_code}: {exc}"[:600])
 
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 20, [op.label for op in operations]
@@ -112,3 +121,4 @@ def test_no_request_made_from_the_schema_is_a_server_error_or_undocumented(
         print(f"undocumented status codes: {label}: {sorted(codes)}")
     assert not server_errors, "\n".join(server_errors)
     assert not undocumented, f"status codes the schema does not declare: {dict(undocumented)}"
+    assert not off_schema, "answers that do not fit their schema:\n" + "\n".join(off_schema[:20])
