@@ -38,6 +38,7 @@ def analyze(
         None,
         "--experiment",
         "-E",
+        "-e",
         show_default=False,
         help="judge every finished task of this experiment (id or name) again",
     ),
