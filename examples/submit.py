@@ -17,7 +17,7 @@ from oddish.config import get_settings
 from oddish.embedded import ensure_embedded_services
 from oddish.queue import create_task, get_task_with_trials
 from oddish.schemas import AgentRunConfig, TaskSubmission
-from oddish.temporal_client import connect
+from oddish.temporal_gateway import connect
 from oddish.workflows import workflow_id_for_task
 
 

@@ -68,10 +68,12 @@ def oddish(
 
 
 def test_using_as_a_library(stack: dict[str, str]) -> None:
-    """The README's "Using as a Library" block, each import as written, then the calls."""
+    """The README's "Using as a Library" block, each import as written, then the calls: the
+    queue manager it creates serves a task the library submits (on a task queue of its own,
+    so the stack's worker takes none of it)."""
     script = textwrap.dedent(
         """
-        import asyncio, json
+        import asyncio, json, sys
 
         # Database models and sessions
         from oddish.db import TaskModel, TrialModel, get_session, init_db
@@ -87,21 +89,40 @@ def test_using_as_a_library(stack: dict[str, str]) -> None:
 
         # Schemas
         from oddish.schemas import TaskSubmission, TrialSpec
-        from oddish.schemas import TaskSweepSubmission, HarborConfig
+        from oddish.schemas import TaskSweepSubmission, HarborConfig, AgentModelPair
 
         import oddish
+        from oddish.temporal_gateway import connect
 
 
         async def main():
             await init_db()
             qm = await create_queue_manager()
+            serving = asyncio.create_task(qm.run())
+            task_id = await create_task(
+                TaskSubmission(
+                    task_path=sys.argv[1],
+                    configs=[AgentModelPair(agent="oracle", environment="local", n_trials=2)],
+                ),
+                client=await connect(),
+            )
+            while (task := await get_task_with_trials(task_id))["status"] != "completed":
+                assert task["status"] not in ("failed", "cancelled"), task["status"]
+                await asyncio.sleep(0.5)
+            async with get_session() as session:
+                trial = await session.get(TrialModel, task["trials"][0]["id"])
+                stored = await session.get(TaskModel, task_id)
+            queues = await get_queue_stats()
+            qm.shutdown.set()
+            await serving
             harbor = HarborConfig(environment="local")
             body = TaskSweepSubmission(upload_id="u", configs=[{"agent": "oracle"}], harbor=harbor)
             return {
                 "version": oddish.__version__,
                 "database_url": settings.database_url,
-                "queues": await get_queue_stats(),
-                "worker_runs": callable(qm.run) and not qm.shutdown.is_set(),
+                "rewards": [t["reward"] for t in task["trials"]],
+                "rows": [trial.status, stored.name],
+                "queues": queues,
                 "sweep": body.model_dump()["harbor"]["environment"],
                 "trial_agent": TrialSpec(agent="oracle").agent,
             }
@@ -109,20 +130,21 @@ def test_using_as_a_library(stack: dict[str, str]) -> None:
         print(json.dumps(asyncio.run(main())))
         """
     )
+    own_queue = {**stack, "ODDISH_TEMPORAL_TASK_QUEUE": f"oddish-library-{secrets.token_hex(4)}"}
     done = subprocess.run(
-        [sys.executable, "-c", script],
-        env=stack,
+        [sys.executable, "-c", script, HELLO],
+        env=own_queue,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stderr[-3000:]
     answer = json.loads(done.stdout.splitlines()[-1])
     assert answer["version"] == __version__
     assert answer["database_url"] == stack["ODDISH_DATABASE_URL"]
+    assert answer["rewards"] == [1.0, 1.0] and answer["rows"] == ["success", "hello-pass"]
     assert isinstance(answer["queues"], dict)
-    assert answer["worker_runs"] is True
     assert answer["sweep"] == "local" and answer["trial_agent"] == "oracle"
 
 
