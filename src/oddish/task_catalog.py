@@ -89,8 +89,10 @@ async def dashboard(
     """Per queue key its slots, tasks and trials per status, a page of tasks and experiments."""
     async with get_session() as session:
         task_counts, trial_counts = await catalog.status_counts(session)
+        experiments, more_experiments = await catalog.experiments_page(
+            session, limit=experiments_limit, offset=experiments_offset
+        )
     tasks = await queue.list_tasks(limit=tasks_limit, offset=tasks_offset)
-    experiments = await queue.list_experiments()
     return {
         "queues": await queue.get_queue_stats(),
         "pipeline": {"tasks": task_counts, "trials": trial_counts},
@@ -98,10 +100,14 @@ async def dashboard(
         "tasks_limit": tasks_limit,
         "tasks_offset": tasks_offset,
         "has_more": tasks["next_offset"] is not None,
-        "experiments": experiments[experiments_offset : experiments_offset + experiments_limit],
+        # As GET /experiments lists them.
+        "experiments": [
+            {"id": e.id, "name": e.name, "created_at": e.created_at.isoformat(), "tasks_count": n}
+            for e, n in experiments
+        ],
         "experiments_limit": experiments_limit,
         "experiments_offset": experiments_offset,
-        "experiments_has_more": len(experiments) > experiments_offset + experiments_limit,
+        "experiments_has_more": more_experiments,
     }
 
 

@@ -151,7 +151,11 @@ def test_dashboard_counts_per_queue_and_status(api: httpx.Client, finished: dict
     assert board["pipeline"]["tasks"]["completed"] >= 3
     assert board["pipeline"]["trials"]["success"] >= 4
     assert len(board["tasks"]) == 2 and board["has_more"] is True
-    assert len(board["experiments"]) == 1 and board["experiments_has_more"] in (True, False)
+    every = api.get("/experiments").json()
+    assert board["experiments"] == every[:1]
+    assert board["experiments_has_more"] is (len(every) > 1)
+    second = api.get("/dashboard", params={"experiments_offset": 1, "experiments_limit": 100})
+    assert second.json()["experiments"] == every[1:101]
     assert api.get("/dashboard", params={"tasks_limit": 0}).status_code == 422
 
 

@@ -175,6 +175,22 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+async def experiments_page(
+    session: AsyncSession, *, limit: int, offset: int
+) -> tuple[list[tuple[ExperimentModel, int]], bool]:
+    """A page of experiments, newest first, each with its task count; and whether more follow."""
+    rows = await session.execute(
+        select(ExperimentModel, func.count(TaskModel.id))
+        .outerjoin(TaskModel, TaskModel.experiment_id == ExperimentModel.id)
+        .group_by(ExperimentModel.id)
+        .order_by(ExperimentModel.created_at.desc(), ExperimentModel.id)
+        .limit(limit + 1)
+        .offset(offset)
+    )
+    page = [(experiment, int(n)) for experiment, n in rows.all()]
+    return page[:limit], len(page) > limit
+
+
 async def status_counts(session: AsyncSession) -> tuple[dict[str, int], dict[str, int]]:
     """Tasks per status and trials per status, over everything recorded."""
     tasks = await session.execute(select(TaskModel.status, func.count()).group_by(TaskModel.status))
