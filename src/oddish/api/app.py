@@ -125,6 +125,7 @@ def build_router() -> APIRouter:
         UPLOAD_PATH,
         summary="Upload a task: a gzipped tar of one task directory",
         response_model=views.Uploaded,
+        response_model_exclude_unset=True,
     )
     async def upload_task(file: UploadFile = File(description="task.tar.gz")) -> dict[str, Any]:
         return await asyncio.to_thread(store_upload, file.file)
@@ -221,6 +222,7 @@ def build_router() -> APIRouter:
         "/tasks/{task_id}",
         summary="A task with its trials and verdict",
         response_model=views.TaskDetail,
+        response_model_exclude_unset=True,
     )
     async def get_task(task_id: str) -> dict[str, Any]:
         return await queue.get_task_with_trials(task_id)
@@ -229,6 +231,7 @@ def build_router() -> APIRouter:
         "/tasks/{task_id}/trials/{index}",
         summary="A trial of a task by its index",
         response_model=views.Trial,
+        response_model_exclude_unset=True,
     )
     async def get_trial_by_index(
         task_id: str,
@@ -240,6 +243,7 @@ def build_router() -> APIRouter:
         "/trials/{trial_id}",
         summary="A trial with its attempts and analysis",
         response_model=views.Trial,
+        response_model_exclude_unset=True,
     )
     async def get_trial(trial_id: str) -> dict[str, Any]:
         return await queue.get_trial(trial_id)
@@ -248,6 +252,7 @@ def build_router() -> APIRouter:
         "/trials/{trial_id}/result",
         summary="Harbor's result.json of the latest attempt",
         response_model=views.HarborTrialResult,
+        response_model_exclude_unset=True,
     )
     async def get_trial_result(trial_id: str) -> dict[str, Any]:
         return await asyncio.to_thread(read_result, await queue.get_trial(trial_id))
@@ -256,6 +261,7 @@ def build_router() -> APIRouter:
         "/trials/{trial_id}/logs",
         summary="Text files of the latest attempt's output",
         response_model=views.TrialLogs,
+        response_model_exclude_unset=True,
     )
     async def get_trial_logs(trial_id: str) -> dict[str, Any]:
         trial = await queue.get_trial(trial_id)
@@ -265,6 +271,7 @@ def build_router() -> APIRouter:
         "/tasks/{task_id}/cancel",
         summary="Stop a task: its sandboxes, slots and trials",
         response_model=views.TaskCancelled,
+        response_model_exclude_unset=True,
     )
     async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
         status = await task_control.cancel_task(task_id, client=temporal(request))
@@ -274,6 +281,7 @@ def build_router() -> APIRouter:
         "/tasks/{task_id}/retry",
         summary="Run a task's trials that did not pass again, then redo its verdict",
         response_model=views.Retried,
+        response_model_exclude_unset=True,
         responses=REFUSED,
     )
     async def retry_task(task_id: str, request: Request) -> dict[str, Any]:
@@ -284,6 +292,7 @@ def build_router() -> APIRouter:
         "/trials/{trial_id}/retry",
         summary="Run a trial that did not pass (partial, failed, error, cancelled) again",
         response_model=views.Retried,
+        response_model_exclude_unset=True,
         responses=REFUSED,
     )
     async def retry_trial(trial_id: str, request: Request) -> dict[str, Any]:
@@ -294,6 +303,7 @@ def build_router() -> APIRouter:
         "/experiments/{experiment_id}/retry",
         summary="Run the trials that did not pass of every task of an experiment again",
         response_model=views.ExperimentRetried,
+        response_model_exclude_unset=True,
         responses=REFUSED,
     )
     async def retry_experiment(experiment_id: str, request: Request) -> dict[str, Any]:
@@ -307,6 +317,7 @@ def build_router() -> APIRouter:
         "/experiments/{experiment_id}/cancel",
         summary="Stop every unfinished task of an experiment",
         response_model=views.ExperimentCancelled,
+        response_model_exclude_unset=True,
     )
     async def cancel_experiment(experiment_id: str, request: Request) -> dict[str, Any]:
         cancelled = await task_control.cancel_experiment(experiment_id, client=temporal(request))
@@ -319,6 +330,7 @@ def build_router() -> APIRouter:
         "/tasks/{task_id}",
         summary="Stop a task, then delete it and its files",
         response_model=views.TaskDeleted,
+        response_model_exclude_unset=True,
     )
     async def delete_task(task_id: str, request: Request) -> dict[str, Any]:
         await queue.get_task_with_trials(task_id)  # 404 before anything is stopped
@@ -329,6 +341,7 @@ def build_router() -> APIRouter:
         "/experiments/{experiment_id}",
         summary="Stop an experiment's tasks, then delete them and the experiment",
         response_model=views.ExperimentDeleted,
+        response_model_exclude_unset=True,
     )
     async def delete_experiment(experiment_id: str, request: Request) -> dict[str, Any]:
         n = await task_control.delete_experiment(experiment_id, client=temporal(request))
@@ -338,13 +351,17 @@ def build_router() -> APIRouter:
         "/experiments/{experiment_id}",
         summary="Rename an experiment",
         response_model=views.Experiment,
+        response_model_exclude_unset=True,
     )
     async def rename_experiment(experiment_id: str, update: ExperimentUpdate) -> dict[str, Any]:
         await queue.rename_experiment(experiment_id, update.name)
         return await queue.get_experiment(experiment_id)
 
     @router.get(
-        "/experiments", summary="List experiments", response_model=list[views.ExperimentListed]
+        "/experiments",
+        summary="List experiments",
+        response_model=list[views.ExperimentListed],
+        response_model_exclude_unset=True,
     )
     async def list_experiments() -> list[dict[str, Any]]:
         return await queue.list_experiments()
@@ -353,6 +370,7 @@ def build_router() -> APIRouter:
         "/experiments/{experiment_id}",
         summary="An experiment: per agent/model trials, pass rate, mean reward, statuses",
         response_model=views.Experiment,
+        response_model_exclude_unset=True,
     )
     async def get_experiment(
         experiment_id: str,
@@ -369,6 +387,7 @@ def build_router() -> APIRouter:
         "/experiments/{experiment_id}/trials",
         summary="An experiment's trials in brief, one page at a time (by task, then index)",
         response_model=views.ExperimentTrials,
+        response_model_exclude_unset=True,
     )
     async def get_experiment_trials(
         experiment_id: str,
@@ -386,6 +405,7 @@ def build_router() -> APIRouter:
         "/limits",
         summary="Per queue key: the limit, and trials waiting and running",
         response_model=views.Limits,
+        response_model_exclude_unset=True,
     )
     async def get_limits() -> dict[str, Any]:
         return {"default": await queue.get_default_limit(), "queues": await queue.get_queue_stats()}
@@ -394,6 +414,7 @@ def build_router() -> APIRouter:
         "/limits/{queue_key:path}",
         summary="Set a queue key's limit; takes effect at once",
         response_model=views.LimitSet,
+        response_model_exclude_unset=True,
     )
     async def put_limit(
         update: LimitUpdate,
@@ -567,6 +588,7 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
         "/health",
         summary="Liveness of the API, its database, Temporal and the worker in this process",
         response_model=views.Health,
+        response_model_exclude_unset=True,
         responses={503: {"model": ErrorBody, "description": "the database cannot be reached"}},
     )
     async def health(request: Request) -> dict[str, Any]:

@@ -110,6 +110,7 @@ def build_original_router() -> APIRouter:
         "/tasks/browse",
         summary="Tasks by name: the latest of each, its versions and trial counts",
         response_model=BrowsePage,
+        response_model_exclude_unset=True,
     )
     async def browse_tasks(
         limit: int = Query(default=25, ge=1, le=100),
@@ -122,6 +123,7 @@ def build_original_router() -> APIRouter:
         "/tasks/{task_id}/versions",
         summary="The versions of a task: the distinct archives of its name, newest first",
         response_model=list[TaskVersionView],
+        response_model_exclude_unset=True,
     )
     async def task_versions(task_id: str) -> list[dict[str, Any]]:
         return await task_catalog.task_versions(task_id)
@@ -130,6 +132,7 @@ def build_original_router() -> APIRouter:
         "/tasks/{task_id}/versions/{version}",
         summary="One version of a task",
         response_model=TaskVersionView,
+        response_model_exclude_unset=True,
     )
     async def task_version(task_id: str, version: int = Path(ge=1, le=1_000_000)) -> Any:
         return await task_catalog.task_version(task_id, version)
@@ -138,6 +141,7 @@ def build_original_router() -> APIRouter:
         "/dashboard",
         summary="Per queue its slots, tasks and trials per status, recent tasks and experiments",
         response_model=Dashboard,
+        response_model_exclude_unset=True,
     )
     async def dashboard(
         tasks_limit: int = Query(default=200, ge=1, le=500),
@@ -156,6 +160,7 @@ def build_original_router() -> APIRouter:
         "/tasks/cancel",
         summary="Stop many tasks at once (the original's batch cancel)",
         response_model=BatchCancelled,
+        response_model_exclude_unset=True,
     )
     async def cancel_tasks(body: BatchCancel, request: Request) -> dict[str, Any]:
         found: list[dict[str, str]] = []
@@ -182,6 +187,7 @@ def build_original_router() -> APIRouter:
         "/trials/{trial_id}",
         summary="Delete one finished trial of a finished task, with its stored output",
         response_model=TrialDeleted,
+        response_model_exclude_unset=True,
         responses=BUSY,
     )
     async def delete_trial(trial_id: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """What each route answers, as pydantic models: the OpenAPI schema's response models.
 
 Every view lets unknown fields through (``extra="allow"``), so a field a route starts returning
-before its model declares it is never silently dropped from an answer; the tests validate real
-answers against these models and fail on any field a model does not declare
+before its model declares it is never silently dropped from an answer; the routes answer with
+``response_model_exclude_unset``, so a field the answer lacks is not added as null. The tests
+validate real answers against these models and fail on any field a model does not declare
 (tests/integration/test_original_routes.py), which keeps the schema complete.
 """
 
@@ -109,6 +110,62 @@ class JudgeSaid(View):
     error: str | None
 
 
+class PassAt1(View):
+    estimate: float = Field(description="passed / scored")
+    low: float
+    high: float
+    confidence: float = Field(examples=[0.95])
+    interval: str = Field(examples=["wilson"])
+
+
+class PassAtK(View):
+    k: int
+    estimate: float = Field(description="mean over tasks of the unbiased pass@k (Chen et al.)")
+    tasks: int = Field(description="tasks with at least k scored trials")
+
+
+class Scores(View):
+    """oddish.pass_rates' figures, over the trials that got a reward; errors counted apart."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "tasks": 1,
+                    "trials": 2,
+                    "results": {"passed": 1, "failed": 1, "unfinished": 0},
+                    "scored": 2,
+                    "passed": 1,
+                    "errored": 0,
+                    "mean_reward": 0.5,
+                    "pass_at_1": {
+                        "estimate": 0.5,
+                        "low": 0.09,
+                        "high": 0.91,
+                        "confidence": 0.95,
+                        "interval": "wilson",
+                    },
+                    "pass_at_k": [{"k": 1, "estimate": 0.5, "tasks": 1}],
+                    "errors": {},
+                }
+            ]
+        }
+    )
+
+    tasks: int
+    trials: int
+    results: dict[str, int] = Field(description="trials per result, and unfinished")
+    scored: int
+    passed: int
+    errored: int
+    mean_reward: float | None
+    pass_at_1: PassAt1 | None
+    pass_at_k: list[PassAtK] | None = Field(
+        default=None, description="absent from lists of tasks (a task's own view has it)"
+    )
+    errors: dict[str, int] = Field(description="errored trials per kind")
+
+
 class Attempt(View):
     number: int
     run_number: int
@@ -176,6 +233,9 @@ class Trial(View):
     cost_usd: float | None
     harbor_trial_dir: str | None
     harbor_config: dict[str, Any] | None
+    result: str | None = Field(
+        description="passed, partial, failed, error, cancelled, unscored; null until finished"
+    )
     started_at: IsoTime | None
     finished_at: IsoTime | None
     attempts: list[Attempt]
@@ -216,6 +276,7 @@ class TaskDetail(TaskFields):
     workflow_id: str
     started_at: IsoTime | None
     trials: list[Trial]
+    scores: Scores
     verdict: Verdict | None
     analysis_model: str | None
     verdict_model: str | None
@@ -256,6 +317,7 @@ class TaskSummary(TaskFields):
     trials_finished: int
     trial_status_counts: dict[str, int]
     mean_reward: float | None = Field(description="of finished trials, a missing reward as 0")
+    scores: Scores
     verdict: VerdictBrief | None
 
 
@@ -279,6 +341,12 @@ class TrialStats(View):
     mean_reward: float | None
     status_counts: dict[str, int]
     outcome_counts: dict[str, int]
+    scores: Scores
+
+
+class AgentModelStats(TrialStats):
+    agent: str
+    model: str | None
 
 
 class ExperimentListed(View):
@@ -297,7 +365,7 @@ class Experiment(View):
     tasks_offset: int
     tasks_next_offset: int | None
     overall: TrialStats
-    by_agent_model: dict[str, TrialStats] = Field(description="keyed agent or agent/model")
+    by_agent_model: dict[str, AgentModelStats] = Field(description="keyed agent or agent/model")
     judge_usage: JudgeUsage
 
 
@@ -319,6 +387,7 @@ class TrialBrief(View):
     n_input_tokens: int | None
     n_output_tokens: int | None
     cost_usd: float | None
+    result: str | None
     started_at: IsoTime | None
     finished_at: IsoTime | None
 
