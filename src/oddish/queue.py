@@ -22,7 +22,13 @@ from oddish.config import get_settings
 from oddish.contracts import TaskWorkflowInput, TrialRef, TrialRetryPolicy
 from oddish.db import records, slots, stats
 from oddish.db.connection import get_session
-from oddish.db.models import AnalysisModel, TaskModel, TrialModel, VerdictModel
+from oddish.db.models import (
+    AnalysisModel,
+    ExperimentModel,
+    TaskModel,
+    TrialModel,
+    VerdictModel,
+)
 from oddish.experiment import generate_experiment_name
 from oddish.ids import new_id
 from oddish.judge.models import judge_models
@@ -436,8 +442,14 @@ async def list_experiments() -> list[dict[str, Any]]:
     many ended, got a reward (scored), passed and ended in an error or were cancelled, pass@1
     (passed over scored, as in ``scores``), and the agents' cost."""
     async with get_session() as session:
-        rows = await records.list_experiments(session)
-        totals = await stats.experiment_totals(session, [e.id for e, _ in rows])
+        return await listed_experiments(session, await records.list_experiments(session))
+
+
+async def listed_experiments(
+    session: AsyncSession, rows: list[tuple[ExperimentModel, int]]
+) -> list[dict[str, Any]]:
+    """Experiments with their task counts (``rows``) as GET /experiments lists them."""
+    totals = await stats.experiment_totals(session, [e.id for e, _ in rows])
     listed = []
     for e, n in rows:
         figures = totals.get(e.id) or stats.ExperimentTotals(e.id, 0, 0, 0, 0, 0, None)

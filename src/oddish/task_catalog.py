@@ -89,9 +89,10 @@ async def dashboard(
     """Per queue key its slots, tasks and trials per status, a page of tasks and experiments."""
     async with get_session() as session:
         task_counts, trial_counts = await catalog.status_counts(session)
-        experiments, more_experiments = await catalog.experiments_page(
+        rows, more_experiments = await catalog.experiments_page(
             session, limit=experiments_limit, offset=experiments_offset
         )
+        experiments = await queue.listed_experiments(session, rows)
     tasks = await queue.list_tasks(limit=tasks_limit, offset=tasks_offset)
     return {
         "queues": await queue.get_queue_stats(),
@@ -100,11 +101,7 @@ async def dashboard(
         "tasks_limit": tasks_limit,
         "tasks_offset": tasks_offset,
         "has_more": tasks["next_offset"] is not None,
-        # As GET /experiments lists them.
-        "experiments": [
-            {"id": e.id, "name": e.name, "created_at": e.created_at.isoformat(), "tasks_count": n}
-            for e, n in experiments
-        ],
+        "experiments": experiments,
         "experiments_limit": experiments_limit,
         "experiments_offset": experiments_offset,
         "experiments_has_more": more_experiments,

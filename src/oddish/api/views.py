@@ -354,6 +354,30 @@ class ExperimentListed(View):
     name: str
     created_at: IsoTime
     tasks_count: int
+    trials_count: int
+    trials_finished: int
+    trials_scored: int = Field(description="trials that got a reward")
+    trials_passed: int
+    trials_errored: int = Field(description="ended in an error or cancelled")
+    pass_at_1: float | None = Field(description="passed / scored")
+    cost_usd: float | None = Field(description="the agents' cost, when any reported one")
+
+
+class AgentUsage(View):
+    n_input_tokens: int
+    n_cache_tokens: int
+    n_output_tokens: int
+    cost_usd: float | None
+    mean_duration_sec: float | None = Field(description="of the trials that ran to an end")
+
+
+class MatrixCell(View):
+    trials: int
+    finished: int
+    scored: int
+    passed: int
+    errored: int
+    pass_rate: float | None = Field(description="passed / scored; null while none is scored")
 
 
 class Experiment(View):
@@ -367,6 +391,11 @@ class Experiment(View):
     overall: TrialStats
     by_agent_model: dict[str, AgentModelStats] = Field(description="keyed agent or agent/model")
     judge_usage: JudgeUsage
+    agent_usage: AgentUsage
+    agent_usage_by_agent_model: dict[str, AgentUsage]
+    matrix: dict[str, dict[str, MatrixCell]] = Field(
+        description="the page's tasks by id, then by agent/model"
+    )
 
 
 class TrialBrief(View):
