@@ -195,6 +195,14 @@ def test_api_option_and_default_api_url(stack: dict[str, str]) -> None:
     with_option = oddish(elsewhere, "status", "--json", "--api", url)
     assert with_option.returncode == 0, with_option.stderr
     assert "tasks" in json.loads(with_option.stdout)
+    # A command group takes it too, before or after its subcommand.
+    limits = oddish(elsewhere, "limits", "--json", "--api", url)
+    assert limits.returncode == 0, limits.stderr
+    assert "default" in json.loads(limits.stdout)
+    for args in (("limits", "--api", url, "set"), ("limits", "set", "--api", url)):
+        limit = oddish(elsewhere, *args, "test/api-option", "3", "--json")
+        assert limit.returncode == 0, limit.stderr
+        assert json.loads(limit.stdout)["limit"] == 3
 
     fallback = {k: v for k, v in stack.items() if k != "ODDISH_API_URL"}
     fallback["ODDISH_DEFAULT_API_URL"] = url

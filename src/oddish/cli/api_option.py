@@ -30,7 +30,9 @@ def with_api_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapped(*args: Any, api: str | None = None, **kwargs: Any) -> Any:
-        use_api_url(api)
+        # Unset, it keeps what a group's --api chose (`oddish limits --api URL set ...`).
+        if api is not None:
+            use_api_url(api)
         return command(*args, **kwargs)
 
     # A copy: functools.wraps shares the command's own annotations dict.

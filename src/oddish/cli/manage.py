@@ -7,7 +7,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from oddish.cli.client import ApiClient, ApiError, path_of
+from oddish.cli.api_option import with_api_option
+from oddish.cli.client import ApiClient, ApiError, path_of, use_api_url
 from oddish.cli.output import fail, print_json, stdout
 from oddish.request_bodies import LimitUpdate
 
@@ -178,7 +179,14 @@ limits_app = typer.Typer(rich_markup_mode="markdown")
 
 @limits_app.callback(invoke_without_command=True)
 def limits(
-    ctx: typer.Context, json_output: bool = typer.Option(False, "--json", help=JSON_HELP)
+    ctx: typer.Context,
+    json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
+    api: str | None = typer.Option(
+        None,
+        "--api",
+        show_default="$ODDISH_API_URL",
+        help="the oddish API's URL, in place of ODDISH_API_URL",
+    ),
 ) -> None:
     """Per model (queue key) concurrency limits: show them, or set one with `limits set`.
 
@@ -186,10 +194,11 @@ def limits(
     without a model use `default`, other agents without a model `agent/NAME`. Keys without a
     limit of their own use the default limit, which `limits set '*' N` changes.
     """
+    use_api_url(api)
     if ctx.invoked_subcommand:
         return
-    with ApiClient() as api:
-        answer = api.get("/limits")
+    with ApiClient() as client:
+        answer = client.get("/limits")
     if json_output:
         print_json(answer)
         return
@@ -207,6 +216,7 @@ def queue_table(answer: dict[str, Any]) -> Table:
 
 
 @limits_app.command("set")
+@with_api_option
 def set_limit(
     queue_key: str = typer.Argument(
         ...,
