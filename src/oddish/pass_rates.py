@@ -89,8 +89,13 @@ def _pass_at_k_curve(n: int, c: int) -> list[float]:
 def pass_at_k(cells: Iterable[tuple[int, int]]) -> list[dict[str, Any]]:
     """pass@k for k = 1..the most scored trials of a task, from each task's (n scored, c
     passed): ``[{"k", "estimate", "tasks"}]``, ``tasks`` the tasks it averages."""
-    # Tasks with the same (n, c) share a curve: computed once, weighed by how many there are.
-    shapes = Counter((n, c) for n, c in cells if n > 0)
+    return pass_at_k_of_shapes(Counter(cells))
+
+
+def pass_at_k_of_shapes(shapes: Mapping[tuple[int, int], int]) -> list[dict[str, Any]]:
+    """``pass_at_k`` of tasks counted by their (n scored, c passed): Postgres counts them so,
+    and tasks of one shape share a curve, computed once and weighed by how many there are."""
+    shapes = {(n, c): count for (n, c), count in shapes.items() if n > 0 and count}
     if not shapes:
         return []
     top = max(n for n, _ in shapes)
@@ -107,6 +112,19 @@ def pass_at_k(cells: Iterable[tuple[int, int]]) -> list[dict[str, Any]]:
     ]
 
 
+@dataclass(frozen=True)
+class CellTotals:
+    """Task cells summed: trials by result (``unfinished`` too), the reward sum of the scored
+    ones, errors by kind, how many cells (tasks) there were, and how many of them had each
+    (n scored, c passed), which is all pass@k needs of them."""
+
+    results: Mapping[str, int]
+    reward_sum: float
+    errors: Mapping[str, int]
+    tasks: int
+    shapes: Mapping[tuple[int, int], int]
+
+
 def summarize(cells: Iterable[TaskCell], *, with_pass_at_k: bool = True) -> dict[str, Any]:
     """The figures of a set of tasks' trials (the ``scores`` of the API's views):
 
@@ -117,13 +135,26 @@ def summarize(cells: Iterable[TaskCell], *, with_pass_at_k: bool = True) -> dict
     ``with_pass_at_k`` there is no ``pass_at_k`` (lists of many tasks leave it out: it holds as
     many values as a task has trials)."""
     cells = list(cells)
-    results: Counter[str] = Counter({key: 0 for key in RESULT_KEYS})
-    errors: Counter[str] = Counter({kind: 0 for kind in ERROR_KINDS})
+    results: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
     reward_sum = 0.0
     for cell in cells:
         results.update(cell.results)
         errors.update(cell.errors)
         reward_sum += cell.reward_sum
+    shapes = Counter((c.scored, c.passed) for c in cells) if with_pass_at_k else None
+    return summarize_totals(
+        CellTotals(results, reward_sum, errors, len(cells), shapes or {}),
+        with_pass_at_k=with_pass_at_k,
+    )
+
+
+def summarize_totals(totals: CellTotals, *, with_pass_at_k: bool = True) -> dict[str, Any]:
+    """``summarize`` of cells already summed (by Postgres, for a whole experiment)."""
+    results: Counter[str] = Counter({key: 0 for key in RESULT_KEYS})
+    results.update(totals.results)
+    errors: Counter[str] = Counter({kind: 0 for kind in ERROR_KINDS})
+    errors.update(totals.errors)
     scored = sum(results[r] for r in SCORED_RESULTS)
     passed = results[TrialResult.PASSED]
     pass_at_1 = None
@@ -137,15 +168,15 @@ def summarize(cells: Iterable[TaskCell], *, with_pass_at_k: bool = True) -> dict
             "interval": "wilson",
         }
     summary = {
-        "tasks": len(cells),
+        "tasks": totals.tasks,
         "trials": sum(results.values()),
         "results": dict(results),
         "scored": scored,
         "passed": passed,
         "errored": sum(results[r] for r in ERROR_RESULTS),
-        "mean_reward": reward_sum / scored if scored else None,
+        "mean_reward": totals.reward_sum / scored if scored else None,
         "pass_at_1": pass_at_1,
-        "pass_at_k": pass_at_k((c.scored, c.passed) for c in cells) if with_pass_at_k else [],
+        "pass_at_k": pass_at_k_of_shapes(totals.shapes) if with_pass_at_k else [],
         "errors": dict(errors),
     }
     if not with_pass_at_k:

@@ -377,14 +377,14 @@ async def task_summaries(
     session: AsyncSession,
     tasks: list[TaskModel],
     *,
-    counts: Iterable[stats.TaskStatusCount | stats.TrialGroup] | None = None,
+    counts: Iterable[stats.TaskStatusCount] | None = None,
 ) -> list[dict[str, Any]]:
     """The tasks without their trials' details (for lists): trial counts by status and the
     mean reward of finished trials, aggregated by Postgres, and each task's verdict in brief.
-    ``counts`` are the trial groups of (at least) these tasks when the caller has them already
-    (an experiment's view); otherwise Postgres counts them."""
+    ``counts`` are the counts of (at least) these tasks when the caller has them already (an
+    experiment's view, for its matrix too); otherwise Postgres counts them."""
     ids = [t.id for t in tasks]
-    by_task: dict[str, list[stats.TaskStatusCount | stats.TrialGroup]] = {t: [] for t in ids}
+    by_task: dict[str, list[stats.TaskStatusCount]] = {t: [] for t in ids}
     for count in await stats.task_status_counts(session, ids) if counts is None else counts:
         if count.task_id in by_task:
             by_task[count.task_id].append(count)
@@ -476,9 +476,10 @@ async def get_experiment(
 ) -> dict[str, Any]:
     """The experiment (by id, or by name), one page of its tasks (newest first, as /tasks
     pages them), and over all its trials and per agent/model: trials, pass rate, mean reward,
-    statuses, scores, the agents' usage, and the page's tasks x agent/model matrix. Every figure
-    comes from one aggregate of Postgres (per task x agent/model x status x outcome x result):
-    no trial row is read into Python."""
+    statuses, scores, the agents' usage, and the page's tasks x agent/model matrix. The figures
+    come from aggregates of Postgres of a few hundred rows however many trials (per agent/model
+    x status x outcome x result, per agent/model x task shape for pass@k); the page's tasks are
+    counted on their own: no trial row is read into Python."""
     async with get_session() as session:
         experiment_id = await records.experiment_id_for(session, experiment_id) or experiment_id
         experiment = await records.experiment_row(session, experiment_id)
@@ -490,30 +491,28 @@ async def get_experiment(
             limit=tasks_limit,
             offset=tasks_offset,
         )
-        groups = await stats.experiment_trial_groups(
+        groups = await stats.experiment_agent_model_groups(
             session, experiment.id, pass_threshold=PASS_THRESHOLD
         )
-        page_task_ids = {t.id for t in tasks}
+        shapes = await stats.experiment_task_shapes(session, experiment.id)
+        page_counts = await stats.task_status_counts(session, [t.id for t in tasks])
         return {
             "id": experiment.id,
             "name": experiment.name,
             "created_at": _iso(experiment.created_at),
-            "tasks": await task_summaries(session, tasks, counts=groups),
+            "tasks": await task_summaries(session, tasks, counts=page_counts),
             "tasks_total": total,
             "tasks_offset": tasks_offset,
             "tasks_next_offset": (
                 tasks_offset + tasks_limit if tasks_offset + tasks_limit < total else None
             ),
-            "overall": stats_of_groups(groups),
-            "by_agent_model": groups_by_agent_model(groups),
+            "overall": stats_of_groups(groups, shapes),
+            "by_agent_model": groups_by_agent_model(groups, shapes),
             "agent_usage": usage_of_groups(groups),
             "agent_usage_by_agent_model": usage_by_agent_model(groups),
-            # The page's tasks by agent/model, from the same groups (no second scan).
-            "matrix": task_matrix(g for g in groups if g.task_id in page_task_ids),
-            "judge_usage": sum(
-                (g.judge for g in groups),
-                await stats.experiment_verdict_usage(session, experiment.id),
-            ).as_dict(),
+            # The page's tasks by agent/model, from the counts of their summaries.
+            "matrix": task_matrix(page_counts),
+            "judge_usage": (await stats.experiment_judge_usage(session, experiment.id)).as_dict(),
         }
 
 

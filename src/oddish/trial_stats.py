@@ -6,7 +6,8 @@ every row would cost seconds and hundreds of MB.
 
 ``pass_rate`` and ``mean_reward`` count every trial, a missing reward as 0 (what the verdict
 was always given); ``scores`` are the figures of ``oddish.pass_rates``, over the trials that got
-a reward, errors counted apart. Both sources make per-task cells for it."""
+a reward, errors counted apart. Trial rows make per-task cells for it; an experiment's groups
+are by agent/model and result, its tasks counted by (scored, passed) for pass@k."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oddish.db.models import TrialModel
-from oddish.db.stats import AgentUsage, TaskStatusCount, TrialGroup
+from oddish.db.stats import AgentModelGroup, AgentUsage, TaskShape, TaskStatusCount
 from oddish.outcomes import PASS_REWARD, trial_result
-from oddish.pass_rates import UNFINISHED, TaskCell, summarize
+from oddish.pass_rates import UNFINISHED, CellTotals, TaskCell, summarize, summarize_totals
 from oddish.statuses import ERROR_RESULTS, SCORED_RESULTS, TERMINAL_JOB_STATUSES, TrialResult
 
 PASS_THRESHOLD = PASS_REWARD
@@ -60,7 +61,7 @@ def scores_of_trials(trials: Iterable[TrialModel]) -> dict[str, Any]:
 
 
 def scores_of_groups(
-    groups: Iterable[TrialGroup | TaskStatusCount], *, with_pass_at_k: bool = True
+    groups: Iterable[TaskStatusCount], *, with_pass_at_k: bool = True
 ) -> dict[str, Any]:
     """``scores_of_trials`` of the trials the aggregated groups stand for."""
     cells: dict[tuple[str, str, str | None], _CellCounts] = {}
@@ -99,19 +100,30 @@ def group_by_agent_model(trials: Iterable[TrialModel]) -> dict[str, dict[str, An
     }
 
 
-def stats_of_groups(groups: Iterable[TrialGroup]) -> dict[str, Any]:
-    """``group_stats`` of the trials the aggregated groups stand for."""
-    groups = list(groups)
+def stats_of_groups(
+    groups: Iterable[AgentModelGroup], shapes: Iterable[TaskShape]
+) -> dict[str, Any]:
+    """``group_stats`` of the trials the aggregated groups stand for, the tasks they ran
+    counted by shape (``oddish.db.stats.experiment_task_shapes``) for the scores' pass@k."""
     n = passed = 0
     reward_sum = 0.0
     statuses: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
+    # The experiment's cells summed: per result, not per task (the shapes have the tasks).
+    cells = _CellCounts()
     for g in groups:
         n += g.trials
         passed += g.passed
         reward_sum += g.reward_sum
         statuses[g.status] += g.trials
         outcomes[g.outcome or "unknown"] += g.trials
+        cells.add(g.result, g.outcome, g.trials, g.score_sum)
+    by_shape: Counter[tuple[int, int]] = Counter()
+    for shape in shapes:
+        by_shape[shape.scored, shape.passed] += shape.tasks
+    totals = CellTotals(
+        cells.results, cells.reward_sum, cells.errors, sum(by_shape.values()), by_shape
+    )
     return {
         "trials": n,
         "passed": passed,
@@ -119,22 +131,31 @@ def stats_of_groups(groups: Iterable[TrialGroup]) -> dict[str, Any]:
         "mean_reward": reward_sum / n if n else None,
         "status_counts": dict(statuses),
         "outcome_counts": dict(outcomes),
-        "scores": scores_of_groups(groups),
+        "scores": summarize_totals(totals),
     }
 
 
-def groups_by_agent_model(groups: Iterable[TrialGroup]) -> dict[str, dict[str, Any]]:
+def groups_by_agent_model(
+    groups: Iterable[AgentModelGroup], shapes: Iterable[TaskShape]
+) -> dict[str, dict[str, Any]]:
     """``group_by_agent_model`` of the trials the aggregated groups stand for."""
-    by_key: dict[str, list[TrialGroup]] = {}
+    by_key: dict[str, list[AgentModelGroup]] = {}
     for g in groups:
         by_key.setdefault(_agent_model(g.agent, g.model), []).append(g)
+    shapes_by_key: dict[str, list[TaskShape]] = {}
+    for shape in shapes:
+        shapes_by_key.setdefault(_agent_model(shape.agent, shape.model), []).append(shape)
     return {
-        key: {"agent": part[0].agent, "model": part[0].model, **stats_of_groups(part)}
+        key: {
+            "agent": part[0].agent,
+            "model": part[0].model,
+            **stats_of_groups(part, shapes_by_key.get(key, [])),
+        }
         for key, part in sorted(by_key.items())
     }
 
 
-def task_trial_summary(counts: Iterable[TaskStatusCount | TrialGroup]) -> dict[str, Any]:
+def task_trial_summary(counts: Iterable[TaskStatusCount]) -> dict[str, Any]:
     """A task's trial figures for lists, from its per-status counts: the mean reward is of
     finished trials (a missing reward as 0), as ``group_stats`` of them gives it; ``scores`` as
     ``oddish.pass_rates`` gives them (each agent/model of the task one problem)."""
@@ -157,7 +178,7 @@ def task_trial_summary(counts: Iterable[TaskStatusCount | TrialGroup]) -> dict[s
     }
 
 
-def usage_of_groups(groups: Iterable[TrialGroup]) -> dict[str, Any]:
+def usage_of_groups(groups: Iterable[AgentModelGroup]) -> dict[str, Any]:
     """What the agents of the groups' trials used: tokens, cost (None when none reported one)
     and the mean wall time of the trials that ran to an end."""
     usage = sum((g.usage for g in groups), AgentUsage())
@@ -172,19 +193,19 @@ def usage_of_groups(groups: Iterable[TrialGroup]) -> dict[str, Any]:
     }
 
 
-def usage_by_agent_model(groups: Iterable[TrialGroup]) -> dict[str, dict[str, Any]]:
-    by_key: dict[str, list[TrialGroup]] = {}
+def usage_by_agent_model(groups: Iterable[AgentModelGroup]) -> dict[str, dict[str, Any]]:
+    by_key: dict[str, list[AgentModelGroup]] = {}
     for g in groups:
         by_key.setdefault(_agent_model(g.agent, g.model), []).append(g)
     return {key: usage_of_groups(part) for key, part in sorted(by_key.items())}
 
 
 def task_matrix(
-    counts: Iterable[TaskStatusCount | TrialGroup],
+    counts: Iterable[TaskStatusCount],
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Per task, per agent/model: trials, finished, scored (got a reward), passed, errored
     (an error or cancelled), and pass@1 of the scored ones (None while none is), from the
-    groups the experiment's figures are made of (``oddish.db.stats``)."""
+    tasks' counts by status (``oddish.db.stats.task_status_counts``)."""
     cells: dict[str, dict[str, _CellCounts]] = {}
     for c in counts:
         by_key = cells.setdefault(c.task_id, {})

@@ -48,31 +48,32 @@ def trial_result_sql() -> ColumnElement[str | None]:
     )
 
 
+def trial_scored_sql() -> ColumnElement[bool]:
+    """Whether ``trial_result_sql`` is one of ``SCORED_RESULTS``, as a plain predicate: pass@k
+    counts it over every trial of an experiment, where the whole CASE costs a fifth of the
+    scan. Terminal, not cancelled, no error outcome, and a reward."""
+    return (
+        TrialModel.status.in_(
+            [s.value for s in TERMINAL_JOB_STATUSES if s is not JobStatus.CANCELLED]
+        )
+        & func.coalesce(TrialModel.outcome, "").not_in(
+            [o.value for o in (*ERROR_OUTCOMES, OutcomeKind.CANCELLED)]
+        )
+        & TrialModel.reward.is_not(None)
+    )
+
+
+def trial_passed_sql() -> ColumnElement[bool]:
+    """Whether ``trial_result_sql`` is ``passed``: scored, the reward at the threshold (NaN
+    sorts above every number in Postgres, so it is left out by name)."""
+    return trial_scored_sql() & (TrialModel.reward >= PASS_REWARD) & (TrialModel.reward != NAN)
+
+
 def _score_sum() -> ColumnElement[float]:
     """The sum of the rewards of a group's trials, a NaN counted as 0 (a failure scores 0)."""
     return func.coalesce(
         func.sum(case((TrialModel.reward == NAN, 0.0), else_=TrialModel.reward)), 0.0
     )
-
-
-@dataclass(frozen=True)
-class TrialGroup:
-    """The trials of one (task, agent, model, status, outcome, result): how many, how many
-    passed, the sum of their rewards with a missing reward counted as 0, and the sum of the
-    rewards they have with a NaN counted as 0 (what ``oddish.pass_rates`` averages)."""
-
-    task_id: str
-    agent: str
-    model: str | None
-    status: str
-    outcome: str | None
-    result: str | None
-    trials: int
-    passed: int
-    reward_sum: float
-    score_sum: float
-    judge: JudgeUsage
-    usage: AgentUsage
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,9 @@ class TaskStatusCount:
 
 
 def _agent_usage_columns() -> list[Any]:
-    duration = func.extract("epoch", TrialModel.finished_at - TrialModel.started_at)
+    # date_part gives a float; EXTRACT a numeric, whose sum over 100k trials costs a tenth of
+    # the experiment's read.
+    duration = func.date_part("epoch", TrialModel.finished_at - TrialModel.started_at)
     return [
         func.coalesce(func.sum(TrialModel.n_input_tokens), 0),
         func.coalesce(func.sum(TrialModel.n_cache_tokens), 0),
@@ -187,70 +190,134 @@ def _agent_usage(
     )
 
 
-async def experiment_trial_groups(
+@dataclass(frozen=True)
+class AgentModelGroup:
+    """The trials of one agent/model in one (status, outcome, result) over a whole experiment:
+    how many, how many passed, the sum of their rewards with a missing reward counted as 0, the
+    sum of the rewards they have with a NaN counted as 0 (what ``oddish.pass_rates``
+    averages), and what their agents used."""
+
+    agent: str
+    model: str | None
+    status: str
+    outcome: str | None
+    result: str | None
+    trials: int
+    passed: int
+    reward_sum: float
+    score_sum: float
+    usage: AgentUsage
+
+
+@dataclass(frozen=True)
+class TaskShape:
+    """How many tasks of an experiment an agent/model ran (trials of), that had ``scored``
+    trials with a reward, ``passed`` of which passed: all pass@k needs of them."""
+
+    agent: str
+    model: str | None
+    scored: int
+    passed: int
+    tasks: int
+
+
+def _experiment_trials(experiment_id: str) -> ColumnElement[bool]:
+    # A subquery rather than a join: the trials are found by the tasks' ids, no task column
+    # rides along into the grouping.
+    return TrialModel.task_id.in_(
+        select(TaskModel.id).where(TaskModel.experiment_id == experiment_id).scalar_subquery()
+    )
+
+
+async def experiment_agent_model_groups(
     session: AsyncSession, experiment_id: str, *, pass_threshold: float
-) -> list[TrialGroup]:
-    """Every (task, agent, model, status, outcome, result) group of the experiment's trials: a
-    few per task and agent/model, what pass@k needs (``oddish.pass_rates``)."""
+) -> list[AgentModelGroup]:
+    """The experiment's trials by agent, model, status, outcome and result: a few dozen rows
+    however many trials, every figure but pass@k's (``experiment_task_shapes``)."""
     # A trial without a reward (it failed before scoring) counts as 0, as in trial_stats.
     reward = func.coalesce(TrialModel.reward, 0.0)
-    result = trial_result_sql()
     rows = await session.execute(
         select(
-            TrialModel.task_id,
             TrialModel.agent,
             TrialModel.model,
             TrialModel.status,
             TrialModel.outcome,
-            result,
+            trial_result_sql(),
             func.count(),
             # NaN sorts above every number in Postgres but compares false in Python: excluded,
             # as the Python computation does.
-            func.count().filter((reward >= pass_threshold) & (reward != float("nan"))),
+            func.count().filter((reward >= pass_threshold) & (reward != NAN)),
             func.coalesce(func.sum(reward), 0.0),
             _score_sum(),
-            *_usage_columns(AnalysisModel, AnalysisModel.trial_id),
             *_agent_usage_columns(),
         )
-        .join(TaskModel, TaskModel.id == TrialModel.task_id)
-        # The judge's analyses ride along in the same scan (few of them, by a partial index),
-        # rather than a second pass over the experiment's trials to find them.
-        .outerjoin(
-            AnalysisModel,
-            (AnalysisModel.trial_id == TrialModel.id) & AnalysisModel.model.is_not(None),
-        )
-        .where(TaskModel.experiment_id == experiment_id)
+        .where(_experiment_trials(experiment_id))
         # The result follows from the columns grouped and the reward: grouped by its position.
         .group_by(
-            TrialModel.task_id,
             TrialModel.agent,
             TrialModel.model,
             TrialModel.status,
             TrialModel.outcome,
-            literal_column("6"),
+            literal_column("5"),
         )
     )
     groups = []
     for row in rows.all():
         values: tuple[Any, ...] = tuple(row)
-        task_id, agent, model, status, outcome, trial_result, n, passed, total, scores = values[:10]
+        agent, model, status, outcome, result, n, passed, total, scores = values[:9]
         groups.append(
-            TrialGroup(
-                task_id,
+            AgentModelGroup(
                 agent,
                 model,
                 status,
                 outcome,
-                trial_result,
+                result,
                 int(n),
                 int(passed),
                 float(total),
                 float(scores),
-                _usage(*values[10:15]),
-                _agent_usage(*values[15:]),
+                _agent_usage(*values[9:]),
             )
         )
     return groups
+
+
+async def experiment_task_shapes(session: AsyncSession, experiment_id: str) -> list[TaskShape]:
+    """Per agent/model, its tasks counted by (trials scored, trials passed): Postgres counts
+    each task's trials and then the tasks, so a few hundred rows come back, not one per task."""
+    cells = (
+        select(
+            TrialModel.agent,
+            TrialModel.model,
+            func.count().filter(trial_scored_sql()).label("scored"),
+            func.count().filter(trial_passed_sql()).label("passed"),
+        )
+        .where(_experiment_trials(experiment_id))
+        .group_by(TrialModel.task_id, TrialModel.agent, TrialModel.model)
+        .subquery()
+    )
+    rows = await session.execute(
+        select(cells.c.agent, cells.c.model, cells.c.scored, cells.c.passed, func.count()).group_by(
+            cells.c.agent, cells.c.model, cells.c.scored, cells.c.passed
+        )
+    )
+    return [
+        TaskShape(agent, model, int(scored), int(passed), int(n))
+        for agent, model, scored, passed, n in rows.all()
+    ]
+
+
+async def experiment_judge_usage(session: AsyncSession, experiment_id: str) -> JudgeUsage:
+    """What the judge's analyses of the experiment's trials and its verdicts of the
+    experiment's tasks cost."""
+    analyses = (
+        await session.execute(
+            select(*_usage_columns(AnalysisModel, AnalysisModel.trial_id))
+            .join(TrialModel, TrialModel.id == AnalysisModel.trial_id)
+            .where(AnalysisModel.model.is_not(None), _experiment_trials(experiment_id))
+        )
+    ).one()
+    return _usage(*analyses) + await experiment_verdict_usage(session, experiment_id)
 
 
 async def experiment_verdict_usage(session: AsyncSession, experiment_id: str) -> JudgeUsage:
