@@ -167,16 +167,12 @@ class _TrialRunner:
         self, activity: str, arg: object, *, summary: str, result_type: type | None = None
     ) -> Any:
         """A bookkeeping activity (Postgres only, idempotent), retried until Postgres answers."""
-        if workflow.patched(LOCAL_RECORDS_PATCH):
-            return await workflow.execute_local_activity(
-                activity,
-                arg,
-                result_type=result_type,
-                start_to_close_timeout=RECORD_TIMEOUT,
-                retry_policy=RECORD_RETRY,
-                summary=summary,
-            )
-        return await workflow.execute_activity(
+        execute = (
+            workflow.execute_local_activity
+            if workflow.patched(LOCAL_RECORDS_PATCH)
+            else workflow.execute_activity
+        )
+        return await execute(
             activity,
             arg,
             result_type=result_type,
