@@ -10,6 +10,7 @@ without reloading; a fragment marked final (a finished task or trial) is not ask
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -221,6 +222,15 @@ async def _task_files(task_id: str) -> tuple[list[Any], str | None]:
     return listing.files, None
 
 
+async def _retried(request: Request, retried: Awaitable[Any], back: str) -> Response:
+    """Back to the page the retry was asked from, or why nothing was retried."""
+    try:
+        await retried
+    except task_retry.RetryRefused as exc:
+        return _message(request, "Nothing retried", str(exc), back, 409)
+    return _back_to(back)
+
+
 def build_actions_router() -> APIRouter:
     """Every action: a POST from a dashboard page (the pages ask for confirmation first)."""
     router = APIRouter(
@@ -234,21 +244,13 @@ def build_actions_router() -> APIRouter:
 
     @router.post("/tasks/{task_id}/retry")
     async def retry_task(request: Request, task_id: str) -> Response:
-        back = f"{PREFIX}/tasks/{task_id}"
-        try:
-            await task_retry.retry_task(task_id, client=temporal(request))
-        except task_retry.RetryRefused as exc:
-            return _message(request, "Nothing retried", str(exc), back, 409)
-        return _back_to(back)
+        retried = task_retry.retry_task(task_id, client=temporal(request))
+        return await _retried(request, retried, f"{PREFIX}/tasks/{task_id}")
 
     @router.post("/trials/{trial_id}/retry")
     async def retry_trial(request: Request, trial_id: str) -> Response:
-        back = f"{PREFIX}/trials/{trial_id}"
-        try:
-            await task_retry.retry_trial(trial_id, client=temporal(request))
-        except task_retry.RetryRefused as exc:
-            return _message(request, "Nothing retried", str(exc), back, 409)
-        return _back_to(back)
+        retried = task_retry.retry_trial(trial_id, client=temporal(request))
+        return await _retried(request, retried, f"{PREFIX}/trials/{trial_id}")
 
     @router.post("/experiments/{experiment_id}/cancel")
     async def cancel_experiment(request: Request, experiment_id: str) -> Response:
@@ -257,12 +259,8 @@ def build_actions_router() -> APIRouter:
 
     @router.post("/experiments/{experiment_id}/retry")
     async def retry_experiment(request: Request, experiment_id: str) -> Response:
-        back = f"{PREFIX}/experiments/{experiment_id}"
-        try:
-            await task_retry.retry_experiment(experiment_id, client=temporal(request))
-        except task_retry.RetryRefused as exc:
-            return _message(request, "Nothing retried", str(exc), back, 409)
-        return _back_to(back)
+        retried = task_retry.retry_experiment(experiment_id, client=temporal(request))
+        return await _retried(request, retried, f"{PREFIX}/experiments/{experiment_id}")
 
     @router.post("/queues")
     async def set_limit(
