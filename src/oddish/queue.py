@@ -44,7 +44,6 @@ from oddish.task_store import (
 )
 from oddish.temporal_gateway import TemporalUnavailable, start_task_workflow
 from oddish.trial_stats import (
-    PASS_THRESHOLD,
     groups_by_agent_model,
     scores_of_trials,
     stats_of_groups,
@@ -483,37 +482,47 @@ async def get_experiment(
     async with get_session() as session:
         experiment_id = await records.experiment_id_for(session, experiment_id) or experiment_id
         experiment = await records.experiment_row(session, experiment_id)
-        tasks, total = await records.list_tasks(
-            session,
-            status=None,
-            experiment_id=experiment.id,
-            user=None,
-            limit=tasks_limit,
-            offset=tasks_offset,
-        )
-        groups = await stats.experiment_agent_model_groups(
-            session, experiment.id, pass_threshold=PASS_THRESHOLD
-        )
-        shapes = await stats.experiment_task_shapes(session, experiment.id)
-        page_counts = await stats.task_status_counts(session, [t.id for t in tasks])
-        return {
-            "id": experiment.id,
-            "name": experiment.name,
-            "created_at": _iso(experiment.created_at),
-            "tasks": await task_summaries(session, tasks, counts=page_counts),
-            "tasks_total": total,
-            "tasks_offset": tasks_offset,
-            "tasks_next_offset": (
-                tasks_offset + tasks_limit if tasks_offset + tasks_limit < total else None
-            ),
-            "overall": stats_of_groups(groups, shapes),
-            "by_agent_model": groups_by_agent_model(groups, shapes),
-            "agent_usage": usage_of_groups(groups),
-            "agent_usage_by_agent_model": usage_by_agent_model(groups),
-            # The page's tasks by agent/model, from the counts of their summaries.
-            "matrix": task_matrix(page_counts),
-            "judge_usage": (await stats.experiment_judge_usage(session, experiment.id)).as_dict(),
-        }
+        # The judge's usage joins the experiment's analyses to its trials: the longest read,
+        # run on a connection of its own beside the others.
+        judge_usage = asyncio.create_task(_experiment_judge_usage(experiment.id))
+        try:
+            tasks, total = await records.list_tasks(
+                session,
+                status=None,
+                experiment_id=experiment.id,
+                user=None,
+                limit=tasks_limit,
+                offset=tasks_offset,
+            )
+            groups = await stats.experiment_agent_model_groups(session, experiment.id)
+            shapes = await stats.experiment_task_shapes(session, experiment.id)
+            page_counts = await stats.task_status_counts(session, [t.id for t in tasks])
+            return {
+                "id": experiment.id,
+                "name": experiment.name,
+                "created_at": _iso(experiment.created_at),
+                "tasks": await task_summaries(session, tasks, counts=page_counts),
+                "tasks_total": total,
+                "tasks_offset": tasks_offset,
+                "tasks_next_offset": (
+                    tasks_offset + tasks_limit if tasks_offset + tasks_limit < total else None
+                ),
+                "overall": stats_of_groups(groups, shapes),
+                "by_agent_model": groups_by_agent_model(groups, shapes),
+                "agent_usage": usage_of_groups(groups),
+                "agent_usage_by_agent_model": usage_by_agent_model(groups),
+                # The page's tasks by agent/model, from the counts of their summaries.
+                "matrix": task_matrix(page_counts),
+                "judge_usage": await judge_usage,
+            }
+        finally:
+            # An error above leaves it unawaited: it goes, with its connection.
+            judge_usage.cancel()
+
+
+async def _experiment_judge_usage(experiment_id: str) -> dict[str, Any]:
+    async with get_session() as session:
+        return (await stats.experiment_judge_usage(session, experiment_id)).as_dict()
 
 
 async def get_experiment_trials(

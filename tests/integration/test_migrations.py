@@ -157,3 +157,53 @@ async def test_a_task_recorded_before_archives_still_runs(
 
     await task_control.delete_task(task_id, client=temporal_client)
     assert not Path(row.task_path).exists(), "its local copy goes with it"
+
+
+async def test_upgrade_rolls_up_the_trials_recorded_before(scratch_database: str) -> None:
+    """0007: trial_rollups starts from the trials already recorded, and follows them after."""
+    await migrate(scratch_database, "0006")
+    conn = await asyncpg.connect(plain_dsn(scratch_database))
+    try:
+        await conn.execute("INSERT INTO experiments (id, name) VALUES ('exp-1', 'before')")
+        await conn.execute(
+            "INSERT INTO tasks (id, experiment_id, name, task_path, status, priority, "
+            "run_analysis, workflow_id) "
+            "VALUES ('task-1', 'exp-1', 't', 'tasks/task-1/x.tar.gz', 'running', 0, false, 't')"
+        )
+        for index, (status, reward) in enumerate(
+            [("success", 1.0), ("success", 1.0), ("success", 0.0), ("queued", None)]
+        ):
+            await conn.execute(
+                "INSERT INTO trials (id, task_id, index, agent, model, queue_key, environment, "
+                "spec, status, reward, run_number, cost_usd) "
+                "VALUES ($1, 'task-1', $2, 'oracle', NULL, 'default', 'local', '{}', $3, $4, 1, "
+                "0.25)",
+                f"trial-{index}",
+                index,
+                status,
+                reward,
+            )
+
+        await migrate(scratch_database, "head")
+        rollup = "SELECT result, trials, passed, score_sum, cost_usd FROM trial_rollups ORDER BY 1"
+        assert [tuple(r) for r in await conn.fetch(rollup)] == [
+            ("failed", 1, 0, 0.0, 0.25),
+            ("passed", 2, 2, 2.0, 0.5),
+            (None, 1, 0, 0.0, 0.25),
+        ]
+        await conn.execute("UPDATE trials SET status = 'success', reward = 1.0 WHERE index = 3")
+        assert [tuple(r) for r in await conn.fetch(rollup)] == [
+            ("failed", 1, 0, 0.0, 0.25),
+            ("passed", 3, 3, 3.0, 0.75),
+            (None, 0, 0, 0.0, 0.0),
+        ]
+
+        # Down and up again: the table, its triggers and functions go and come back.
+        await migrate(scratch_database, "0006", down=True)
+        assert await conn.fetchval("SELECT to_regclass('trial_rollups')") is None
+        await conn.execute("UPDATE trials SET reward = 0.0")
+        await migrate(scratch_database, "head")
+        assert await conn.fetchval("SELECT sum(trials) FROM trial_rollups") == 4
+        assert await conn.fetchval("SELECT sum(passed) FROM trial_rollups") == 0
+    finally:
+        await conn.close()

@@ -14,6 +14,14 @@ from oddish.db.connection import database_url, get_engine
 from oddish.db.models import Base
 from oddish.db.pgqueuer_schema import UNINSTALL_SQL
 
+# What migration 0007 defines beside its table.
+ROLLUP_FUNCTIONS = (
+    "oddish_trial_rollups_insert()",
+    "oddish_trial_rollups_update()",
+    "oddish_trial_rollups_delete()",
+    "oddish_trial_result(text, text, float8)",
+)
+
 
 def _script_location() -> Path:
     packaged = Path(__file__).resolve().parent.parent / "_alembic"
@@ -41,6 +49,9 @@ async def drop_all() -> None:
         raw = await conn.get_raw_connection()
         assert raw.driver_connection is not None, "an asyncpg connection"
         await raw.driver_connection.execute(UNINSTALL_SQL)
+        # The trial_rollups triggers went with the tables; their functions stay otherwise.
+        for function in ROLLUP_FUNCTIONS:
+            await conn.execute(text(f"DROP FUNCTION IF EXISTS {function} CASCADE"))
 
 
 async def purge() -> None:

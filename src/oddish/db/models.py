@@ -8,12 +8,14 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     func,
@@ -233,3 +235,41 @@ class QueueLimitModel(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+
+
+# Per task x agent x model x status x outcome x result: its trials counted and summed. Written
+# only by Postgres (the triggers of migration 0007 on ``trials``), read by ``oddish.db.stats``.
+# A NaN reward is counted in ``nan_rewards`` and left out of ``score_sum``; ``cost_usd`` sums the
+# ``cost_trials`` trials that reported a cost. Rows at 0 trials are stale: readers skip them.
+trial_rollups = Table(
+    "trial_rollups",
+    Base.metadata,
+    Column("experiment_id", String(64), nullable=False, index=True),
+    Column("task_id", ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("agent", String(255), nullable=False),
+    Column("model", String(255)),
+    Column("status", String(32), nullable=False),
+    Column("outcome", String(32)),
+    Column("result", String(32)),
+    Column("trials", BigInteger, nullable=False),
+    Column("passed", BigInteger, nullable=False),
+    Column("nan_rewards", BigInteger, nullable=False),
+    Column("score_sum", Float, nullable=False),
+    Column("n_input_tokens", BigInteger, nullable=False),
+    Column("n_cache_tokens", BigInteger, nullable=False),
+    Column("n_output_tokens", BigInteger, nullable=False),
+    Column("cost_usd", Float, nullable=False),
+    Column("cost_trials", BigInteger, nullable=False),
+    Column("timed_trials", BigInteger, nullable=False),
+    Column("duration_sec", Float, nullable=False),
+    UniqueConstraint(
+        "task_id",
+        "agent",
+        "model",
+        "status",
+        "outcome",
+        "result",
+        name="uq_trial_rollups_key",
+        postgresql_nulls_not_distinct=True,
+    ),
+)

@@ -4,21 +4,17 @@ dozen grouped rows, never as its trial rows (``oddish.trial_stats`` turns them i
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, literal, literal_column, null, select
+from sqlalchemy import ColumnElement, case, func, null, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from oddish.db.models import AnalysisModel, TaskModel, TrialModel, VerdictModel
-from oddish.outcomes import PASS_REWARD
+from oddish.db.models import AnalysisModel, TaskModel, TrialModel, VerdictModel, trial_rollups
 from oddish.statuses import (
-    ERROR_OUTCOMES,
     ERROR_RESULTS,
     SCORED_RESULTS,
-    TERMINAL_JOB_STATUSES,
-    JobStatus,
-    OutcomeKind,
     TrialResult,
 )
 
@@ -26,54 +22,9 @@ NAN = float("nan")
 
 
 def trial_result_sql() -> ColumnElement[str | None]:
-    """``oddish.outcomes.trial_result`` of a trial row, in SQL (NULL until it finished)."""
-    reward = TrialModel.reward
-    return case(
-        (TrialModel.status.not_in([s.value for s in TERMINAL_JOB_STATUSES]), null()),
-        (
-            (TrialModel.status == JobStatus.CANCELLED.value)
-            | (TrialModel.outcome == OutcomeKind.CANCELLED.value),
-            literal(TrialResult.CANCELLED.value),
-        ),
-        (
-            TrialModel.outcome.in_([o.value for o in ERROR_OUTCOMES])
-            | ((TrialModel.status == JobStatus.FAILED.value) & reward.is_(None)),
-            literal(TrialResult.ERROR.value),
-        ),
-        (reward.is_(None), literal(TrialResult.UNSCORED.value)),
-        # NaN sorts above every number in Postgres: a NaN reward is a failure, as in Python.
-        ((reward == NAN) | (reward <= 0.0), literal(TrialResult.FAILED.value)),
-        (reward >= PASS_REWARD, literal(TrialResult.PASSED.value)),
-        else_=literal(TrialResult.PARTIAL.value),
-    )
-
-
-def trial_scored_sql() -> ColumnElement[bool]:
-    """Whether ``trial_result_sql`` is one of ``SCORED_RESULTS``, as a plain predicate: pass@k
-    counts it over every trial of an experiment, where the whole CASE costs a fifth of the
-    scan. Terminal, not cancelled, no error outcome, and a reward."""
-    return (
-        TrialModel.status.in_(
-            [s.value for s in TERMINAL_JOB_STATUSES if s is not JobStatus.CANCELLED]
-        )
-        & func.coalesce(TrialModel.outcome, "").not_in(
-            [o.value for o in (*ERROR_OUTCOMES, OutcomeKind.CANCELLED)]
-        )
-        & TrialModel.reward.is_not(None)
-    )
-
-
-def trial_passed_sql() -> ColumnElement[bool]:
-    """Whether ``trial_result_sql`` is ``passed``: scored, the reward at the threshold (NaN
-    sorts above every number in Postgres, so it is left out by name)."""
-    return trial_scored_sql() & (TrialModel.reward >= PASS_REWARD) & (TrialModel.reward != NAN)
-
-
-def _score_sum() -> ColumnElement[float]:
-    """The sum of the rewards of a group's trials, a NaN counted as 0 (a failure scores 0)."""
-    return func.coalesce(
-        func.sum(case((TrialModel.reward == NAN, 0.0), else_=TrialModel.reward)), 0.0
-    )
+    """``oddish.outcomes.trial_result`` of a trial row, in SQL (NULL until it finished): the
+    function migration 0007 defines, which the triggers of ``trial_rollups`` also use."""
+    return func.oddish_trial_result(TrialModel.status, TrialModel.outcome, TrialModel.reward)
 
 
 @dataclass(frozen=True)
@@ -164,17 +115,22 @@ class TaskStatusCount:
 
 
 def _agent_usage_columns() -> list[Any]:
-    # date_part gives a float; EXTRACT a numeric, whose sum over 100k trials costs a tenth of
-    # the experiment's read.
-    duration = func.date_part("epoch", TrialModel.finished_at - TrialModel.started_at)
+    r = trial_rollups.c
     return [
-        func.coalesce(func.sum(TrialModel.n_input_tokens), 0),
-        func.coalesce(func.sum(TrialModel.n_cache_tokens), 0),
-        func.coalesce(func.sum(TrialModel.n_output_tokens), 0),
-        func.sum(TrialModel.cost_usd),
-        func.count(duration),
-        func.coalesce(func.sum(duration), 0.0),
+        func.sum(r.n_input_tokens),
+        func.sum(r.n_cache_tokens),
+        func.sum(r.n_output_tokens),
+        # None when no trial reported a cost, as a sum over the trial rows gives.
+        case((func.sum(r.cost_trials) > 0, func.sum(r.cost_usd)), else_=null()),
+        func.sum(r.timed_trials),
+        func.sum(r.duration_sec),
     ]
+
+
+def _reward_sum(nan_rewards: Any, score_sum: Any) -> float:
+    """The sum of the rewards, a missing one as 0: a NaN among them makes it NaN, as a sum over
+    the trial rows does."""
+    return math.nan if nan_rewards else float(score_sum)
 
 
 def _agent_usage(
@@ -230,41 +186,33 @@ def _experiment_trials(experiment_id: str) -> ColumnElement[bool]:
 
 
 async def experiment_agent_model_groups(
-    session: AsyncSession, experiment_id: str, *, pass_threshold: float
+    session: AsyncSession, experiment_id: str
 ) -> list[AgentModelGroup]:
     """The experiment's trials by agent, model, status, outcome and result: a few dozen rows
-    however many trials, every figure but pass@k's (``experiment_task_shapes``)."""
-    # A trial without a reward (it failed before scoring) counts as 0, as in trial_stats.
-    reward = func.coalesce(TrialModel.reward, 0.0)
+    however many trials, summed from ``trial_rollups``; every figure but pass@k's
+    (``experiment_task_shapes``)."""
+    r = trial_rollups.c
     rows = await session.execute(
         select(
-            TrialModel.agent,
-            TrialModel.model,
-            TrialModel.status,
-            TrialModel.outcome,
-            trial_result_sql(),
-            func.count(),
-            # NaN sorts above every number in Postgres but compares false in Python: excluded,
-            # as the Python computation does.
-            func.count().filter((reward >= pass_threshold) & (reward != NAN)),
-            func.coalesce(func.sum(reward), 0.0),
-            _score_sum(),
+            r.agent,
+            r.model,
+            r.status,
+            r.outcome,
+            r.result,
+            func.sum(r.trials),
+            func.sum(r.passed),
+            func.sum(r.nan_rewards),
+            func.sum(r.score_sum),
             *_agent_usage_columns(),
         )
-        .where(_experiment_trials(experiment_id))
-        # The result follows from the columns grouped and the reward: grouped by its position.
-        .group_by(
-            TrialModel.agent,
-            TrialModel.model,
-            TrialModel.status,
-            TrialModel.outcome,
-            literal_column("5"),
-        )
+        .where(r.experiment_id == experiment_id)
+        .group_by(r.agent, r.model, r.status, r.outcome, r.result)
+        .having(func.sum(r.trials) > 0)
     )
     groups = []
     for row in rows.all():
         values: tuple[Any, ...] = tuple(row)
-        agent, model, status, outcome, result, n, passed, total, scores = values[:9]
+        agent, model, status, outcome, result, n, passed, nan_rewards, scores = values[:9]
         groups.append(
             AgentModelGroup(
                 agent,
@@ -274,7 +222,7 @@ async def experiment_agent_model_groups(
                 result,
                 int(n),
                 int(passed),
-                float(total),
+                _reward_sum(nan_rewards, scores),
                 float(scores),
                 _agent_usage(*values[9:]),
             )
@@ -283,17 +231,24 @@ async def experiment_agent_model_groups(
 
 
 async def experiment_task_shapes(session: AsyncSession, experiment_id: str) -> list[TaskShape]:
-    """Per agent/model, its tasks counted by (trials scored, trials passed): Postgres counts
-    each task's trials and then the tasks, so a few hundred rows come back, not one per task."""
+    """Per agent/model, its tasks counted by (trials scored, trials passed): Postgres sums each
+    task's rollup rows and then counts the tasks, so a few hundred rows come back, not one per
+    task."""
+    r = trial_rollups.c
     cells = (
         select(
-            TrialModel.agent,
-            TrialModel.model,
-            func.count().filter(trial_scored_sql()).label("scored"),
-            func.count().filter(trial_passed_sql()).label("passed"),
+            r.agent,
+            r.model,
+            func.coalesce(
+                func.sum(r.trials).filter(r.result.in_([x.value for x in SCORED_RESULTS])), 0
+            ).label("scored"),
+            func.coalesce(func.sum(r.trials).filter(r.result == TrialResult.PASSED.value), 0).label(
+                "passed"
+            ),
         )
-        .where(_experiment_trials(experiment_id))
-        .group_by(TrialModel.task_id, TrialModel.agent, TrialModel.model)
+        .where(r.experiment_id == experiment_id)
+        .group_by(r.task_id, r.agent, r.model)
+        .having(func.sum(r.trials) > 0)
         .subquery()
     )
     rows = await session.execute(
@@ -334,37 +289,36 @@ async def experiment_verdict_usage(session: AsyncSession, experiment_id: str) ->
 
 async def task_status_counts(session: AsyncSession, task_ids: list[str]) -> list[TaskStatusCount]:
     """Per task, agent/model, trial status, outcome and result: the trials and the sums of
-    their rewards."""
+    their rewards (``trial_rollups``' rows of the tasks, as they are)."""
     if not task_ids:
         return []
-    reward = func.coalesce(TrialModel.reward, 0.0)
+    r = trial_rollups.c
     rows = await session.execute(
         select(
-            TrialModel.task_id,
-            TrialModel.agent,
-            TrialModel.model,
-            TrialModel.status,
-            TrialModel.outcome,
-            trial_result_sql(),
-            func.count(),
-            func.coalesce(func.sum(reward), 0.0),
-            _score_sum(),
-        )
-        .where(TrialModel.task_id.in_(task_ids))
-        .group_by(
-            TrialModel.task_id,
-            TrialModel.agent,
-            TrialModel.model,
-            TrialModel.status,
-            TrialModel.outcome,
-            literal_column("6"),
-        )
+            r.task_id,
+            r.agent,
+            r.model,
+            r.status,
+            r.outcome,
+            r.result,
+            r.trials,
+            r.nan_rewards,
+            r.score_sum,
+        ).where(r.task_id.in_(task_ids), r.trials > 0)
     )
     return [
         TaskStatusCount(
-            task_id, agent, model, status, outcome, result, int(n), float(total), float(scores)
+            task_id,
+            agent,
+            model,
+            status,
+            outcome,
+            result,
+            int(n),
+            _reward_sum(nan_rewards, scores),
+            float(scores),
         )
-        for task_id, agent, model, status, outcome, result, n, total, scores in rows.all()
+        for task_id, agent, model, status, outcome, result, n, nan_rewards, scores in rows.all()
     ]
 
 
@@ -390,20 +344,24 @@ async def experiment_totals(
     """Per experiment: its trials counted by what they amounted to, and the agents' cost."""
     if not experiment_ids:
         return {}
-    result = trial_result_sql()
+    r = trial_rollups.c
+
+    def trials_where(condition: ColumnElement[bool]) -> ColumnElement[Any]:
+        return func.coalesce(func.sum(r.trials).filter(condition), 0)
+
     rows = await session.execute(
         select(
-            TaskModel.experiment_id,
-            func.count(),
-            func.count(result),
-            func.count().filter(result.in_([r.value for r in SCORED_RESULTS])),
-            func.count().filter(result == TrialResult.PASSED.value),
-            func.count().filter(result.in_([r.value for r in ERROR_RESULTS])),
-            func.sum(TrialModel.cost_usd),
+            r.experiment_id,
+            func.sum(r.trials),
+            trials_where(r.result.is_not(None)),
+            trials_where(r.result.in_([x.value for x in SCORED_RESULTS])),
+            trials_where(r.result == TrialResult.PASSED.value),
+            trials_where(r.result.in_([x.value for x in ERROR_RESULTS])),
+            case((func.sum(r.cost_trials) > 0, func.sum(r.cost_usd)), else_=null()),
         )
-        .join(TaskModel, TaskModel.id == TrialModel.task_id)
-        .where(TaskModel.experiment_id.in_(experiment_ids))
-        .group_by(TaskModel.experiment_id)
+        .where(r.experiment_id.in_(experiment_ids))
+        .group_by(r.experiment_id)
+        .having(func.sum(r.trials) > 0)
     )
     return {
         experiment_id: ExperimentTotals(

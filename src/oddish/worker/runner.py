@@ -19,6 +19,7 @@ from oddish.activities.pauses import monitoring_pauses
 from oddish.config import get_settings
 from oddish.db import migrations
 from oddish.db.connection import dispose_engine
+from oddish.gc_freeze import freeze_startup_objects
 from oddish.storage import get_storage
 from oddish.temporal_gateway import TemporalNotConfigured, connect, reconnect_delays
 from oddish.worker.build_id import WORKER_BUILD_ID
@@ -59,6 +60,7 @@ async def run_worker(
     if migrate:
         await migrations.upgrade()
     await queue.apply_limits(n_concurrent or {})
+    freeze_startup_objects()
     # Outputs a previous life of this worker left on the disk (it died while uploading them).
     sweeping = asyncio.create_task(sweep_periodically(stop))
     # Trials in processes of their own (none: in this process, with the workflows).

@@ -34,6 +34,7 @@ from oddish.activities.pauses import monitoring_pauses
 from oddish.activities.trial import WORKER_PID_VARIABLE, run_trial
 from oddish.config import Settings, get_settings
 from oddish.db.connection import dispose_engine
+from oddish.gc_freeze import freeze_startup_objects
 from oddish.temporal_gateway import TemporalNotConfigured, connect, reconnect_delays
 from oddish.worker.build_id import WORKER_BUILD_ID
 from oddish.workflows.task_workflow import trial_task_queue
@@ -128,6 +129,7 @@ async def serve_trials(stop: asyncio.Event) -> None:
     if not settings.harbor_telemetry:
         os.environ.setdefault("HARBOR_TELEMETRY", "0")
     delays = reconnect_delays()
+    freeze_startup_objects()
     with monitoring_pauses():
         while not stop.is_set():
             try:
