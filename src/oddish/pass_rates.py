@@ -33,6 +33,8 @@ Z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
 # The key of trials not finished yet among the counts by result.
 UNFINISHED = "unfinished"
 RESULT_KEYS = [*(r.value for r in TrialResult), UNFINISHED]
+_SCORED = [r.value for r in SCORED_RESULTS]
+_ERRORS = [r.value for r in ERROR_RESULTS]
 # The error kinds always shown (with 0), others as they occur.
 ERROR_KINDS = ["infrastructure_error", "verifier_error", "cancelled"]
 
@@ -151,12 +153,14 @@ def summarize(cells: Iterable[TaskCell], *, with_pass_at_k: bool = True) -> dict
 
 def summarize_totals(totals: CellTotals, *, with_pass_at_k: bool = True) -> dict[str, Any]:
     """``summarize`` of cells already summed (by Postgres, for a whole experiment)."""
-    results: Counter[str] = Counter({key: 0 for key in RESULT_KEYS})
-    results.update(totals.results)
-    errors: Counter[str] = Counter({kind: 0 for kind in ERROR_KINDS})
-    errors.update(totals.errors)
-    scored = sum(results[r] for r in SCORED_RESULTS)
-    passed = results[TrialResult.PASSED]
+    results = dict.fromkeys(RESULT_KEYS, 0)
+    for key, n in totals.results.items():
+        results[key] = results.get(key, 0) + n
+    errors = dict.fromkeys(ERROR_KINDS, 0)
+    for kind, n in totals.errors.items():
+        errors[kind] = errors.get(kind, 0) + n
+    scored = sum(results[r] for r in _SCORED)
+    passed = results[TrialResult.PASSED.value]
     pass_at_1 = None
     if scored:
         low, high = wilson_interval(passed, scored)
@@ -170,14 +174,14 @@ def summarize_totals(totals: CellTotals, *, with_pass_at_k: bool = True) -> dict
     summary = {
         "tasks": totals.tasks,
         "trials": sum(results.values()),
-        "results": dict(results),
+        "results": results,
         "scored": scored,
         "passed": passed,
-        "errored": sum(results[r] for r in ERROR_RESULTS),
+        "errored": sum(results[r] for r in _ERRORS),
         "mean_reward": totals.reward_sum / scored if scored else None,
         "pass_at_1": pass_at_1,
         "pass_at_k": pass_at_k_of_shapes(totals.shapes) if with_pass_at_k else [],
-        "errors": dict(errors),
+        "errors": errors,
     }
     if not with_pass_at_k:
         del summary["pass_at_k"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from oddish.db.models import TrialModel
@@ -26,24 +25,31 @@ from oddish.statuses import ERROR_RESULTS, SCORED_RESULTS, TERMINAL_JOB_STATUSES
 PASS_THRESHOLD = PASS_REWARD
 
 
-@dataclass
-class _CellCounts:
-    """A ``TaskCell`` being counted."""
+_SCORED = frozenset(r.value for r in SCORED_RESULTS)
+_ERRORS = frozenset(r.value for r in ERROR_RESULTS)
 
-    results: Counter[str] = field(default_factory=Counter)
-    reward_sum: float = 0.0
-    errors: Counter[str] = field(default_factory=Counter)
+
+class _CellCounts:
+    """A ``TaskCell`` being counted (plain dicts: a page of tasks counts thousands of groups)."""
+
+    __slots__ = ("errors", "results", "reward_sum")
+
+    def __init__(self) -> None:
+        self.results: dict[str, int] = {}
+        self.reward_sum = 0.0
+        self.errors: dict[str, int] = {}
 
     def add(self, result: str | None, outcome: str | None, trials: int, score_sum: float) -> None:
-        self.results[result or UNFINISHED] += trials
-        if result in SCORED_RESULTS:
+        key = result or UNFINISHED
+        self.results[key] = self.results.get(key, 0) + trials
+        if result in _SCORED:
             self.reward_sum += score_sum
-        elif result in ERROR_RESULTS:
+        elif result in _ERRORS:
             kind = "cancelled" if result == TrialResult.CANCELLED else outcome or "unknown"
-            self.errors[kind] += trials
+            self.errors[kind] = self.errors.get(kind, 0) + trials
 
     def cell(self) -> TaskCell:
-        return TaskCell(dict(self.results), self.reward_sum, dict(self.errors))
+        return TaskCell(self.results, self.reward_sum, self.errors)
 
 
 def _score(reward: float | None) -> float:
