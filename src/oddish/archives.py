@@ -450,6 +450,14 @@ def _make_dirs(root: Path, parts: tuple[str, ...], dirs: set[tuple[str, ...]]) -
             continue
         path = root.joinpath(*prefix)
         path.mkdir()
+        # Defence in depth, once per directory: names are already checked, no link is ever
+        # created, and each file is then opened with O_NOFOLLOW | O_EXCL in a directory made
+        # here. (A check per file, two realpath walks each, was a fifth of an upload's time.)
+        if not path.resolve().is_relative_to(root.resolve()):
+            raise ArchiveError(
+                f"Archive member directory {'/'.join(prefix)!r} would be outside the task "
+                "directory."
+            )
         os.chmod(path, 0o755)
         dirs.add(prefix)
 
@@ -465,11 +473,6 @@ def _write_file(
     executable = bool(member.mode & 0o111)
     mode = 0o755 if executable else 0o644
     path = root.joinpath(*parts)
-    # Defence in depth: names are already checked, and no links are ever created.
-    if not path.resolve().is_relative_to(root.resolve()):
-        raise ArchiveError(
-            f"Archive member {member.name!r} would be written outside the task directory."
-        )
     data = tar.extractfile(member)
     assert data is not None  # regular file
     digest = hashlib.sha256()
