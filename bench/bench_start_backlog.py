@@ -25,6 +25,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
+
 from embedded_stack import _start_worker, embedded_stack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,6 +150,8 @@ async def main() -> None:
                 await asyncio.sleep(0.25)
             # Temporal's own warning of a workflow task held past 5 s: the worker's CPU is short.
             slow_tasks = log.read_text(errors="replace").count("TMPRL1104")
+            # The worker main process holds the workflows it caches (ODDISH_WORKFLOW_CACHE_SIZE).
+            worker_rss = psutil.Process(worker.pid).memory_info().rss / 2**20
     if all_started is None:
         print(f"not every task started within {args.timeout:.0f}s")
     first_after = (first - up_at).total_seconds() if first else float("nan")
@@ -161,6 +165,7 @@ async def main() -> None:
     print(f"every task started after worker  : {all_started or float('nan'):7.1f} s")
     print(f"slots busy meanwhile (average)   : {busy:7.2f} of {args.limit}")
     print(f"workflow tasks over 5 s (TMPRL1104): {slow_tasks}")
+    print(f"worker main process RSS then     : {worker_rss:7.0f} MB")
     print("  (slots sampled from the first trial's start until every task was started)")
 
 

@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     # Upper bound of one trial attempt; Harbor's own timeouts normally end it much sooner.
     trial_start_to_close_timeout_sec: float = 24 * 3600.0
 
+    # Workflows a worker keeps in memory between their workflow tasks (Temporal's sticky cache,
+    # about 26 KB each). One evicted goes back to the shared queue, behind every task waiting
+    # there, and is replayed from its history in a fresh sandbox when it next moves: with more
+    # tasks running than this, most of a worker's workflow tasks are such replays.
+    workflow_cache_size: int = Field(default=4000, ge=2, le=100_000)
+
     # Seconds between the slot dispatcher's sweeps when no NOTIFY arrives.
     dispatcher_poll_interval_sec: float = 5.0
     # A slot holder whose heartbeat is older than this is checked against Temporal and reaped

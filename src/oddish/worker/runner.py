@@ -136,6 +136,7 @@ async def _serve(
         ),
         activities=ALL_ACTIVITIES,
         max_concurrent_activities=max_concurrent_activities,
+        max_cached_workflows=settings.workflow_cache_size,
         # Eager dispatch would run every trial on the worker that holds the workflow;
         # through the task queue, trials spread over all workers.
         disable_eager_activity_execution=True,
