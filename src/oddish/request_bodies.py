@@ -10,14 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from oddish.schemas import (
-    HARBOR_LOADED,
-    LOADED_WITH_TESTS,
-    LOADED_WITHOUT_TESTS,
-    MAX_TRIALS_PER_TASK,
-    AgentRunConfig,
-    TaskSubmission,
-)
+from oddish.schemas import MAX_TRIALS_PER_TASK, AgentRunConfig, TaskSubmission
 
 # Deeper JSON than any real configuration: beyond it, storing and reading it back only costs.
 MAX_JSON_DEPTH = 32
@@ -119,18 +112,10 @@ class SweepRequest(Strict):
             raise ValueError("give upload_id (a new upload) or task_id (an existing task)")
         return self
 
-    def submission(
-        self, task_path: Any, default_name: str, *, loaded_with_tests: bool | None = None
-    ) -> TaskSubmission:
-        """Raises pydantic.ValidationError for unknown agents or environments, too many trials.
-        ``loaded_with_tests``: how Harbor loaded these files before (an upload), or None."""
+    def submission(self, task_path: Any, default_name: str) -> TaskSubmission:
+        """Raises pydantic.ValidationError for unknown agents or environments, too many trials."""
         h = self.harbor
-        context = (
-            {}
-            if loaded_with_tests is None
-            else {HARBOR_LOADED: LOADED_WITH_TESTS if loaded_with_tests else LOADED_WITHOUT_TESTS}
-        )
-        fields = dict(
+        return TaskSubmission(
             task_path=task_path,
             name=self.name or default_name,
             experiment_id=self.experiment_id,
@@ -164,7 +149,6 @@ class SweepRequest(Strict):
                 for c in self.configs
             ],
         )
-        return TaskSubmission.model_validate(fields, context=context)
 
 
 class LimitUpdate(Strict):

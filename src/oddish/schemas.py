@@ -7,13 +7,7 @@ from typing import Any
 
 from harbor.models.agent.name import AgentName
 from harbor.models.environment_type import EnvironmentType
-from pydantic import (
-    BaseModel,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from oddish.env_references import env_reference_problems, task_env_problems
 from oddish.queue_keys import queue_key_for_trial
@@ -103,14 +97,6 @@ class AgentRunConfig(TrialSpec):
         return env
 
 
-# The validation context of a TaskSubmission of an upload: how Harbor loaded its files when they
-# were stored (with its tests checked, or only with verification disabled), so that the
-# submission is not loaded again.
-HARBOR_LOADED = "harbor_loaded"
-LOADED_WITH_TESTS = "with_tests"
-LOADED_WITHOUT_TESTS = "without_tests"
-
-
 class TaskSubmission(BaseModel):
     """A Harbor task directory and the trials to run on it."""
 
@@ -145,12 +131,10 @@ class TaskSubmission(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _loadable(self, info: ValidationInfo) -> TaskSubmission:
-        disable_verification = all(c.disable_verification for c in self.configs)
-        loaded = (info.context or {}).get(HARBOR_LOADED)
-        if loaded == LOADED_WITH_TESTS or (loaded == LOADED_WITHOUT_TESTS and disable_verification):
-            return self  # an upload Harbor loaded when it was stored: its files are the same
-        problem = task_dir_problem(self.task_path, disable_verification=disable_verification)
+    def _loadable(self) -> TaskSubmission:
+        problem = task_dir_problem(
+            self.task_path, disable_verification=all(c.disable_verification for c in self.configs)
+        )
         if problem is not None:
             raise ValueError(f"{self.task_path.name}: {problem}")
         return self

@@ -20,7 +20,6 @@ from oddish.api.uploads import (
     store_upload,
     upload_name,
     upload_path,
-    upload_verified,
 )
 from oddish.archives import ArchiveError
 from oddish.config import Settings, get_settings
@@ -76,14 +75,12 @@ def test_an_unused_upload_is_deleted_after_the_retention(tasks_dir: Path) -> Non
     path = upload_path(stored["upload_id"])
     assert (tasks_dir / "uploads" / f"{stored['upload_id']}.name").is_file()
     assert upload_name(stored["upload_id"]) == stored["name"]
-    # Harbor loaded it with its tests: a sweep of it need not load it again.
-    assert upload_verified(stored["upload_id"])
 
     assert collect_old_uploads() == 0, "fresh uploads stay"
     assert collect_old_uploads(now=time.time() + HOUR - 60) == 0
     assert collect_old_uploads(now=time.time() + HOUR + 60) == 1
     assert not path.exists()
-    assert list((tasks_dir / "uploads").iterdir()) == [], "its sidecar files go with it"
+    assert list((tasks_dir / "uploads").iterdir()) == [], "its name file goes with it"
     with pytest.raises(RecordNotFound):
         upload_path(stored["upload_id"])
     # Uploading it again stores it again.
@@ -135,16 +132,13 @@ def test_leftovers_of_crashed_processes_are_deleted(tasks_dir: Path) -> None:
     orphan = uploads_dir / f"{'c' * 64}.name"
     orphan.write_text("gone")
     age(orphan, 2 * HOUR)
-    orphan_mark = uploads_dir / f"{'c' * 64}.verified"
-    orphan_mark.touch()
-    age(orphan_mark, 2 * HOUR)
     not_an_upload = uploads_dir / "README"
     not_an_upload.write_text("kept")
     age(not_an_upload, 2 * HOUR)
 
     assert collect_old_uploads() == 0
     assert not stale.exists() and not staging.exists() and not trash.exists()
-    assert not orphan.exists() and not orphan_mark.exists()
+    assert not orphan.exists()
     assert fresh.is_dir() and not_an_upload.is_file()
     assert upload_path(stored["upload_id"]).is_dir()
 

@@ -43,7 +43,6 @@ from oddish.api.uploads import (
     store_upload,
     upload_name,
     upload_path,
-    upload_verified,
 )
 from oddish.archives import ArchiveError
 from oddish.config import get_settings
@@ -155,11 +154,7 @@ def build_router() -> APIRouter:
             upload_id = body.upload_id or ""
             # Reads the upload's files and parses its task.toml: off the event loop.
             submission = await asyncio.to_thread(
-                lambda: body.submission(
-                    upload_path(upload_id),
-                    upload_name(upload_id),
-                    loaded_with_tests=upload_verified(upload_id),
-                )
+                lambda: body.submission(upload_path(upload_id), upload_name(upload_id))
             )
         # Recorded even while Temporal is unreachable: the workers start it once it answers.
         connection: TemporalConnection = request.app.state.temporal

@@ -30,10 +30,6 @@ log = logging.getLogger(__name__)
 
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{64}$")
 _NAME_SUFFIX = ".name"
-# Present when Harbor loads the upload with its tests checked (not only with verification
-# disabled): a sweep of it needs no second load. The files decide it, and they never change.
-_VERIFIED_SUFFIX = ".verified"
-_SIDECAR_SUFFIXES = (_NAME_SUFFIX, _VERIFIED_SUFFIX)
 # An upload being deleted is renamed to this first (atomic), so it is never half there.
 _TRASH_PREFIX = ".gc-"
 # How often the API looks for unused uploads.
@@ -57,13 +53,10 @@ def store_upload(source: BinaryIO) -> dict[str, Any]:
             max_unpacked_bytes=settings.upload_max_unpacked_bytes,
             max_file_bytes=settings.upload_max_file_bytes,
         )
-        # A sweep may disable verification: the task is refused only if Harbor cannot load it
-        # even then, and whether it loads with its tests checked is kept for the sweeps.
-        verified = task_dir_problem(incoming, disable_verification=False) is None
-        if not verified:
-            problem = task_dir_problem(incoming, disable_verification=True)
-            if problem is not None:
-                raise ArchiveError(f"The archive is not a task Harbor can run: {problem}.", 422)
+        # Tests are checked at submission: a sweep may disable verification.
+        problem = task_dir_problem(incoming, disable_verification=True)
+        if problem is not None:
+            raise ArchiveError(f"The archive is not a task Harbor can run: {problem}.", 422)
         upload_id = _upload_id(extracted.content_hash, extracted.name)
         target = _uploads_dir() / upload_id
         reused = target.is_dir()
@@ -72,10 +65,9 @@ def store_upload(source: BinaryIO) -> dict[str, Any]:
             reused = target.is_dir()  # collected just before the touch: store this copy
         if not reused:
             target.parent.mkdir(parents=True, exist_ok=True)
-            # The sidecars first: an upload directory in place is complete.
-            _write_sidecars(target, extracted.name, verified=verified)
             try:
                 incoming.rename(target)
+                (target.parent / f"{upload_id}{_NAME_SUFFIX}").write_text(extracted.name)
             except OSError:
                 reused = target.exists()  # the same task uploaded twice at once
                 if not reused:
@@ -91,23 +83,6 @@ def store_upload(source: BinaryIO) -> dict[str, Any]:
         "bytes": extracted.unpacked_bytes,
         "reused": reused,
     }
-
-
-def _write_sidecars(target: Path, name: str, *, verified: bool) -> None:
-    """The upload's name (written whole, then renamed into place) and, when Harbor loads it with
-    its tests, the verified mark."""
-    # Written in the incoming directory, as extractions are: collected only once stale.
-    temporary = get_settings().tasks_dir / "incoming" / f"{target.name}-{secrets.token_hex(4)}"
-    try:
-        temporary.write_text(name)
-        temporary.rename(target.with_name(f"{target.name}{_NAME_SUFFIX}"))
-    finally:
-        temporary.unlink(missing_ok=True)
-    verified_mark = target.with_name(f"{target.name}{_VERIFIED_SUFFIX}")
-    if verified:
-        verified_mark.touch()
-    else:
-        verified_mark.unlink(missing_ok=True)
 
 
 def _upload_id(content_hash: str, name: str) -> str:
@@ -133,14 +108,6 @@ def upload_name(upload_id: str) -> str:
     return sidecar.read_text().strip() if sidecar.is_file() else upload_id[:12]
 
 
-def upload_verified(upload_id: str) -> bool:
-    """Whether Harbor loaded the upload with its tests checked."""
-    return (
-        _UPLOAD_ID.match(upload_id) is not None
-        and (_uploads_dir() / f"{upload_id}{_VERIFIED_SUFFIX}").is_file()
-    )
-
-
 def _touch(path: Path) -> None:
     try:
         os.utime(path)
@@ -153,9 +120,8 @@ def collect_old_uploads(now: float | None = None) -> int:
     """Delete the uploads unused for ``upload_retention_sec``; returns how many were deleted.
 
     Unused means: not stored, uploaded again or named by a sweep since (the directory's mtime).
-    Also deletes sidecar files (name, verified mark) without their upload, and entries
-    of the incoming directory (the extraction of an upload in progress, a name being written)
-    older than the retention, which a killed process left.
+    Also deletes name files without their upload, and entries of the incoming directory (the
+    extraction of an upload in progress) older than the retention, which a killed process left.
     Safe to run from several processes at once.
     """
     settings = get_settings()
@@ -172,8 +138,8 @@ def collect_old_uploads(now: float | None = None) -> int:
     orphans = [
         entry
         for entry in _entries(uploads)
-        for suffix in _SIDECAR_SUFFIXES
-        if entry.name.endswith(suffix) and not (uploads / entry.name.removesuffix(suffix)).exists()
+        if entry.name.endswith(_NAME_SUFFIX)
+        and not (uploads / entry.name.removesuffix(_NAME_SUFFIX)).exists()
     ]
     for entry in [*orphans, *_entries(settings.tasks_dir / "incoming")]:
         mtime = _mtime(entry)
@@ -202,9 +168,9 @@ def _collect_one(path: Path, cutoff: float) -> int:
         except OSError:
             pass  # uploaded again meanwhile: that copy is the one in use
     _remove(trash)
+    sidecar = path.with_name(f"{path.name}{_NAME_SUFFIX}")
     if not path.exists():
-        for suffix in _SIDECAR_SUFFIXES:
-            path.with_name(f"{path.name}{suffix}").unlink(missing_ok=True)
+        sidecar.unlink(missing_ok=True)
     return 1
 
 
