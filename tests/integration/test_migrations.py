@@ -164,11 +164,11 @@ async def test_upgrade_rolls_up_the_trials_recorded_before(scratch_database: str
     await migrate(scratch_database, "0006")
     conn = await asyncpg.connect(plain_dsn(scratch_database))
     try:
-        await conn.execute("INSERT INTO experiments (id, name) VALUES ('exp-1', 'before')")
         await conn.execute(
+            "INSERT INTO experiments (id, name) VALUES ('exp-1', 'before');"
             "INSERT INTO tasks (id, experiment_id, name, task_path, status, priority, "
-            "run_analysis, workflow_id) "
-            "VALUES ('task-1', 'exp-1', 't', 'tasks/task-1/x.tar.gz', 'running', 0, false, 't')"
+            "run_analysis, workflow_id) VALUES "
+            "('task-1', 'exp-1', 't', 'tasks/task-1/x.tar.gz', 'running', 0, false, 't')"
         )
         for index, (status, reward) in enumerate(
             [("success", 1.0), ("success", 1.0), ("success", 0.0), ("queued", None)]

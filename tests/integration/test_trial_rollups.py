@@ -31,28 +31,14 @@ STARTED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 AGENTS = [("oracle", None), ("claude-code", "anthropic/claude-sonnet-4-5"), ("nop", "")]
 
 Key = tuple[str, str, str | None, str, str | None, str | None]
+KEY = ("task_id", "agent", "model", "status", "outcome", "result")
+# What each rollup row sums: every column but its experiment and its key.
+SUMS = [c.name for c in trial_rollups.columns if c.name not in {"experiment_id", *KEY}]
 
 
 def _expected(trials: list[TrialModel]) -> dict[Key, dict[str, Any]]:
     """The rollup rows the trial rows call for, summed in Python."""
-    rows: dict[Key, dict[str, Any]] = defaultdict(
-        lambda: dict.fromkeys(
-            (
-                "trials",
-                "passed",
-                "nan_rewards",
-                "score_sum",
-                "n_input_tokens",
-                "n_cache_tokens",
-                "n_output_tokens",
-                "cost_usd",
-                "cost_trials",
-                "timed_trials",
-                "duration_sec",
-            ),
-            0,
-        )
-    )
+    rows: dict[Key, dict[str, Any]] = defaultdict(lambda: dict.fromkeys(SUMS, 0))
     for t in trials:
         result = trial_result(t.status, t.outcome, t.reward)
         row = rows[t.task_id, t.agent, t.model, t.status, t.outcome, result]
@@ -97,15 +83,7 @@ async def _assert_rollups_match(experiment_id: str) -> None:
             .mappings()
             .all()
         )
-    got = {
-        (r["task_id"], r["agent"], r["model"], r["status"], r["outcome"], r["result"]): {
-            k: v
-            for k, v in r.items()
-            if k not in ("experiment_id", "task_id", "agent", "model", "status", "outcome")
-            and k != "result"
-        }
-        for r in stored
-    }
+    got = {tuple(r[k] for k in KEY): {k: r[k] for k in SUMS} for r in stored}
     expected = _expected(trials)
     assert got.keys() == expected.keys()
     for key, sums in expected.items():
