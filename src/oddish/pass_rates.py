@@ -33,8 +33,6 @@ Z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
 # The key of trials not finished yet among the counts by result.
 UNFINISHED = "unfinished"
 RESULT_KEYS = [*(r.value for r in TrialResult), UNFINISHED]
-_SCORED = [r.value for r in SCORED_RESULTS]
-_ERRORS = [r.value for r in ERROR_RESULTS]
 # The error kinds always shown (with 0), others as they occur.
 ERROR_KINDS = ["infrastructure_error", "verifier_error", "cancelled"]
 
@@ -159,7 +157,7 @@ def summarize_totals(totals: CellTotals, *, with_pass_at_k: bool = True) -> dict
     errors = dict.fromkeys(ERROR_KINDS, 0)
     for kind, n in totals.errors.items():
         errors[kind] = errors.get(kind, 0) + n
-    scored = sum(results[r] for r in _SCORED)
+    scored = sum(results[r] for r in SCORED_RESULTS)
     passed = results[TrialResult.PASSED.value]
     pass_at_1 = None
     if scored:
@@ -177,7 +175,7 @@ def summarize_totals(totals: CellTotals, *, with_pass_at_k: bool = True) -> dict
         "results": results,
         "scored": scored,
         "passed": passed,
-        "errored": sum(results[r] for r in _ERRORS),
+        "errored": sum(results[r] for r in ERROR_RESULTS),
         "mean_reward": totals.reward_sum / scored if scored else None,
         "pass_at_1": pass_at_1,
         "pass_at_k": pass_at_k_of_shapes(totals.shapes) if with_pass_at_k else [],

@@ -25,10 +25,6 @@ from oddish.statuses import ERROR_RESULTS, SCORED_RESULTS, TERMINAL_JOB_STATUSES
 PASS_THRESHOLD = PASS_REWARD
 
 
-_SCORED = frozenset(r.value for r in SCORED_RESULTS)
-_ERRORS = frozenset(r.value for r in ERROR_RESULTS)
-
-
 class _CellCounts:
     """A ``TaskCell`` being counted (plain dicts: a page of tasks counts thousands of groups)."""
 
@@ -42,9 +38,9 @@ class _CellCounts:
     def add(self, result: str | None, outcome: str | None, trials: int, score_sum: float) -> None:
         key = result or UNFINISHED
         self.results[key] = self.results.get(key, 0) + trials
-        if result in _SCORED:
+        if result in SCORED_RESULTS:
             self.reward_sum += score_sum
-        elif result in _ERRORS:
+        elif result in ERROR_RESULTS:
             kind = "cancelled" if result == TrialResult.CANCELLED else outcome or "unknown"
             self.errors[kind] = self.errors.get(kind, 0) + trials
 

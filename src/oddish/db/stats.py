@@ -18,8 +18,6 @@ from oddish.statuses import (
     TrialResult,
 )
 
-NAN = float("nan")
-
 
 def trial_result_sql() -> ColumnElement[str | None]:
     """``oddish.outcomes.trial_result`` of a trial row, in SQL (NULL until it finished): the
@@ -125,6 +123,11 @@ def _agent_usage_columns() -> list[Any]:
         func.sum(r.timed_trials),
         func.sum(r.duration_sec),
     ]
+
+
+def _trials_where(condition: ColumnElement[bool]) -> ColumnElement[Any]:
+    """How many trials of the rollup rows summed meet ``condition`` (0 when none does)."""
+    return func.coalesce(func.sum(trial_rollups.c.trials).filter(condition), 0)
 
 
 def _reward_sum(nan_rewards: Any, score_sum: Any) -> float:
@@ -239,12 +242,8 @@ async def experiment_task_shapes(session: AsyncSession, experiment_id: str) -> l
         select(
             r.agent,
             r.model,
-            func.coalesce(
-                func.sum(r.trials).filter(r.result.in_([x.value for x in SCORED_RESULTS])), 0
-            ).label("scored"),
-            func.coalesce(func.sum(r.trials).filter(r.result == TrialResult.PASSED.value), 0).label(
-                "passed"
-            ),
+            _trials_where(r.result.in_([x.value for x in SCORED_RESULTS])).label("scored"),
+            _trials_where(r.result == TrialResult.PASSED.value).label("passed"),
         )
         .where(r.experiment_id == experiment_id)
         .group_by(r.task_id, r.agent, r.model)
@@ -345,18 +344,14 @@ async def experiment_totals(
     if not experiment_ids:
         return {}
     r = trial_rollups.c
-
-    def trials_where(condition: ColumnElement[bool]) -> ColumnElement[Any]:
-        return func.coalesce(func.sum(r.trials).filter(condition), 0)
-
     rows = await session.execute(
         select(
             r.experiment_id,
             func.sum(r.trials),
-            trials_where(r.result.is_not(None)),
-            trials_where(r.result.in_([x.value for x in SCORED_RESULTS])),
-            trials_where(r.result == TrialResult.PASSED.value),
-            trials_where(r.result.in_([x.value for x in ERROR_RESULTS])),
+            _trials_where(r.result.is_not(None)),
+            _trials_where(r.result.in_([x.value for x in SCORED_RESULTS])),
+            _trials_where(r.result == TrialResult.PASSED.value),
+            _trials_where(r.result.in_([x.value for x in ERROR_RESULTS])),
             case((func.sum(r.cost_trials) > 0, func.sum(r.cost_usd)), else_=null()),
         )
         .where(r.experiment_id.in_(experiment_ids))
