@@ -5,6 +5,7 @@ GET /tasks/{id}/versions[/{v}], DELETE /trials/{id}, and a sweep of an existing 
 from __future__ import annotations
 
 import io
+import math
 import os
 import secrets
 import shutil
@@ -18,10 +19,13 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import BaseModel, RootModel, TypeAdapter
+from sqlalchemy import update
 
 from helpers import EXAMPLES, serve_api
 from oddish.api import views
 from oddish.api.original_routes import BrowsePage, Dashboard, TaskVersionView
+from oddish.db.connection import get_session
+from oddish.db.models import TrialModel
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -282,3 +286,45 @@ def test_answers_match_their_response_models(api: httpx.Client, finished: dict[s
     declared(views.SweepCreated, sweep.json())
     wait_until(api, sweep.json()["id"], {"completed", "failed"})
     declared(views.TaskDeleted, api.delete(f"/tasks/{sweep.json()['id']}").json())
+
+
+async def test_a_nan_reward_reads_as_null_in_every_answer(
+    api: httpx.Client, tmp_path: Path
+) -> None:
+    """A verifier can write "nan" as its reward: every read that shows it, or a figure made
+    from it, still answers (JSON has no NaN; the answers give null)."""
+    experiment = f"exp-nan-{secrets.token_hex(3)}"
+    task_id = submit(api, EXAMPLES / "hello-pass", experiment=experiment)["id"]
+    trial_id = wait_until(api, task_id, {"completed"})["trials"][0]["id"]
+    async with get_session() as session:
+        await session.execute(
+            update(TrialModel).where(TrialModel.id == trial_id).values(reward=math.nan)
+        )
+        await session.commit()
+
+    for path, params in [
+        ("/tasks", {}),
+        ("/tasks", {"experiment": experiment}),
+        ("/tasks", {"experiment_id": experiment}),
+        ("/tasks", {"experiment_id": experiment, "include_trials": "false"}),
+        ("/tasks", {"include_trials": "false"}),
+        (f"/tasks/{task_id}", {}),
+        (f"/trials/{trial_id}", {}),
+        ("/experiments", {}),
+        (f"/experiments/{experiment}", {}),
+        (f"/experiments/{experiment}/trials", {}),
+        ("/tasks/browse", {}),
+        ("/dashboard", {}),
+        (f"/ui/experiments/{experiment}", {}),
+        (f"/ui/tasks/{task_id}", {}),
+        (f"/ui/trials/{trial_id}", {}),
+    ]:
+        answer = api.get(path, params=params)
+        assert answer.status_code == 200, (path, params, answer.text)
+        assert "NaN" not in answer.text, (path, params)
+    trial = api.get(f"/trials/{trial_id}").json()
+    assert trial["reward"] is None
+    [summary] = api.get(
+        "/tasks", params={"experiment_id": experiment, "include_trials": "false"}
+    ).json()
+    assert summary["mean_reward"] is None

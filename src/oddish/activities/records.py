@@ -75,7 +75,9 @@ async def _fail_unless_running(inp: FailTrialInput, alive_within: float) -> Tria
     """The trial's outcome for this run: as recorded, else failed now; None while an attempt
     of it still runs."""
     async with get_session() as session:
-        trial = await records.get_trial(session, inp.trial_id)
+        # Locked: an attempt finishing meanwhile must not be read as still running by one
+        # query and gone by the next, and so be failed over its recorded result.
+        trial = await records.get_trial(session, inp.trial_id, lock=True)
         if trial.run_number == inp.run_number and trial.status in TERMINAL_JOB_STATUSES:
             return TrialOutcome.of(trial.id, trial)
         running = [a for a in trial.attempts if a.status == AttemptStatus.RUNNING]

@@ -214,7 +214,8 @@ async def _start(
     """Open the attempt; or, when this run of the trial already finished, its recorded outcome;
     or, when an earlier attempt is still running (its slot row touched lately), say so."""
     async with get_session() as session:
-        trial = await records.get_trial(session, inp.trial_id)
+        # Locked: an earlier attempt finishing meanwhile is then seen finished, not started over.
+        trial = await records.get_trial(session, inp.trial_id, lock=True)
         if trial.run_number == inp.run_number and trial.status in TERMINAL_JOB_STATUSES:
             # This run already finished; its completion just never reached Temporal. A slot
             # granted again (a re-run of a finished workflow) goes straight back.

@@ -64,7 +64,20 @@ from oddish.task_cache import task_dir_for
 from oddish.temporal_gateway import TemporalConnection, TemporalUnavailable
 from oddish.worker.health import WorkerHealth
 
+# GET /tasks has no response model (three shapes): each shape is checked against its model and
+# written by pydantic's serializer. FastAPI's generic encoder took half of the request's time,
+# and writes a NaN (a verifier's reward can be one) that no JSON reader accepts.
 TASK_PAGE = TypeAdapter(views.TaskPage)
+TASK_SUMMARIES = TypeAdapter(list[views.TaskSummary])
+TASK_DETAILS = TypeAdapter(list[views.TaskDetail])
+
+
+def _json_answer(adapter: TypeAdapter[Any], value: Any) -> Response:
+    return Response(
+        adapter.dump_json(adapter.validate_python(value), exclude_unset=True),
+        media_type="application/json",
+    )
+
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +219,7 @@ def build_router() -> APIRouter:
             page = await queue.list_tasks(
                 status=status, experiment_id=experiment, user=user, limit=limit or 50, offset=offset
             )
-            # Checked against its model and written by pydantic's serializer: FastAPI's
-            # generic encoder (no response_model here) took half of the request's time.
-            return Response(
-                TASK_PAGE.dump_json(TASK_PAGE.validate_python(page), exclude_unset=True),
-                media_type="application/json",
-            )
+            return _json_answer(TASK_PAGE, page)
         with_trials = include_trials is not False
         if with_trials and (limit or 0) > ORIGINAL_LIST_LIMIT:
             raise HTTPException(
@@ -225,8 +233,10 @@ def build_router() -> APIRouter:
             offset=offset,
         )
         if not with_trials:
-            return page["tasks"]
-        return [await queue.get_task_with_trials(t["id"]) for t in page["tasks"]]
+            return _json_answer(TASK_SUMMARIES, page["tasks"])
+        return _json_answer(
+            TASK_DETAILS, [await queue.get_task_with_trials(t["id"]) for t in page["tasks"]]
+        )
 
     @router.get(
         "/tasks/{task_id}",

@@ -152,18 +152,22 @@ async def get_task(session: AsyncSession, task_id: str, *, with_trials: bool = F
     return task
 
 
-async def get_trial(session: AsyncSession, trial_id: str) -> TrialModel:
-    trial = (
-        await session.execute(
-            select(TrialModel)
-            .where(TrialModel.id == trial_id)
-            .options(
-                selectinload(TrialModel.task),
-                selectinload(TrialModel.attempts),
-                selectinload(TrialModel.analysis),
-            )
+async def get_trial(session: AsyncSession, trial_id: str, *, lock: bool = False) -> TrialModel:
+    """The trial with its task, attempts and analysis. ``lock`` locks the trial row first, as
+    an attempt's finish does: the attempts are then read as of that finish, not in between (the
+    row and its attempts are separate reads)."""
+    query = (
+        select(TrialModel)
+        .where(TrialModel.id == trial_id)
+        .options(
+            selectinload(TrialModel.task),
+            selectinload(TrialModel.attempts),
+            selectinload(TrialModel.analysis),
         )
-    ).scalar_one_or_none()
+    )
+    if lock:
+        query = query.with_for_update(of=TrialModel)
+    trial = (await session.execute(query)).scalar_one_or_none()
     if trial is None:
         raise RecordNotFound(f"no trial {trial_id!r}")
     return trial
