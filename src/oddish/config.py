@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     # there, and is replayed from its history in a fresh sandbox when it next moves: with more
     # tasks running than this, most of a worker's workflow tasks are such replays.
     workflow_cache_size: int = Field(default=4000, ge=2, le=100_000)
+    # Run workflow code in Temporal's sandbox, which imports the workflow's modules afresh for
+    # every workflow a worker takes up (about 35 ms of CPU each: at a backlog of thousands of
+    # tasks, most of a worker's time). Off, the workflows run as plain code; what keeps them
+    # deterministic is then the import contracts (no I/O module reaches them) and the replay of
+    # recorded histories, which runs in the sandbox.
+    workflow_sandbox: bool = False
 
     # Seconds between the slot dispatcher's sweeps when no NOTIFY arrives.
     dispatcher_poll_interval_sec: float = 5.0

@@ -32,6 +32,12 @@ SCENARIOS = {
     # Status records as local activities (LOCAL_RECORDS_PATCH): a cancel and a retry update.
     "local-records-cancelled",
     "local-records-retry-running",
+    # Slot requests as local activities (LOCAL_SLOT_REQUESTS_PATCH): a task's first workflow
+    # task puts its trials in line; a retry of a running and of a finished task, a cancel.
+    "local-slot-requests-completed",
+    "local-slot-requests-retry-running",
+    "local-slot-requests-retry-finished",
+    "local-slot-requests-cancelled",
 }
 
 

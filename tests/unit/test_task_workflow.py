@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     Client,
     WorkflowFailureError,
@@ -49,6 +50,7 @@ from oddish.statuses import JobStatus, TaskStatus
 from oddish.temporal_gateway import start_task_workflow_run
 from oddish.workflows.ids import workflow_id_for_task
 from oddish.workflows.task_workflow import (
+    LOCAL_SLOT_REQUEST_MAX,
     TaskWorkflow,
     TrialBatchWorkflow,
     judge_task_queue,
@@ -121,6 +123,7 @@ class FakeOddish:
     running: int = 0
     max_running: int = 0
     _line: list[tuple[str, str, int]] = field(default_factory=list)
+    _requested: set[tuple[str, str, int]] = field(default_factory=set)
     _in_use: int = 0
     _slots: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -144,6 +147,7 @@ class FakeOddish:
 
     def activities(self) -> list[Callable[..., Any]]:
         return [
+            self.begin_task,
             self.request_slots,
             self.run_trial,
             self.fail_trial,
@@ -186,10 +190,20 @@ class FakeOddish:
     @activity.defn(name="request_slots")
     async def request_slots(self, request: SlotRequest) -> None:
         self.log.append(Call("request_slots", request))
-        self._line.extend(
-            (request.workflow_id, t.trial_id, request.run_number) for t in request.trials
-        )
+        # Idempotent, as the slot table is: a local activity run again (its workflow task was
+        # not accepted) puts nobody in line twice.
+        for t in request.trials:
+            entry = (request.workflow_id, t.trial_id, request.run_number)
+            if entry not in self._requested:
+                self._requested.add(entry)
+                self._line.append(entry)
         await self._dispatch()
+
+    @activity.defn(name="begin_task")
+    async def begin_task(self, request: SlotRequest) -> None:
+        self.log.append(Call("begin_task", request))
+        await self.record_task_status(TaskStatusUpdate(request.task_id, TaskStatus.RUNNING.value))
+        await self.request_slots(request)
 
     @activity.defn(name="run_trial")
     async def run_trial(self, inp: RunTrialInput) -> TrialOutcome:
@@ -736,3 +750,31 @@ async def test_an_analysis_on_a_frozen_worker_runs_again_after_its_heartbeat_tim
     # finish() gives up after WAIT_SEC: without a heartbeat timeout the frozen attempts would
     # hold the task for the analysis' whole start-to-close timeout.
     print(f"\nanalyses on a frozen worker: task done after {took:.1f}s (heartbeat timeout 1 s)")
+
+
+async def scheduled_activities(handle: WorkflowHandle[Any, Any]) -> list[str]:
+    """The activity types the workflow scheduled as activity tasks (not local activities)."""
+    return [
+        event.activity_task_scheduled_event_attributes.activity_type.name
+        async for event in handle.fetch_history_events()
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+
+
+async def test_a_task_puts_its_trials_in_line_in_its_first_workflow_task(
+    harness: Harness,
+) -> None:
+    """Up to LOCAL_SLOT_REQUEST_MAX trials, the task is recorded running and its trials put in
+    line by one local activity: no activity task between its start and its first grant. A larger
+    request stays an activity task (its grants could overflow the server's buffer)."""
+    fake = harness.fake
+    small = await harness.start(task_input(trial_refs(LOCAL_SLOT_REQUEST_MAX)))
+    assert await finish(small) == TaskStatus.COMPLETED.value
+    assert not {"begin_task", "request_slots"} & set(await scheduled_activities(small))
+    assert [len(r.trials) for r in fake.calls("begin_task")] == [LOCAL_SLOT_REQUEST_MAX]
+
+    large = await harness.start(task_input(trial_refs(LOCAL_SLOT_REQUEST_MAX + 1)))
+    assert await finish(large) == TaskStatus.COMPLETED.value
+    assert (await scheduled_activities(large)).count("request_slots") == 1
+    assert len(fake.calls("begin_task")) == 1
+    assert fake.violations == []

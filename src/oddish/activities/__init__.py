@@ -5,6 +5,7 @@ from typing import Any
 
 from oddish.activities.analysis import analyze_trial
 from oddish.activities.records import (
+    begin_task,
     cancel_task_records,
     fail_trial,
     record_task_status,
@@ -15,6 +16,7 @@ from oddish.activities.verdict import decide_verdict
 
 ALL_ACTIVITIES: list[Callable[..., Any]] = [
     analyze_trial,
+    begin_task,
     cancel_task_records,
     decide_verdict,
     fail_trial,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -13,7 +14,13 @@ from oddish.config import get_settings
 from oddish.contracts import FailTrialInput, SlotRequest, TaskStatusUpdate, TrialOutcome
 from oddish.db import records, slots
 from oddish.db.connection import get_session
-from oddish.statuses import TERMINAL_JOB_STATUSES, AttemptStatus, JobStatus, OutcomeKind
+from oddish.statuses import (
+    TERMINAL_JOB_STATUSES,
+    AttemptStatus,
+    JobStatus,
+    OutcomeKind,
+    TaskStatus,
+)
 
 
 @activity.defn(name="record_task_status")
@@ -27,19 +34,33 @@ async def record_task_status(update: TaskStatusUpdate) -> None:
 async def request_slots(request: SlotRequest) -> None:
     """Put the trials in line for their queue keys' slots; the dispatcher signals each grant."""
     async with get_session() as session:
-        waiting = set(
-            await records.queue_trials_for_run(
-                session, [t.trial_id for t in request.trials], request.run_number
-            )
-        )
-        await slots.enqueue(
-            await session.connection(),
-            trials=[(t.trial_id, t.queue_key) for t in request.trials if t.trial_id in waiting],
-            workflow_id=request.workflow_id,
-            priority=request.priority,
-            run_number=request.run_number,
-        )
+        await _queue_trials(session, request)
         await session.commit()
+
+
+@activity.defn(name="begin_task")
+async def begin_task(request: SlotRequest) -> None:
+    """A task's first step, in one transaction: the task recorded running and its trials put in
+    line for their slots (``record_task_status`` and ``request_slots`` at once)."""
+    async with get_session() as session:
+        await records.set_task_status(session, request.task_id, TaskStatus.RUNNING)
+        await _queue_trials(session, request)
+        await session.commit()
+
+
+async def _queue_trials(session: AsyncSession, request: SlotRequest) -> None:
+    waiting = set(
+        await records.queue_trials_for_run(
+            session, [t.trial_id for t in request.trials], request.run_number
+        )
+    )
+    await slots.enqueue(
+        await session.connection(),
+        trials=[(t.trial_id, t.queue_key) for t in request.trials if t.trial_id in waiting],
+        workflow_id=request.workflow_id,
+        priority=request.priority,
+        run_number=request.run_number,
+    )
 
 
 # fail_trial runs under a 60 s start-to-close timeout: it waits this long at most per attempt for

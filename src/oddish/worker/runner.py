@@ -9,7 +9,7 @@ import os
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from oddish import queue
@@ -106,6 +106,18 @@ async def _serve_until_stopped(
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
 
+def workflow_runner(*, sandboxed: bool) -> WorkflowRunner:
+    """Temporal's sandbox, or plain code (``ODDISH_WORKFLOW_SANDBOX``, off by default)."""
+    if not sandboxed:
+        return UnsandboxedWorkflowRunner()
+    # Each workflow the worker takes up (a new task, or one evicted from its cache) imports its
+    # modules afresh in the sandbox: ~90 ms of CPU each, ~35 ms with these passed through. Our
+    # modules keep no mutable module state, and the others are libraries.
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSED_THROUGH)
+    )
+
+
 async def _serve(
     client: Client,
     stop: asyncio.Event,
@@ -128,12 +140,7 @@ async def _serve(
         task_queue=settings.temporal_task_queue,
         build_id=WORKER_BUILD_ID,
         workflows=ALL_WORKFLOWS,
-        # Each workflow the worker takes up (a new task, or one evicted from its cache) imports
-        # its modules afresh in the sandbox: ~90 ms of CPU each, ~35 ms with these passed
-        # through. Our modules keep no mutable module state, and the others are libraries.
-        workflow_runner=SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSED_THROUGH)
-        ),
+        workflow_runner=workflow_runner(sandboxed=settings.workflow_sandbox),
         activities=ALL_ACTIVITIES,
         max_concurrent_activities=max_concurrent_activities,
         max_cached_workflows=settings.workflow_cache_size,

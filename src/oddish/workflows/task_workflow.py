@@ -76,6 +76,15 @@ TRIALS_PATCH = "trial-processes"
 # other workflow's task in the task queue. A fresh worker facing a backlog records each task
 # running and puts its trials in line in one workflow task instead of two.
 LOCAL_RECORDS_PATCH = "local-records"
+# From this change on, a slot request of at most LOCAL_SLOT_REQUEST_MAX trials is a local
+# activity too; a task's first step records it running and puts its trials in line in one
+# (``begin_task``). Between a task's start and its first grant there is then one workflow task
+# and one transaction, no activity task.
+LOCAL_SLOT_REQUESTS_PATCH = "local-slot-requests"
+# Grants that arrive while a local activity holds the workflow task open wait in the server's
+# buffer, which fails the workflow task past 100 events: a request of at most this many trials
+# cannot lead to more grants than that.
+LOCAL_SLOT_REQUEST_MAX = 64
 
 
 def trial_task_queue(task_queue: str) -> str:
@@ -115,6 +124,7 @@ class _TrialRunner:
         self._to_analyze: list[str] = []
         self._priority = 0
         self._analysis_error: str | None = None
+        self._local_slot_requests = False
 
     @workflow.signal(name="slot_granted")
     def slot_granted(self, grant: SlotGrant) -> None:
@@ -133,30 +143,45 @@ class _TrialRunner:
             trial_statuses=dict(self._trial_status),
         )
 
-    async def _queue(self, trials: list[TrialRef]) -> None:
-        """Put trials in line for a slot, each for its current run number."""
+    def _by_run(self, trials: list[TrialRef]) -> list[tuple[int, list[TrialRef]]]:
+        """The trials marked waiting (before any await, so the trial loop cannot finish without
+        them), grouped by their current run number."""
         by_run: dict[int, list[TrialRef]] = {}
         for trial in trials:
-            # Marked waiting before any await, so the trial loop cannot finish without them.
             self._waiting[trial.trial_id] = trial
             self._trial_status[trial.trial_id] = JobStatus.QUEUED
             by_run.setdefault(self._run_numbers[trial.trial_id], []).append(trial)
-        for run_number, same_run in sorted(by_run.items()):
+        return sorted(by_run.items())
+
+    async def _queue(self, trials: list[TrialRef]) -> None:
+        """Put trials in line for a slot, each for its current run number."""
+        for run_number, same_run in self._by_run(trials):
             await self._request_slots(same_run, run_number)
 
+    def _local_request(self, trials: list[TrialRef]) -> bool:
+        # A larger request is not a local activity: the grants it leads to arrive as signals,
+        # and while a local activity holds its workflow task open more than 100 of them make
+        # the server fail that task (and so run the activity again).
+        return self._local_slot_requests and len(trials) <= LOCAL_SLOT_REQUEST_MAX
+
+    def _slot_request(self, trials: list[TrialRef], run_number: int) -> SlotRequest:
+        return SlotRequest(
+            workflow_id=workflow.info().workflow_id,
+            task_id=self._task_id,
+            priority=self._priority,
+            trials=trials,
+            run_number=run_number,
+        )
+
     async def _request_slots(self, trials: list[TrialRef], run_number: int) -> None:
-        # Not a local activity: the grants it leads to arrive as signals, and while a local
-        # activity holds its workflow task open more than 100 of them make the server fail
-        # that task (and so run the activity again).
-        await workflow.execute_activity(
+        execute = (
+            workflow.execute_local_activity
+            if self._local_request(trials)
+            else workflow.execute_activity
+        )
+        await execute(
             "request_slots",
-            SlotRequest(
-                workflow_id=workflow.info().workflow_id,
-                task_id=self._task_id,
-                priority=self._priority,
-                trials=trials,
-                run_number=run_number,
-            ),
+            self._slot_request(trials, run_number),
             start_to_close_timeout=RECORD_TIMEOUT,
             retry_policy=RECORD_RETRY,
             summary=f"queue {len(trials)} trials"
@@ -274,6 +299,9 @@ class _TrialRunner:
         )
 
     def _init_trials(self, inp: TaskWorkflowInput) -> None:
+        # Asked in the first activation: asked after a local activity's result in the same
+        # workflow task, it replayed as unpatched (a nondeterminism error).
+        self._local_slot_requests = workflow.patched(LOCAL_SLOT_REQUESTS_PATCH)
         self._task_id = inp.task_id
         self._priority = inp.priority
         self._trials = {t.trial_id: t for t in inp.trials}
@@ -450,8 +478,7 @@ class TaskWorkflow(_TrialRunner):
     async def _pipeline(self, inp: TaskWorkflowInput) -> str:
         """Rounds of: trials in line run, then analyses and the verdict. A retry that arrives
         meanwhile puts trials back in line, and the round repeats for them."""
-        await self._set_status(inp.task_id, TaskStatus.RUNNING)
-        await self._queue([t for t in inp.trials if t.trial_id not in inp.settled])
+        await self._begin(inp, [t for t in inp.trials if t.trial_id not in inp.settled])
 
         final = TaskStatus.COMPLETED
         while True:
@@ -468,6 +495,22 @@ class TaskWorkflow(_TrialRunner):
         self._finishing = True
         await self._set_status(inp.task_id, final, self._analysis_error)
         return final
+
+    async def _begin(self, inp: TaskWorkflowInput, pending: list[TrialRef]) -> None:
+        """The task recorded running and its trials put in line: in one local activity when
+        they are few enough and of one run (LOCAL_SLOT_REQUESTS_PATCH), else one by one."""
+        runs = [] if not self._local_request(pending) else self._by_run(pending)
+        if len(runs) != 1:
+            await self._set_status(inp.task_id, TaskStatus.RUNNING)
+            await self._queue(pending)
+            return
+        [(run_number, trials)] = runs
+        self._show_status(TaskStatus.RUNNING)
+        await self._record(
+            "begin_task",
+            self._slot_request(trials, run_number),
+            summary=f"task running, {len(trials)} trials queued",
+        )
 
     async def _analyse_and_decide(self, inp: TaskWorkflowInput) -> TaskStatus:
         finished, self._to_analyze = self._to_analyze, []
@@ -500,6 +543,10 @@ class TaskWorkflow(_TrialRunner):
             summary="verdict",
         )
 
+    def _show_status(self, status: TaskStatus) -> None:
+        self._status = status
+        workflow.upsert_search_attributes([sa.STATUS.value_set(status.value)])
+
     async def _set_status(
         self,
         task_id: str,
@@ -508,8 +555,7 @@ class TaskWorkflow(_TrialRunner):
         *,
         activity: str = "record_task_status",
     ) -> None:
-        self._status = status
-        workflow.upsert_search_attributes([sa.STATUS.value_set(status.value)])
+        self._show_status(status)
         await self._record(
             activity,
             TaskStatusUpdate(task_id, status.value, error_message),
