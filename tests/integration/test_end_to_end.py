@@ -39,7 +39,10 @@ def storage_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
 async def test_example_tasks_end_to_end(
     start_worker, temporal_client: Client, storage_env: dict[str, str]
 ) -> None:
-    start_worker(**storage_env)
+    worker = start_worker(**storage_env)
+    # Workflows are taken up once the trial process serves its queue, not before.
+    log = worker.log()
+    assert log.index("trial processes ready after") < log.index("runner: worker on task queue")
     task_ids = {
         name: await submit(temporal_client, name, local("oracle", 2), local("nop", 2))
         for name in EXPECTED

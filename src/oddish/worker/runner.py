@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from datetime import timedelta
 
 from temporalio.client import Client
@@ -38,6 +39,9 @@ PASSED_THROUGH = ("oddish", "pydantic", "pydantic_core", "sqlalchemy")
 # Judge calls mostly wait (for a slot of their model's key, for the provider): many at once cost
 # little.
 JUDGE_MAX_CONCURRENT_ACTIVITIES = 200
+# How long workflows wait for the trial processes to serve their task queue (they cannot while
+# Temporal is unreachable, say).
+TRIAL_PROCESSES_READY_WAIT_SEC = 30.0
 
 
 async def run_worker(
@@ -54,24 +58,36 @@ async def run_worker(
     if not settings.harbor_telemetry:
         os.environ.setdefault("HARBOR_TELEMETRY", "0")
     health = health or WorkerHealth(poll_interval_sec=settings.dispatcher_poll_interval_sec)
-    # Trials fetch their tasks' archives from storage: a store that cannot be used refuses the
-    # start (StorageMisconfigured names the setting to fix) rather than failing every trial.
-    await asyncio.to_thread(get_storage().check)
-    if migrate:
-        await migrations.upgrade()
-    await queue.apply_limits(n_concurrent or {})
-    freeze_startup_objects()
-    # Outputs a previous life of this worker left on the disk (it died while uploading them).
-    sweeping = asyncio.create_task(sweep_periodically(stop))
-    # Trials in processes of their own (none: in this process, with the workflows).
-    processes = trial_process_count(settings)
+    # Trials in processes of their own (none: in this process, with the workflows), started
+    # first: they import Harbor and connect meanwhile.
+    count = trial_process_count(settings)
+    processes = TrialProcesses(count) if count else None
+    if processes is not None:
+        processes.start()
     trials: asyncio.Task[None] | None = None
     # Stopped after the workflows' worker (its own event: the caller's may never be set when the
     # worker ends otherwise), and waited for, so that their trials end their sandboxes.
     trials_stop = asyncio.Event()
-    if processes:
-        trials = asyncio.create_task(TrialProcesses(processes).run(trials_stop))
     try:
+        # Trials fetch their tasks' archives from storage: a store that cannot be used refuses
+        # the start (StorageMisconfigured names the setting to fix) rather than failing every
+        # trial.
+        await asyncio.to_thread(get_storage().check)
+        if migrate:
+            await migrations.upgrade()
+        await queue.apply_limits(n_concurrent or {})
+    except BaseException:
+        if processes is not None:
+            await asyncio.to_thread(processes.stop)
+        raise
+    freeze_startup_objects()
+    # Outputs a previous life of this worker left on the disk (it died while uploading them).
+    sweeping = asyncio.create_task(sweep_periodically(stop))
+    if processes is not None:
+        trials = asyncio.create_task(processes.run(trials_stop))
+    try:
+        if processes is not None:
+            await _until_ready(processes)
         with monitoring_pauses():
             await _serve_until_stopped(
                 stop, health, max_concurrent_activities, trials_here=not processes
@@ -85,6 +101,19 @@ async def run_worker(
             await trials
     health.worker_stopped()
     await dispose_engine()
+
+
+async def _until_ready(processes: TrialProcesses) -> None:
+    """Workflows are taken up once trials can run: a backlog of them taken up before would only
+    slow the trial processes' start, and so the first trial."""
+    began = time.monotonic()
+    if await processes.ready(TRIAL_PROCESSES_READY_WAIT_SEC):
+        log.info("trial processes ready after %.1fs", time.monotonic() - began)
+    else:
+        log.warning(
+            "trial processes not all ready after %.0fs; taking workflows all the same",
+            TRIAL_PROCESSES_READY_WAIT_SEC,
+        )
 
 
 async def _serve_until_stopped(

@@ -21,9 +21,11 @@ import contextlib
 import ctypes
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 from datetime import timedelta
 
 from temporalio.client import Client
@@ -50,6 +52,8 @@ _PR_SET_PDEATHSIG = 1
 # The main process's pid, for a trial process to tell it died before the death signal was set
 # (and for the attempts it runs to name their worker).
 PARENT_PID_VARIABLE = WORKER_PID_VARIABLE
+# A pipe's write end, on which a trial process says it serves its task queue.
+READY_FD_VARIABLE = "ODDISH_TRIAL_READY_FD"
 
 
 def trial_process_count(settings: Settings) -> int:
@@ -78,20 +82,63 @@ class TrialProcesses:
         self.count = count
         self._processes: list[subprocess.Popen[bytes] | None] = [None] * count
         self._stopping = False
+        # The read ends of the first processes' ready pipes, until they are ready.
+        self._not_ready: list[int] = []
 
-    def _start(self, slot: int) -> None:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "oddish.worker.trial_processes"],
-            # Settings resolved by the main process (embedded services' addresses) come along.
-            env={**os.environ, PARENT_PID_VARIABLE: str(os.getpid())},
-        )
+    def _start(self, slot: int, *, ready_pipe: bool = False) -> None:
+        # Settings resolved by the main process (embedded services' addresses) come along.
+        env = {**os.environ, PARENT_PID_VARIABLE: str(os.getpid())}
+        pass_fds: tuple[int, ...] = ()
+        if ready_pipe:
+            read_end, write_end = os.pipe()
+            env[READY_FD_VARIABLE] = str(write_end)
+            pass_fds = (write_end,)
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "oddish.worker.trial_processes"],
+                env=env,
+                pass_fds=pass_fds,
+            )
+        finally:
+            if ready_pipe:
+                os.close(write_end)
+        if ready_pipe:
+            self._not_ready.append(read_end)
         self._processes[slot] = process
         log.info("trial process %d started (pid %d)", slot, process.pid)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Start the processes, start again any that ends before ``stop``, then stop them."""
+    def start(self) -> None:
+        """Start the processes (``run`` keeps them running)."""
         for slot in range(self.count):
-            self._start(slot)
+            self._start(slot, ready_pipe=True)
+
+    async def ready(self, timeout_sec: float) -> bool:
+        """Wait until every process started by ``start`` serves its task queue (or ended), at
+        most ``timeout_sec``; whether they all did."""
+        return await asyncio.to_thread(self._wait_ready, timeout_sec)
+
+    def _wait_ready(self, timeout_sec: float) -> bool:
+        deadline = time.monotonic() + timeout_sec
+        while self._not_ready:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            readable, _, _ = select.select(self._not_ready, [], [], remaining)
+            for fd in readable:
+                # A byte: it serves; end of file: it ended (run() starts it again).
+                os.close(fd)
+                self._not_ready.remove(fd)
+        for fd in self._not_ready:
+            os.close(fd)
+        ready = not self._not_ready
+        self._not_ready = []
+        return ready
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start the processes (unless ``start`` did), start again any that ends before
+        ``stop``, then stop them."""
+        if all(p is None for p in self._processes):
+            self.start()
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -142,6 +189,7 @@ async def serve_trials(stop: asyncio.Event) -> None:
                     trial_task_queue(settings.temporal_task_queue),
                     os.getpid(),
                 )
+                _say_ready()
                 stopped = asyncio.ensure_future(stop.wait())
                 await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
                 stopped.cancel()
@@ -156,6 +204,15 @@ async def serve_trials(stop: asyncio.Event) -> None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
     await dispose_engine()
+
+
+def _say_ready() -> None:
+    """Tell the main process (once) that this process serves its task queue."""
+    fd = os.environ.pop(READY_FD_VARIABLE, None)
+    if fd is not None:
+        with contextlib.suppress(OSError, ValueError):
+            os.write(int(fd), b"1")
+            os.close(int(fd))
 
 
 def _die_with_parent() -> None:
