@@ -25,6 +25,7 @@ from temporalio.service import RPCError
 
 from oddish.config import get_settings
 from oddish.db.connection import get_session
+from oddish.db.models import TaskModel
 from oddish.embedded import TemporalDevServer, free_port
 from oddish.queue import create_task, get_task_with_trials
 from oddish.replay import replay_history
@@ -365,4 +366,18 @@ def restartable_temporal_server(directory: Path) -> TemporalDevServer:
         ui_port=None,
         db_file=directory / "temporal.db",
         log_file=directory / "temporal.log",
+    )
+
+
+def running_task_row(task_id: str, experiment_id: str, name: str = "task") -> TaskModel:
+    """A task's row as its workflow leaves it running, for tests that write rows directly."""
+    return TaskModel(
+        id=task_id,
+        experiment_id=experiment_id,
+        name=name,
+        task_path=f"tasks/{task_id}/x.tar.gz",
+        status="running",
+        priority=0,
+        run_analysis=False,
+        workflow_id=f"task/{task_id}",
     )

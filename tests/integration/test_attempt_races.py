@@ -11,11 +11,12 @@ import time
 import pytest
 from temporalio.testing import ActivityEnvironment
 
+from helpers import running_task_row
 from oddish.activities.records import fail_trial
 from oddish.contracts import FailTrialInput
 from oddish.db import records
 from oddish.db.connection import get_session
-from oddish.db.models import ExperimentModel, TaskModel, TrialModel
+from oddish.db.models import ExperimentModel, TrialModel
 from oddish.statuses import AttemptStatus, JobStatus, OutcomeKind
 
 pytestmark = pytest.mark.timeout(120)
@@ -28,18 +29,7 @@ async def _running_trial() -> tuple[str, int]:
     async with get_session() as session:
         session.add(ExperimentModel(id=name, name=name))
         await session.flush()
-        session.add(
-            TaskModel(
-                id=task_id,
-                experiment_id=name,
-                name="race",
-                task_path=f"tasks/{task_id}/x.tar.gz",
-                status="running",
-                priority=0,
-                run_analysis=False,
-                workflow_id=f"task/{task_id}",
-            )
-        )
+        session.add(running_task_row(task_id, name, "race"))
         await session.flush()
         session.add(
             TrialModel(

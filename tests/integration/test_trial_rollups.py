@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, select, text, update
 
+from helpers import running_task_row
 from oddish.db.connection import get_session
 from oddish.db.models import ExperimentModel, TaskModel, TrialModel, trial_rollups
 from oddish.outcomes import PASS_REWARD, trial_result
@@ -121,18 +122,7 @@ async def _seed(experiment_id: str, n_tasks: int = 6, n_trials: int = 12) -> lis
         session.add(ExperimentModel(id=experiment_id, name=experiment_id))
         await session.flush()
         for t, task_id in enumerate(task_ids):
-            session.add(
-                TaskModel(
-                    id=task_id,
-                    experiment_id=experiment_id,
-                    name=f"task {t}",
-                    task_path=f"tasks/{task_id}/x.tar.gz",
-                    status="running",
-                    priority=0,
-                    run_analysis=False,
-                    workflow_id=f"task/{task_id}",
-                )
-            )
+            session.add(running_task_row(task_id, experiment_id, f"task {t}"))
         await session.flush()
         # Trials of the first task one by one, the others' in one statement each.
         for trial in [_trial(task_ids[0], 0, i) for i in range(n_trials)]:
