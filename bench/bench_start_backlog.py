@@ -132,7 +132,7 @@ async def main() -> None:
             worker = _start_worker(work, 0, {**os.environ, **extra}, json.dumps({key: args.limit}))
             stack.workers.append(worker)
             log = work / "worker-0.log"
-            while "worker on task queue" not in log.read_text(errors="replace"):
+            while "runner: worker on task queue" not in log.read_text(errors="replace"):
                 if worker.poll() is not None:
                     raise RuntimeError(f"the worker did not start; see {log}")
                 await asyncio.sleep(0.05)

@@ -67,7 +67,7 @@ async def embedded_stack(
         def ready(i: int) -> bool:
             text = (work / f"worker-{i}.log").read_text(errors="replace")
             return (
-                "worker on task queue" in text
+                "runner: worker on task queue" in text
                 and text.count("trial worker on task queue") >= trial_processes
             )
 

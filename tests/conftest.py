@@ -169,7 +169,7 @@ def start_worker(
         worker = WorkerProcess(process, log_path)
         workers.append(worker)
         deadline = time.monotonic() + 60
-        while "worker on task queue" not in worker.log():
+        while "runner: worker on task queue" not in worker.log():
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"worker did not start:\n{worker.log()}")
             time.sleep(0.2)

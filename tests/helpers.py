@@ -319,6 +319,22 @@ def serve_api(
         time.sleep(0.2)
 
 
+@contextlib.contextmanager
+def api_on_own_queue(
+    oddish_env: dict[str, str], work_dir: Path, label: str
+) -> Iterator[tuple[str, str]]:
+    """An API process with a worker in it, on a task queue of its own (so that no other test's
+    worker takes its work): its URL and the queue, until the block ends."""
+    queue = f"oddish-{label}-{secrets.token_hex(4)}"
+    env = {**os.environ, **oddish_env, "ODDISH_TEMPORAL_TASK_QUEUE": queue}
+    process, url = serve_api(env, work_dir / f"api-{queue}.log")
+    try:
+        yield url, queue
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
 async def until_started(client: Client, task_id: str, timeout: float = 60) -> None:
     """Wait for a worker to start the task's workflow (result() needs one to exist)."""
     handle = client.get_workflow_handle(workflow_id_for_task(task_id))

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import EXAMPLES, serve_api
+from helpers import EXAMPLES, api_on_own_queue
 from oddish.embedded import free_port
 
 pytestmark = pytest.mark.timeout(600)
@@ -41,12 +41,8 @@ TRIAL_FIELDS = {
 @pytest.fixture(scope="module")
 def api(oddish_env: dict[str, str], work_dir: Path, migrated: None) -> Iterator[str]:
     """One API for the module, with a worker in its process on a task queue of its own."""
-    queue = f"oddish-cli-{secrets.token_hex(4)}"
-    env = {**os.environ, **oddish_env, "ODDISH_TEMPORAL_TASK_QUEUE": queue}
-    process, url = serve_api(env, work_dir / f"api-{queue}.log")
-    yield url
-    process.terminate()
-    process.wait(timeout=60)
+    with api_on_own_queue(oddish_env, work_dir, "cli") as (url, _):
+        yield url
 
 
 def oddish(

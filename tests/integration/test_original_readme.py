@@ -42,7 +42,7 @@ def stack(oddish_env: dict[str, str], work_dir: Path, migrated: None) -> Iterato
             start_new_session=True,
         )
     deadline = time.monotonic() + 60
-    while "worker on task queue" not in log_path.read_text(errors="replace"):
+    while "runner: worker on task queue" not in log_path.read_text(errors="replace"):
         assert worker.poll() is None and time.monotonic() < deadline, log_path.read_text()
         time.sleep(0.2)
     yield {**env, "ODDISH_API_URL": url}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import secrets
 import shutil
 import tarfile
@@ -21,7 +20,7 @@ import pytest
 from pydantic import BaseModel, RootModel, TypeAdapter
 from sqlalchemy import update
 
-from helpers import EXAMPLES, serve_api
+from helpers import EXAMPLES, api_on_own_queue
 from oddish.api import views
 from oddish.api.original_routes import BrowsePage, Dashboard, TaskVersionView
 from oddish.db.connection import get_session
@@ -32,13 +31,11 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def api(oddish_env: dict[str, str], work_dir: Path, migrated: None) -> Iterator[httpx.Client]:
-    queue = f"oddish-routes-{secrets.token_hex(4)}"
-    env = {**os.environ, **oddish_env, "ODDISH_TEMPORAL_TASK_QUEUE": queue}
-    process, url = serve_api(env, work_dir / f"api-{queue}.log")
-    with httpx.Client(base_url=url, timeout=120) as client:
+    with (
+        api_on_own_queue(oddish_env, work_dir, "routes") as (url, _),
+        httpx.Client(base_url=url, timeout=120) as client,
+    ):
         yield client
-    process.terminate()
-    process.wait(timeout=60)
 
 
 def archive_of(task_dir: Path) -> bytes:

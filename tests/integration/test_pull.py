@@ -17,7 +17,7 @@ import pytest
 from harbor.viewer.scanner import JobScanner
 from temporalio.client import Client
 
-from helpers import EXAMPLES, local, serve_api, submit, wait_for_task
+from helpers import EXAMPLES, api_on_own_queue, local, submit, wait_for_task
 from oddish.storage.keys import validate_key
 
 pytestmark = pytest.mark.timeout(600)
@@ -25,14 +25,10 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def api_with_worker(oddish_env: dict[str, str], work_dir: Path, migrated: None) -> Iterator[str]:
-    queue = f"oddish-pull-{secrets.token_hex(4)}"
-    env = {**os.environ, **oddish_env, "ODDISH_TEMPORAL_TASK_QUEUE": queue}
-    process, url = serve_api(env, work_dir / f"api-{queue}.log")
-    os.environ["ODDISH_TEMPORAL_TASK_QUEUE"] = queue  # submissions from this process go there
-    yield url
-    os.environ.pop("ODDISH_TEMPORAL_TASK_QUEUE", None)
-    process.terminate()
-    process.wait(timeout=60)
+    with api_on_own_queue(oddish_env, work_dir, "pull") as (url, queue):
+        os.environ["ODDISH_TEMPORAL_TASK_QUEUE"] = queue  # submissions from this process go there
+        yield url
+        os.environ.pop("ODDISH_TEMPORAL_TASK_QUEUE", None)
 
 
 def pull(api: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
