@@ -135,10 +135,8 @@ class TrialProcesses:
         return ready
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Start the processes (unless ``start`` did), start again any that ends before
-        ``stop``, then stop them."""
-        if all(p is None for p in self._processes):
-            self.start()
+        """Once ``start`` has started the processes: start again any that ends before ``stop``,
+        then stop them."""
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):

@@ -155,7 +155,10 @@ class _TrialRunner:
 
     async def _queue(self, trials: list[TrialRef]) -> None:
         """Put trials in line for a slot, each for its current run number."""
-        for run_number, same_run in self._by_run(trials):
+        await self._request_runs(self._by_run(trials))
+
+    async def _request_runs(self, runs: list[tuple[int, list[TrialRef]]]) -> None:
+        for run_number, same_run in runs:
             await self._request_slots(same_run, run_number)
 
     def _local_request(self, trials: list[TrialRef]) -> bool:
@@ -499,10 +502,10 @@ class TaskWorkflow(_TrialRunner):
     async def _begin(self, inp: TaskWorkflowInput, pending: list[TrialRef]) -> None:
         """The task recorded running and its trials put in line: in one local activity when
         they are few enough and of one run (LOCAL_SLOT_REQUESTS_PATCH), else one by one."""
-        runs = [] if not self._local_request(pending) else self._by_run(pending)
-        if len(runs) != 1:
+        runs = self._by_run(pending)
+        if len(runs) != 1 or not self._local_request(pending):
             await self._set_status(inp.task_id, TaskStatus.RUNNING)
-            await self._queue(pending)
+            await self._request_runs(runs)
             return
         [(run_number, trials)] = runs
         self._show_status(TaskStatus.RUNNING)
