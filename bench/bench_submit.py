@@ -83,24 +83,29 @@ def cpu_sec(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def services_cpu_sec(work: Path, api_pid: int) -> float:
-    """CPU time of the services: this process's other descendants (the Temporal dev server) and
-    the embedded Postgres (a daemon of its own, found by its data directory) with its backends."""
+def services_cpu_sec(work: Path, api_pid: int) -> tuple[float, float]:
+    """CPU time of the services: this process's other descendants (the Temporal dev server),
+    and the embedded Postgres (a daemon of its own, found by its data directory) with its
+    backends."""
     import psutil
 
-    processes = [p for p in psutil.Process().children(recursive=True) if p.pid != api_pid]
+    def total(processes: list[psutil.Process]) -> float:
+        seconds = 0.0
+        for process in {p.pid: p for p in processes}.values():
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            # A postmaster's reaped children are its ended backends.
+            seconds += times.user + times.system + times.children_user + times.children_system
+        return seconds
+
+    temporal = [p for p in psutil.Process().children(recursive=True) if p.pid != api_pid]
+    postgres: list[psutil.Process] = []
     for process in psutil.process_iter(["cmdline"]):
         if str(work / "pg") in " ".join(process.info["cmdline"] or ()):
-            processes += [process, *process.children()]
-    total = 0.0
-    for process in {p.pid: p for p in processes}.values():
-        try:
-            times = process.cpu_times()
-        except psutil.Error:
-            continue
-        # A postmaster's reaped children are its ended backends.
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
+            postgres += [process, *process.children()]
+    return total(temporal), total(postgres)
 
 
 async def recorded(experiment: str) -> tuple[int, int]:
@@ -171,7 +176,10 @@ async def main() -> None:
                 )
                 wall = time.perf_counter() - started
                 api_cpu = cpu_sec(api.pid) - api_cpu
-                others = services_cpu_sec(work, api.pid) - others
+                temporal, postgres = (
+                    after - before
+                    for after, before in zip(services_cpu_sec(work, api.pid), others, strict=True)
+                )
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 cli_cpu = after.ru_utime + after.ru_stime - cli_cpu.ru_utime - cli_cpu.ru_stime
                 if done.returncode != 0:
@@ -188,7 +196,8 @@ async def main() -> None:
     print(f"tasks/s              : {args.tasks / wall:7.1f}")
     print(f"requests/s           : {2 * args.tasks / wall:7.1f} (an upload and a sweep per task)")
     print(f"CPU of the API / CLI : {api_cpu:7.2f} s / {cli_cpu:.2f} s")
-    print(f"CPU of the services  : {others:7.2f} s (Temporal and Postgres)")
+    print(f"CPU of Temporal      : {temporal:7.2f} s")
+    print(f"CPU of Postgres      : {postgres:7.2f} s")
     print(f"API RSS afterwards   : {api_rss:7.1f} MB")
     print(f"load average (1 min) : {os.getloadavg()[0]:7.2f} (other work on this machine skews it)")
     print(

@@ -95,6 +95,21 @@ def _env_tables(value: object, path: str) -> Iterator[tuple[str, Mapping[str, st
             yield from _env_tables(item, f"{path}[{i}]")
 
 
+def task_env_tables(config: TaskConfig) -> list[tuple[str, dict[str, str]]]:
+    """Every env table of a task's config, as (where in task.toml, table)."""
+    return [(where, dict(env)) for where, env in _env_tables(config, "")]
+
+
+def env_tables_problems(tables: list[tuple[str, dict[str, str]]]) -> list[str]:
+    """Why each ``${NAME}`` not allowed in the task's env tables (``task_env_tables``) is
+    refused, by the names allowed now."""
+    return [
+        problem
+        for where, env in tables
+        for problem in env_reference_problems(env, where=f"task.toml {where}")
+    ]
+
+
 def task_env_problems(task_dir: Path) -> list[str]:
     """Why each ``${NAME}`` not allowed in the env tables of the task's task.toml is refused."""
     try:
@@ -102,8 +117,4 @@ def task_env_problems(task_dir: Path) -> list[str]:
     except (OSError, ValueError):
         # Harbor cannot load such a task either, so fills nothing; it fails on its own account.
         return []
-    return [
-        problem
-        for where, env in _env_tables(config, "")
-        for problem in env_reference_problems(env, where=f"task.toml {where}")
-    ]
+    return env_tables_problems(task_env_tables(config))

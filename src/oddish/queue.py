@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
-from oddish.archives import ArchiveError
+from oddish.archives import ArchiveError, extract_task_archive
 from oddish.config import get_settings
 from oddish.contracts import TaskWorkflowInput, TrialRef, TrialRetryPolicy
 from oddish.db import records, slots, stats
@@ -173,7 +173,7 @@ async def submit_task(submission: TaskSubmission, *, client: Client | None) -> C
             task = TaskModel(
                 id=task_id,
                 experiment_id=experiment_id,
-                name=submission.name or submission.task_path.name,
+                name=submission.task_name,
                 # The task's location: the storage key of its archive.
                 task_path=stored.key,
                 archive_sha256=stored.sha256,
@@ -218,7 +218,13 @@ async def _store_archive(submission: TaskSubmission, task_id: str) -> StoredArch
     the event loop, which serves requests and trials. Cancelled, it waits for the thread to end,
     so that what the thread stored is there to be deleted."""
     storing = asyncio.ensure_future(
-        asyncio.to_thread(_pack_and_store, submission.task_path, task_id, submission.docker_image)
+        asyncio.to_thread(
+            _pack_and_store,
+            submission.task_path,
+            task_id,
+            submission.docker_image,
+            submission.packed,
+        )
     )
     try:
         return await asyncio.shield(storing)
@@ -229,27 +235,68 @@ async def _store_archive(submission: TaskSubmission, task_id: str) -> StoredArch
         raise
 
 
-def _pack_and_store(source: Path, task_id: str, docker_image: str | None) -> StoredArchive:
-    """Store the task's archive. A task kept as it is (no ``docker_image``) is packed straight
-    from its directory, in memory up to ``_PACK_IN_MEMORY_BYTES``: the same bytes as packing a
-    copy (``store_task_archive``), without writing and deleting that copy's tree, which was most
-    of a submission's cost on a slow disk. A link or special file in the task (which the copy
-    follows or refuses in its own way) takes the copying path."""
+def _pack_and_store(
+    source: Path | None, task_id: str, docker_image: str | None, packed: Path | None = None
+) -> StoredArchive:
+    """Store the task's archive. A task kept as it is (no ``docker_image``) is stored from its
+    ``packed`` archive when it has one (an upload's), else packed straight from its directory,
+    in memory up to ``_PACK_IN_MEMORY_BYTES``: the same bytes as packing a copy
+    (``store_task_archive``), without writing and deleting that copy's tree, which was most of a
+    submission's cost on a slow disk. A link or special file in the task (which the copy follows
+    or refuses in its own way) takes the copying path."""
+    if source is None:
+        assert packed is not None  # TaskSubmission._task_given
+        return _store_packed_file(packed, task_id, docker_image)
     if docker_image is not None:
         return store_task_archive(source, task_id, docker_image=docker_image)
-    with tempfile.SpooledTemporaryFile(max_size=_PACK_IN_MEMORY_BYTES) as spooled:
-        packed = cast(BinaryIO, spooled)  # a binary file in all but its declared type
+    if packed is not None:
         try:
-            pack_task_dir(source, packed)
+            with open(packed, "rb") as archive:
+                return _store_packed(archive, task_id)
+        except FileNotFoundError:
+            pass  # deleted since: pack the files instead
+    with tempfile.SpooledTemporaryFile(max_size=_PACK_IN_MEMORY_BYTES) as spooled:
+        packed_now = cast(BinaryIO, spooled)  # a binary file in all but its declared type
+        try:
+            pack_task_dir(source, packed_now)
         except ArchiveError:
             return store_task_archive(source, task_id)
-        packed.seek(0)
-        digest = hashlib.sha256()
-        while chunk := packed.read(1024 * 1024):
-            digest.update(chunk)
-        packed.seek(0)
-        key = task_archive_key(task_id, digest.hexdigest())
-        info = get_storage().put_fileobj(key, packed)
+        packed_now.seek(0)
+        return _store_packed(packed_now, task_id)
+
+
+def _store_packed_file(packed: Path, task_id: str, docker_image: str | None) -> StoredArchive:
+    """Store a task known only by its packed archive (an upload's); with ``docker_image`` its
+    files are unpacked to be rewritten and packed again."""
+    try:
+        with open(packed, "rb") as archive:
+            if docker_image is None:
+                return _store_packed(archive, task_id)
+            with tempfile.TemporaryDirectory(prefix=f"oddish-{task_id}-") as work:
+                task_dir = Path(work) / "task"
+                # Packed by this server from files it checked: its own limits are no bound.
+                extract_task_archive(
+                    archive,
+                    task_dir,
+                    max_archive_bytes=2**62,
+                    max_unpacked_bytes=2**62,
+                    max_members=2**31,
+                )
+                return store_task_archive(task_dir, task_id, docker_image=docker_image)
+    except FileNotFoundError:
+        raise records.RecordNotFound(
+            "the uploaded task was deleted while it was being submitted; upload it again"
+        ) from None
+
+
+def _store_packed(archive: BinaryIO, task_id: str) -> StoredArchive:
+    """Store a packed archive, read from its start, under the task's key for its sha256."""
+    digest = hashlib.sha256()
+    while chunk := archive.read(1024 * 1024):
+        digest.update(chunk)
+    archive.seek(0)
+    key = task_archive_key(task_id, digest.hexdigest())
+    info = get_storage().put_fileobj(key, archive)
     return StoredArchive(key=key, sha256=digest.hexdigest(), size=info.size)
 
 

@@ -6,11 +6,15 @@ with them."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from oddish.schemas import MAX_TRIALS_PER_TASK, AgentRunConfig, TaskSubmission
+
+if TYPE_CHECKING:
+    from oddish.task_check import TaskCheck
 
 # Deeper JSON than any real configuration: beyond it, storing and reading it back only costs.
 MAX_JSON_DEPTH = 32
@@ -112,11 +116,21 @@ class SweepRequest(Strict):
             raise ValueError("give upload_id (a new upload) or task_id (an existing task)")
         return self
 
-    def submission(self, task_path: Any, default_name: str) -> TaskSubmission:
-        """Raises pydantic.ValidationError for unknown agents or environments, too many trials."""
+    def submission(
+        self,
+        task_path: Path | None,
+        default_name: str,
+        *,
+        checked: TaskCheck | None = None,
+        packed: Path | None = None,
+    ) -> TaskSubmission:
+        """Raises pydantic.ValidationError for unknown agents or environments, too many trials,
+        a task Harbor cannot load. ``checked`` and ``packed``: see TaskSubmission."""
         h = self.harbor
         return TaskSubmission(
             task_path=task_path,
+            checked=checked,
+            packed=packed,
             name=self.name or default_name,
             experiment_id=self.experiment_id,
             experiment_name=self.experiment_name,

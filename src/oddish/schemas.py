@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from oddish.env_references import env_reference_problems, task_env_problems
 from oddish.queue_keys import queue_key_for_trial
-from oddish.task_check import task_dir_problem
+from oddish.task_check import TaskCheck, task_dir_problem
 
 LOCAL_ENVIRONMENT = "local"
 # A task of many trials runs them in batches (child workflows): its history stays bounded.
@@ -98,9 +98,10 @@ class AgentRunConfig(TrialSpec):
 
 
 class TaskSubmission(BaseModel):
-    """A Harbor task directory and the trials to run on it."""
+    """A Harbor task and the trials to run on it: its directory (``task_path``), or its files
+    packed already (``packed``, with their ``checked`` and a ``name``)."""
 
-    task_path: Path
+    task_path: Path | None = None
     name: str | None = Field(default=None, min_length=1, max_length=255)
     # An experiment's id, or the name of an existing one.
     experiment_id: str | None = Field(default=None, min_length=1, max_length=64)
@@ -114,14 +115,37 @@ class TaskSubmission(BaseModel):
     submission_key: str | None = Field(default=None, min_length=1, max_length=255)
     # A pre-built image for the task's environment, in place of the one its task.toml names.
     docker_image: str | None = Field(default=None, min_length=1, max_length=512)
+    # Found when the task was uploaded: the task is not loaded again to check it.
+    checked: TaskCheck | None = Field(default=None, exclude=True, repr=False)
+    # The task's files already packed by ``task_store.pack_task_dir`` (an upload's): stored as
+    # they are unless ``docker_image`` rewrites the task.
+    packed: Path | None = Field(default=None, exclude=True, repr=False)
 
     @field_validator("task_path")
     @classmethod
-    def _task_dir(cls, path: Path) -> Path:
+    def _task_dir(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
         path = path.expanduser().resolve()
         if not (path / "task.toml").is_file():
             raise ValueError(f"{path} is not a Harbor task directory (no task.toml)")
         return path
+
+    @model_validator(mode="after")
+    def _task_given(self) -> TaskSubmission:
+        if self.task_path is None and (
+            self.packed is None or self.checked is None or self.name is None
+        ):
+            raise ValueError("a task_path, or a packed task with its check and name")
+        return self
+
+    @property
+    def task_name(self) -> str:
+        """The task's name: the one given, else its directory's."""
+        if self.name is not None:
+            return self.name
+        assert self.task_path is not None  # _task_given
+        return self.task_path.name
 
     @model_validator(mode="after")
     def _bounded(self) -> TaskSubmission:
@@ -132,18 +156,25 @@ class TaskSubmission(BaseModel):
 
     @model_validator(mode="after")
     def _loadable(self) -> TaskSubmission:
-        problem = task_dir_problem(
-            self.task_path, disable_verification=all(c.disable_verification for c in self.configs)
-        )
+        disable_verification = all(c.disable_verification for c in self.configs)
+        if self.checked is not None:
+            problem = self.checked.problem_for(disable_verification=disable_verification)
+        else:
+            assert self.task_path is not None  # _task_given
+            problem = task_dir_problem(self.task_path, disable_verification=disable_verification)
         if problem is not None:
-            raise ValueError(f"{self.task_path.name}: {problem}")
+            raise ValueError(f"{self.task_name}: {problem}")
         return self
 
     @model_validator(mode="after")
     def _allowed_task_env_references(self) -> TaskSubmission:
-        problems = task_env_problems(self.task_path)
+        if self.checked is not None:
+            problems = self.checked.env_problems()
+        else:
+            assert self.task_path is not None  # _task_given
+            problems = task_env_problems(self.task_path)
         if problems:
-            raise ValueError(f"{self.task_path.name}: {'; '.join(problems)}")
+            raise ValueError(f"{self.task_name}: {'; '.join(problems)}")
         return self
 
     def trial_specs(self) -> list[TrialSpec]:

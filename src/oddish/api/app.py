@@ -41,8 +41,7 @@ from oddish.api.trial_files import read_logs, read_result
 from oddish.api.uploads import (
     collect_uploads_periodically,
     store_upload,
-    upload_name,
-    upload_path,
+    stored_upload,
 )
 from oddish.archives import ArchiveError
 from oddish.config import get_settings
@@ -135,6 +134,12 @@ async def _submission_of_task(body: SweepRequest, task_id: str) -> TaskSubmissio
         return await asyncio.to_thread(body.submission, path, source.name)
 
 
+def _submission_of_upload(body: SweepRequest, upload_id: str) -> TaskSubmission:
+    """A new task of an uploaded version. Reads files: off the event loop."""
+    upload = stored_upload(upload_id)
+    return body.submission(upload.path, upload.name, checked=upload.check, packed=upload.archive)
+
+
 def build_router() -> APIRouter:
     router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -164,11 +169,7 @@ def build_router() -> APIRouter:
         if body.task_id is not None:
             submission = await _submission_of_task(body, body.task_id)
         else:
-            upload_id = body.upload_id or ""
-            # Reads the upload's files and parses its task.toml: off the event loop.
-            submission = await asyncio.to_thread(
-                lambda: body.submission(upload_path(upload_id), upload_name(upload_id))
-            )
+            submission = await asyncio.to_thread(_submission_of_upload, body, body.upload_id or "")
         # Recorded even while Temporal is unreachable: the workers start it once it answers.
         connection: TemporalConnection = request.app.state.temporal
         # Answered from what was recorded: reading the task back would cost more than the rest.
