@@ -37,8 +37,11 @@ RETRY_MAX_DELAY_SEC = 30.0
 
 
 def _upload(storage: BaseStorage, prefix: str, directory: Path) -> int:
-    """Upload the directory's files under the prefix; how many (blocking)."""
-    return len(storage.put_tree(prefix, directory))
+    """Upload the directory's files under the prefix; how many (blocking). Moved where the
+    storage can, unless the directory is to be kept (ODDISH_KEEP_LOCAL_OUTPUT)."""
+    if get_settings().keep_local_output:
+        return len(storage.put_tree(prefix, directory))
+    return len(storage.move_tree(prefix, directory))
 
 
 def _remove_local(directory: Path) -> None:

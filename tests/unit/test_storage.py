@@ -4,6 +4,7 @@ outside its root, S3's errors name the setting to fix."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -35,6 +36,7 @@ from oddish.storage import (
     storage_from_config,
     storage_from_settings,
 )
+from oddish.storage import _fs as storage_fs
 from oddish.storage import keys as storage_keys
 from oddish.storage.local import LocalStorage
 from oddish.storage.s3 import S3Storage, make_client, normalize_prefix, transfer_config
@@ -582,6 +584,64 @@ def test_put_tree_uploads_regular_files_only(
     (tmp_path / "tree-link").symlink_to(tree, target_is_directory=True)
     with pytest.raises(OSError):
         storage.put_tree("other/", tmp_path / "tree-link")
+
+
+def test_move_tree_stores_what_put_tree_would_moving_only_files_of_one_link(
+    storage: BaseStorage, tmp_path: Path, outside: Path
+) -> None:
+    """Locally each file is renamed into place; a file with another link (which would reach
+    the stored object) is copied, and so is everything on S3. Links and special files stay."""
+    tree = tmp_path / "tree"
+    files = make_tree(tree, outside)
+    shared = outside / "shared.txt"
+    shared.write_bytes(b"shared before")
+    os.link(shared, tree / "agent" / "hard.txt")
+    files["agent/hard.txt"] = b"shared before"
+    prefix = storage_keys.trial_output_prefix("t", "r", 1)
+
+    stored = storage.move_tree(prefix, tree)
+
+    assert [i.key for i in stored] == sorted(prefix + rel for rel in files)
+    for rel, data in files.items():
+        assert b"".join(storage.iter_bytes(prefix + rel)) == data
+    left = {str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file() and not p.is_symlink()}
+    if isinstance(storage, LocalStorage):
+        assert left == {"agent/hard.txt"}
+    else:
+        assert left == set(files)
+    for rel in ("agent/secret-link", "passwd", "dangling", "agent/fifo", "verifier/sock"):
+        assert os.path.lexists(tree / rel), rel
+    # The stored copy of the hard-linked file is a copy: the other link cannot reach it.
+    shared.write_bytes(b"shared after")
+    assert b"".join(storage.iter_bytes(prefix + "agent/hard.txt")) == b"shared before"
+    everything = b"".join(b"".join(storage.iter_bytes(i.key)) for i in storage.list())
+    assert b"SECRET" not in everything and b"root:" not in everything
+
+
+def test_move_tree_copies_from_another_file_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = tmp_path / "tree"
+    files = {"a.txt": b"a", "d/b.txt": b"b", "d/c.txt": b"c"}
+    for rel, data in files.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(data)
+    renames: list[str] = []
+    real_rename_into = storage_fs.rename_into
+
+    def cross_device(src_dir: int, src_name: str, *args: Any, **kwargs: Any) -> None:
+        if src_name.startswith(storage_fs.TEMP_PREFIX):  # a copy, from the store's tmp/
+            return real_rename_into(src_dir, src_name, *args, **kwargs)
+        renames.append(src_name)
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(storage_fs, "rename_into", cross_device)
+    storage = LocalStorage(tmp_path / "store")
+    assert len(storage.move_tree("pfx/", tree)) == 3
+    assert renames == ["a.txt"], "tried once, then copied"
+    for rel, data in files.items():
+        assert (tree / rel).read_bytes() == data
+        assert b"".join(storage.iter_bytes("pfx/" + rel)) == data
 
 
 def test_put_tree_of_many_files_and_get_tree_back(storage: BaseStorage, tmp_path: Path) -> None:

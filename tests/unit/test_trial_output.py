@@ -30,20 +30,21 @@ PREFIX = f"tasks/{TASK}/trials/{TRIAL}/attempt-1/"
 
 
 class FlakyStorage(LocalStorage):
-    """A local store whose put_tree fails ``failures`` times (None: always) before it works."""
+    """A local store whose put_tree and move_tree fail ``failures`` times (None: always)
+    before they work."""
 
     def __init__(self, root: Path, failures: int | None, events: list[str]) -> None:
         super().__init__(root)
         self.failures = failures
         self.events = events
 
-    def put_tree(self, prefix: str, directory: Path) -> builtins.list[ObjectInfo]:
+    def _put_tree(self, prefix: str, directory: Path, *, move: bool) -> builtins.list[ObjectInfo]:
         self.events.append("upload")
         if self.failures is None or self.failures > 0:
             if self.failures is not None:
                 self.failures -= 1
             raise StorageUnavailable("the bucket is down (test)")
-        return super().put_tree(prefix, directory)
+        return super()._put_tree(prefix, directory, move=move)
 
 
 @pytest.fixture

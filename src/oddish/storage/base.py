@@ -195,19 +195,44 @@ class BaseStorage(ABC):
         a fresh prefix, or run again to retry a partial upload (it overwrites the same keys).
         Returns what was uploaded, by key.
         """
+        return self._put_tree(prefix, directory, move=False)
+
+    def move_tree(self, prefix: str, directory: Path) -> builtins.list[ObjectInfo]:
+        """:meth:`put_tree` for a directory the caller removes afterwards: a backend may move
+        files into place rather than copy them (the local one does, where it can). Run again
+        after a failure, it stores what the first run left."""
+        return self._put_tree(prefix, directory, move=True)
+
+    def _put_tree(self, prefix: str, directory: Path, *, move: bool) -> builtins.list[ObjectInfo]:
         validate_prefix(prefix)
         skipped: builtins.list[str] = []
         anchor = _fs.open_anchor(Path(directory), create=False, follow=False)
         try:
 
             def upload(rel: str) -> ObjectInfo | None:
+                parts = rel.split("/")
                 try:
-                    fd, _ = _fs.open_file_under(anchor, rel.split("/"))
-                except (_fs.LinkRefused, _fs.NotRegular, FileNotFoundError, NotADirectoryError):
+                    parent = _fs.open_dirs(anchor, parts[:-1], create=False)
+                except (_fs.LinkRefused, FileNotFoundError, NotADirectoryError):
                     skipped.append(f"{rel} (changed while being walked)")
                     return None
-                with os.fdopen(fd, "rb") as fileobj:
-                    return self._put_fileobj(prefix + rel, fileobj)
+                try:
+                    try:
+                        fd, st = _fs.open_regular(parent, parts[-1])
+                    except (
+                        _fs.LinkRefused,
+                        _fs.NotRegular,
+                        FileNotFoundError,
+                        NotADirectoryError,
+                    ):
+                        skipped.append(f"{rel} (changed while being walked)")
+                        return None
+                    with os.fdopen(fd, "rb") as fileobj:
+                        if move:
+                            return self._move_file(prefix + rel, parent, parts[-1], fileobj, st)
+                        return self._put_fileobj(prefix + rel, fileobj)
+                finally:
+                    os.close(parent)
 
             def relative_paths() -> Iterator[str]:
                 for rel, _ in _fs.walk_files(anchor, skipped=skipped):
@@ -225,6 +250,13 @@ class BaseStorage(ABC):
             shown = "; ".join(skipped[:20]) + ("; ..." if len(skipped) > 20 else "")
             log.warning("put_tree %s: skipped %d entries: %s", directory, len(skipped), shown)
         return [info for info in results if info is not None]
+
+    def _move_file(
+        self, key: str, parent: int, name: str, fileobj: BinaryIO, st: os.stat_result
+    ) -> ObjectInfo:
+        """Store the regular file ``name`` under the directory ``parent`` (open as ``fileobj``,
+        ``st`` its fstat) at ``key``, moving it where the backend can; a copy by default."""
+        return self._put_fileobj(key, fileobj)
 
     def get_tree(self, prefix: str, directory: Path) -> builtins.list[ObjectInfo]:
         """Download every object under ``prefix`` into ``directory`` at its relative key.

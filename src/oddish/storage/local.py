@@ -12,6 +12,7 @@ The root's own path is followed as configured; below it every component is opene
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -43,6 +44,8 @@ class LocalStorage(BaseStorage):
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        # A move_tree found the directories it stores from on another file system.
+        self._moves_refused = False
 
     @classmethod
     def from_config(cls, config: LocalStorageConfig | S3StorageConfig) -> LocalStorage:
@@ -141,6 +144,36 @@ class LocalStorage(BaseStorage):
         except OSError as exc:
             raise StorageError(f"cannot write {key!r}: {exc.strerror or exc}") from None
         return ObjectInfo(key, size)
+
+    def _move_file(
+        self, key: str, parent: int, name: str, fileobj: BinaryIO, st: os.stat_result
+    ) -> ObjectInfo:
+        """Rename the file into place: no copy of its bytes and no new file, which on some file
+        systems costs more than the copy. Only a file with no other link (a hard link elsewhere
+        would still reach the stored object) and on this file system; else, or when the rename
+        is refused, it is copied from the descriptor already open. The directory it leaves is
+        the caller's to remove."""
+        if st.st_nlink == 1 and not self._moves_refused:
+            try:
+                return self._rename_file_in(key, parent, name, fileobj, st)
+            except OSError as exc:
+                if exc.errno == errno.EXDEV:
+                    self._moves_refused = True  # another file system: copy from now on
+        return self._put_fileobj(key, fileobj)
+
+    def _rename_file_in(
+        self, key: str, parent: int, name: str, fileobj: BinaryIO, st: os.stat_result
+    ) -> ObjectInfo:
+        parts = key_parts(key)
+        os.fsync(fileobj.fileno())  # as durable as a copy would be
+        with self._dir(OBJECTS, parts[:-1], create=True) as target:
+            _fs.rename_into(parent, name, target, parts[-1], durable=True)
+            moved = os.stat(parts[-1], dir_fd=target, follow_symlinks=False)
+            if (moved.st_dev, moved.st_ino) != (st.st_dev, st.st_ino):
+                # Swapped for another entry since it was opened: not the file checked.
+                _fs.remove_quietly(target, parts[-1])
+                raise OSError(errno.ESTALE, "the file changed while it was being stored")
+        return ObjectInfo(key, os.fstat(fileobj.fileno()).st_size)
 
     def _rename_in(self, tmp: int, temp: str, key: str, parts: list[str]) -> None:
         for attempt in range(3):
