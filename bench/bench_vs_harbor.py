@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import secrets
 import tempfile
 import time
@@ -33,6 +34,34 @@ def handover_gaps(spans: list[tuple[datetime, datetime]], concurrency: int) -> l
     return [
         (starts[concurrency + k] - ends[k]).total_seconds() for k in range(len(spans) - concurrency)
     ]
+
+
+def own_cpu_sec() -> float:
+    """CPU time of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def children_cpu_sec() -> float:
+    """CPU time of this process's children that ended (and of their own ended children)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def postgres_cpu_sec(work: Path) -> float:
+    """CPU time of the embedded Postgres (a daemon of its own, found by its data directory)
+    and of its ended backends."""
+    import psutil
+
+    total = 0.0
+    for process in psutil.process_iter(["cmdline"]):
+        if str(work / "pg") in " ".join(process.info["cmdline"] or ()):
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -72,9 +101,11 @@ async def run_harbor(
 
 async def run_oddish(
     trials: int, concurrency: int, n_workers: int, work: Path, sleep: dict[str, str]
-) -> tuple[float, float, list[float]]:
+) -> tuple[float, float, list[float], float]:
+    """Wall time, slot utilisation, hand-over gaps, and Postgres's CPU meanwhile."""
     key = f"bench/sleep-{secrets.token_hex(3)}"
     async with embedded_stack(work, n_workers=n_workers, limits={key: concurrency}):
+        postgres_before = postgres_cpu_sec(work)
         from oddish.queue import create_task, get_task_with_trials
         from oddish.schemas import AgentRunConfig, TaskSubmission
         from oddish.temporal_gateway import connect
@@ -102,6 +133,7 @@ async def run_oddish(
             (datetime.fromisoformat(t["started_at"]), datetime.fromisoformat(t["finished_at"]))
             for t in task["trials"]
         ]
+        postgres_cpu = postgres_cpu_sec(work) - postgres_before
         busy = sum((end - start).total_seconds() for start, end in spans)
         first = (min(start for start, _ in spans) - submitted_at).total_seconds()
         last = wall - (max(end for _, end in spans) - submitted_at).total_seconds()
@@ -109,7 +141,7 @@ async def run_oddish(
             f"oddish: first trial started {first:.2f} s after submission; task done "
             f"{last:.2f} s after the last trial"
         )
-        return wall, (busy / concurrency) / wall, handover_gaps(spans, concurrency)
+        return wall, (busy / concurrency) / wall, handover_gaps(spans, concurrency), postgres_cpu
 
 
 async def main() -> None:
@@ -125,12 +157,17 @@ async def main() -> None:
     os.environ.setdefault("HARBOR_TELEMETRY", "0")
     with tempfile.TemporaryDirectory(prefix="oddish-bench-") as tmp:
         work = Path(tmp)
+        cpu_before = own_cpu_sec() + children_cpu_sec()
         harbor_wall, harbor_gaps = await run_harbor(
             args.trials, args.concurrency, work / "harbor-jobs", sleep
         )
-        oddish_wall, utilisation, oddish_gaps = await run_oddish(
+        harbor_cpu = own_cpu_sec() + children_cpu_sec() - cpu_before
+        children_before = children_cpu_sec()
+        oddish_wall, utilisation, oddish_gaps, postgres_cpu = await run_oddish(
             args.trials, args.concurrency, args.workers, work, sleep
         )
+        # The workers and Temporal, ended with the stack (their start-up included), and Postgres.
+        oddish_cpu = children_cpu_sec() - children_before + postgres_cpu
     print(
         f"trials={args.trials} concurrency={args.concurrency} sleep={args.sleep:g}s "
         f"oddish workers={args.workers}"
@@ -139,6 +176,11 @@ async def main() -> None:
     print(f"oddish wall time     : {oddish_wall:7.2f} s")
     print(f"ratio oddish/harbor  : {oddish_wall / harbor_wall:7.3f}")
     print(f"oddish slot utilisation (ideal makespan / actual): {utilisation:.3f}")
+    print(
+        f"CPU per trial        : harbor {1000 * harbor_cpu / args.trials:.0f} ms, oddish "
+        f"{1000 * oddish_cpu / args.trials:.0f} ms (workers, Temporal, Postgres; start-up "
+        "included)"
+    )
     for name, gaps in (("harbor", harbor_gaps), ("oddish", oddish_gaps)):
         print(
             f"{name} end -> next start on the saturated key: p50 {percentile(gaps, 0.5):.2f} s, "
