@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from embedded_stack import embedded_stack
+from embedded_stack import embedded_stack, postgres_cpu_sec
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = REPO / "examples" / "tasks" / "hello-pass"
@@ -85,27 +85,19 @@ def cpu_sec(pid: int) -> float:
 
 def services_cpu_sec(work: Path, api_pid: int) -> tuple[float, float]:
     """CPU time of the services: this process's other descendants (the Temporal dev server),
-    and the embedded Postgres (a daemon of its own, found by its data directory) with its
-    backends."""
+    and the embedded Postgres."""
     import psutil
 
-    def total(processes: list[psutil.Process]) -> float:
-        seconds = 0.0
-        for process in {p.pid: p for p in processes}.values():
-            try:
-                times = process.cpu_times()
-            except psutil.Error:
-                continue
-            # A postmaster's reaped children are its ended backends.
-            seconds += times.user + times.system + times.children_user + times.children_system
-        return seconds
-
-    temporal = [p for p in psutil.Process().children(recursive=True) if p.pid != api_pid]
-    postgres: list[psutil.Process] = []
-    for process in psutil.process_iter(["cmdline"]):
-        if str(work / "pg") in " ".join(process.info["cmdline"] or ()):
-            postgres += [process, *process.children()]
-    return total(temporal), total(postgres)
+    temporal = 0.0
+    for process in psutil.Process().children(recursive=True):
+        if process.pid == api_pid:
+            continue
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        temporal += times.user + times.system + times.children_user + times.children_system
+    return temporal, postgres_cpu_sec(work)
 
 
 async def recorded(experiment: str) -> tuple[int, int]:

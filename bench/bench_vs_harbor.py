@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from embedded_stack import embedded_stack
+from embedded_stack import embedded_stack, postgres_cpu_sec
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = REPO / "examples" / "tasks" / "sleep"
@@ -46,22 +46,6 @@ def children_cpu_sec() -> float:
     """CPU time of this process's children that ended (and of their own ended children)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def postgres_cpu_sec(work: Path) -> float:
-    """CPU time of the embedded Postgres (a daemon of its own, found by its data directory)
-    and of its ended backends."""
-    import psutil
-
-    total = 0.0
-    for process in psutil.process_iter(["cmdline"]):
-        if str(work / "pg") in " ".join(process.info["cmdline"] or ()):
-            try:
-                times = process.cpu_times()
-            except psutil.Error:
-                continue
-            total += times.user + times.system + times.children_user + times.children_system
-    return total
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -33,6 +33,28 @@ def _start_worker(
     )
 
 
+def postgres_cpu_sec(work: Path) -> float:
+    """CPU time of the stack's Postgres (a daemon of its own, found by its data directory) and
+    of its backends, live and ended."""
+    import psutil
+
+    total = 0.0
+    postgres: dict[int, psutil.Process] = {}
+    for process in psutil.process_iter(["cmdline"]):
+        if str(work / "pg") in " ".join(process.info["cmdline"] or ()):
+            # With its live backends, which the postmaster has not reaped yet.
+            for one in (process, *process.children()):
+                postgres[one.pid] = one
+    for process in postgres.values():
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        # A postmaster's reaped children are its ended backends.
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
 @asynccontextmanager
 async def embedded_stack(
     work: Path, *, n_workers: int, limits: dict[str, int], settings: dict[str, str] | None = None

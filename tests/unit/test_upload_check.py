@@ -126,12 +126,18 @@ def test_an_unreadable_upload_is_not_found(tasks_dir: Path) -> None:
     assert stored_upload(upload_id).archive is not None
 
 
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The scratch directory in memory, here a plain one."""
+    place = tmp_path / "shm"
+    place.mkdir()
+    monkeypatch.setattr(uploads, "SCRATCH_IN_MEMORY", place)
+    return place
+
+
 def test_an_upload_is_unpacked_in_memory_and_nothing_stays_there(
-    tasks_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tasks_dir: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    scratch = tmp_path / "shm"
-    scratch.mkdir()
-    monkeypatch.setattr(uploads, "SCRATCH_IN_MEMORY", scratch)
     seen: list[Path] = []
     real_check = uploads.check_task_dir
 
@@ -149,11 +155,8 @@ def test_an_upload_is_unpacked_in_memory_and_nothing_stays_there(
 
 
 def test_an_upload_too_large_for_memory_is_unpacked_on_disk(
-    tasks_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tasks_dir: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    scratch = tmp_path / "shm"
-    scratch.mkdir()
-    monkeypatch.setattr(uploads, "SCRATCH_IN_MEMORY", scratch)
     monkeypatch.setattr(uploads, "SCRATCH_IN_MEMORY_MAX_BYTES", 1000)
     big = task_archive(TASK, extra={"environment/data.bin": b"x" * 5000})
     answer = store_upload(io.BytesIO(big))
