@@ -48,6 +48,21 @@ def children_cpu_sec() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def temporal_cpu_sec() -> float:
+    """CPU time so far of the Temporal dev server this process started."""
+    import psutil
+
+    total = 0.0
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if "temporal" in " ".join(process.cmdline()[:3]):
+                times = process.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            continue
+    return total
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -90,6 +105,7 @@ async def run_oddish(
     key = f"bench/sleep-{secrets.token_hex(3)}"
     async with embedded_stack(work, n_workers=n_workers, limits={key: concurrency}):
         postgres_before = postgres_cpu_sec(work)
+        temporal_before = temporal_cpu_sec()
         from oddish.queue import create_task, get_task_with_trials
         from oddish.schemas import AgentRunConfig, TaskSubmission
         from oddish.temporal_gateway import connect
@@ -118,6 +134,10 @@ async def run_oddish(
             for t in task["trials"]
         ]
         postgres_cpu = postgres_cpu_sec(work) - postgres_before
+        print(
+            f"oddish: Temporal {1000 * (temporal_cpu_sec() - temporal_before) / trials:.0f} ms, "
+            f"Postgres {1000 * postgres_cpu / trials:.0f} ms of CPU per trial"
+        )
         busy = sum((end - start).total_seconds() for start, end in spans)
         first = (min(start for start, _ in spans) - submitted_at).total_seconds()
         last = wall - (max(end for _, end in spans) - submitted_at).total_seconds()

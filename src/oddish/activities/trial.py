@@ -215,7 +215,7 @@ async def _start(
     or, when an earlier attempt is still running (its slot row touched lately), say so."""
     async with get_session() as session:
         # Locked: an earlier attempt finishing meanwhile is then seen finished, not started over.
-        trial = await records.get_trial(session, inp.trial_id, lock=True)
+        trial = await records.get_trial_to_run(session, inp.trial_id)
         if trial.run_number == inp.run_number and trial.status in TERMINAL_JOB_STATUSES:
             # This run already finished; its completion just never reached Temporal. A slot
             # granted again (a re-run of a finished workflow) goes straight back.

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import defer, selectinload
+from sqlalchemy.orm import defer, joinedload, selectinload
 
 from oddish.db import slots
 from oddish.db.models import (
@@ -167,6 +167,21 @@ async def get_trial(session: AsyncSession, trial_id: str, *, lock: bool = False)
     )
     if lock:
         query = query.with_for_update(of=TrialModel)
+    trial = (await session.execute(query)).scalar_one_or_none()
+    if trial is None:
+        raise RecordNotFound(f"no trial {trial_id!r}")
+    return trial
+
+
+async def get_trial_to_run(session: AsyncSession, trial_id: str) -> TrialModel:
+    """What opening an attempt reads: the trial locked (as in ``get_trial(lock=True)``), with
+    its task in the same statement and then its attempts; not its analysis."""
+    query = (
+        select(TrialModel)
+        .where(TrialModel.id == trial_id)
+        .options(joinedload(TrialModel.task, innerjoin=True), selectinload(TrialModel.attempts))
+        .with_for_update(of=TrialModel)
+    )
     trial = (await session.execute(query)).scalar_one_or_none()
     if trial is None:
         raise RecordNotFound(f"no trial {trial_id!r}")
