@@ -244,17 +244,11 @@ def _pack_and_store(
     (``store_task_archive``), without writing and deleting that copy's tree, which was most of a
     submission's cost on a slow disk. A link or special file in the task (which the copy follows
     or refuses in its own way) takes the copying path."""
-    if source is None:
-        assert packed is not None  # TaskSubmission._task_given
+    if packed is not None:
         return _store_packed_file(packed, task_id, docker_image)
+    assert source is not None  # TaskSubmission._task_given
     if docker_image is not None:
         return store_task_archive(source, task_id, docker_image=docker_image)
-    if packed is not None:
-        try:
-            with open(packed, "rb") as archive:
-                return _store_packed(archive, task_id)
-        except FileNotFoundError:
-            pass  # deleted since: pack the files instead
     with tempfile.SpooledTemporaryFile(max_size=_PACK_IN_MEMORY_BYTES) as spooled:
         packed_now = cast(BinaryIO, spooled)  # a binary file in all but its declared type
         try:

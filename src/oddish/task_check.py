@@ -6,7 +6,6 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from harbor.models.task.config import TaskConfig
 from harbor.models.task.task import Task
 from pydantic import BaseModel, ValidationError
 
@@ -54,21 +53,14 @@ def task_dir_problem(task_dir: Path, *, disable_verification: bool) -> str | Non
 
 def check_task_dir(task_dir: Path) -> TaskCheck:
     """The task's :class:`TaskCheck`, loading it once when it loads with its tests checked (the
-    check without them only skips theirs)."""
+    check without them only skips theirs). A task that loads neither way is refused before its
+    env tables matter: it has none here."""
     task, problem = _load(task_dir, disable_verification=False)
     unverified = None
     if task is None:
         task, unverified = _load(task_dir, disable_verification=True)
-    if task is not None:
-        config: TaskConfig | None = task.config
-    else:
-        try:
-            config = TaskConfig.model_validate_toml((task_dir / "task.toml").read_text())
-        except (OSError, ValueError):
-            # Harbor cannot load such a task either, so fills nothing; it is refused anyway.
-            config = None
     return TaskCheck(
         problem=problem,
         problem_without_verification=unverified,
-        env_tables=task_env_tables(config) if config is not None else [],
+        env_tables=task_env_tables(task.config) if task is not None else [],
     )

@@ -122,41 +122,44 @@ def _unpacked(source: BinaryIO, settings: Settings) -> Iterator[tuple[Path, Extr
     }
     in_memory = _scratch_in_memory(source)
     if in_memory is not None:
-        smaller = settings.upload_max_unpacked_bytes > SCRATCH_IN_MEMORY_MAX_BYTES
-        scratch = Path(tempfile.mkdtemp(prefix="oddish-upload-", dir=in_memory))
-        try:
-            try:
-                extracted = extract_task_archive(
-                    source,
-                    scratch / "task",
-                    **{
-                        **limits,
-                        "max_unpacked_bytes": min(
-                            settings.upload_max_unpacked_bytes, SCRATCH_IN_MEMORY_MAX_BYTES
-                        ),
-                    },
-                )
-            except ArchiveError as exc:
-                if not (smaller and exc.status_code == 413):
-                    raise
-                extracted = None  # too large to unpack in memory
-            except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                extracted = None  # no room left in memory
+        with tempfile.TemporaryDirectory(
+            prefix="oddish-upload-", dir=in_memory, ignore_cleanup_errors=True
+        ) as scratch:
+            task_dir = Path(scratch) / "task"
+            extracted = _unpack_in_memory(source, task_dir, limits)
             if extracted is not None:
-                yield scratch / "task", extracted
+                yield task_dir, extracted
                 return
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
         source.seek(0)
     incoming = _incoming_dir()
     incoming.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="upload-", dir=incoming))
+    with tempfile.TemporaryDirectory(
+        prefix="upload-", dir=incoming, ignore_cleanup_errors=True
+    ) as scratch:
+        task_dir = Path(scratch) / "task"
+        yield task_dir, extract_task_archive(source, task_dir, **limits)
+
+
+def _unpack_in_memory(
+    source: BinaryIO, task_dir: Path, limits: dict[str, int]
+) -> ExtractedTask | None:
+    """``extract_task_archive`` into memory, unpacking at most SCRATCH_IN_MEMORY_MAX_BYTES;
+    None when the archive is larger than that or memory has no room left for it."""
+    unpacked_limit = limits["max_unpacked_bytes"]
     try:
-        yield scratch / "task", extract_task_archive(source, scratch / "task", **limits)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        return extract_task_archive(
+            source,
+            task_dir,
+            **{**limits, "max_unpacked_bytes": min(unpacked_limit, SCRATCH_IN_MEMORY_MAX_BYTES)},
+        )
+    except ArchiveError as exc:
+        if exc.status_code == 413 and unpacked_limit > SCRATCH_IN_MEMORY_MAX_BYTES:
+            return None
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return None
+        raise
 
 
 def _scratch_in_memory(source: BinaryIO) -> Path | None:
