@@ -66,7 +66,8 @@ async def embedded_stack(
     from oddish.embedded import TemporalDevServer, free_port, start_embedded_postgres
 
     postgres = start_embedded_postgres(work / "pg")
-    temporal = TemporalDevServer(port=free_port(), ui_port=None, db_file=None)
+    # Persisting to a file, as `oddish up` does: an in-memory server is cheaper than any user's.
+    temporal = TemporalDevServer(port=free_port(), ui_port=None, db_file=work / "temporal.db")
     temporal.start()
     env = {
         "ODDISH_DATABASE_URL": postgres.url,

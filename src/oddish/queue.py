@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -31,10 +32,11 @@ from oddish.db.models import (
 )
 from oddish.experiment import generate_experiment_name
 from oddish.ids import new_id
-from oddish.judge.models import judge_models
+from oddish.judge.models import JudgeModels, judge_models
 from oddish.outcomes import trial_result
 from oddish.queue_keys import DEFAULT_LIMIT_KEY, limit_key
 from oddish.schemas import TaskSubmission
+from oddish.started_marks import STARTED_MARKS
 from oddish.storage import get_storage, task_archive_key
 from oddish.task_store import (
     StoredArchive,
@@ -55,6 +57,9 @@ from oddish.trial_stats import (
 from oddish.workflows import workflow_id_for_task
 
 log = logging.getLogger(__name__)
+
+# A task's submission and its archive, stored under the task's id.
+PreparedTask = tuple[TaskSubmission, StoredArchive]
 
 # The tasks GET /experiments/{id} shows by default, and the trials a page of its trials holds:
 # bounded, so a 100k-trial experiment answers as fast as a small one.
@@ -143,65 +148,43 @@ async def create_task(submission: TaskSubmission, *, client: Client | None) -> s
 
 async def submit_task(submission: TaskSubmission, *, client: Client | None) -> CreatedTask:
     """:func:`create_task`, answering with what was recorded; a workflow that could not be
-    started is told in ``not_started`` instead of raised.
+    started is told in ``not_started`` instead of raised."""
+    # Refused before anything is stored: the judge was asked for and no model is set.
+    if submission.run_analysis:
+        judge_models(get_settings())
+    return await submit_prepared(functools.partial(_with_archive, submission), client=client)
+
+
+async def submit_prepared(
+    prepare: Callable[[str], PreparedTask], *, client: Client | None
+) -> CreatedTask:
+    """Record and start a task whose submission ``prepare(task_id)`` makes and whose archive it
+    stores under ``task_id``: in one thread, as both read and write files. For a task known only
+    once its files are unpacked (POST /tasks/run), ``prepare`` checks and stores them at once.
 
     A submission key already used (a resent request) answers with the task it made. That is
     found when the insert breaks the key's unique constraint, not looked up first: a resent
     request is rare, a first one pays no extra round trip."""
-    # Refused before anything is stored: the judge was asked for and no model is set.
-    judge = judge_models(get_settings()) if submission.run_analysis else None
     task_id = new_id("task")
     try:
-        stored = await _store_archive(submission, task_id)
-        async with get_session() as session:
-            # A name given where an id goes joins the experiment of that name.
-            experiment_id = (
-                (
-                    submission.experiment_id
-                    and await records.experiment_id_for(session, submission.experiment_id)
-                )
-                or submission.experiment_id
-                or new_id("exp")
-            )
-            await records.ensure_experiment(
-                session,
-                experiment_id,
-                submission.experiment_name
-                or submission.experiment_id
-                or generate_experiment_name(),
-            )
-            task = TaskModel(
-                id=task_id,
-                experiment_id=experiment_id,
-                name=submission.task_name,
-                # The task's location: the storage key of its archive.
-                task_path=stored.key,
-                archive_sha256=stored.sha256,
-                priority=submission.priority,
-                user=submission.user,
-                run_analysis=submission.run_analysis,
-                analysis_model=judge.analysis if judge else None,
-                verdict_model=judge.verdict if judge else None,
-                submission_key=submission.submission_key,
-                workflow_id=workflow_id_for_task(task_id),
-            )
-            trials = trial_rows(task_id, submission)
-            session.add(task)
-            session.add_all(trials)
-            await session.commit()
-    except IntegrityError:
-        await _discard_archives(task_id)
-        if not submission.submission_key:
-            raise
-        async with get_session() as session:
-            existing = await records.task_by_submission_key(session, submission.submission_key)
-            if existing is not None:
-                existing = await records.get_task(session, existing.id, with_trials=True)
-        if existing is None:
-            # Not the key: the experiment was created by a submission beside this one.
-            return await submit_task(submission, client=client)
-        # Submitted before with this key (or by a request beside this one): that task.
-        task, trials = existing, list(existing.trials)
+        submission, stored = await _to_thread_to_the_end(prepare, task_id)
+        judge = judge_models(get_settings()) if submission.run_analysis else None
+        # Twice at most: a first insert may lose a race to create the experiment it names.
+        for attempt in range(2):
+            try:
+                task, trials = await _record(submission, task_id, stored, judge)
+                break
+            except IntegrityError:
+                key = submission.submission_key
+                existing = await _task_of_submission_key(key) if key else None
+                if existing is None:
+                    if attempt == 1 or not key:
+                        raise
+                    continue  # not the key: an experiment created beside this one
+                # Submitted before with this key (or by a request beside this one): that task.
+                await _discard_archives(task_id)
+                task, trials = existing, list(existing.trials)
+                break
     except BaseException:
         # Whatever failed (or cancelled the submission), no archive of it stays in storage.
         await asyncio.shield(_discard_archives(task_id))
@@ -213,25 +196,79 @@ async def submit_task(submission: TaskSubmission, *, client: Client | None) -> C
     return CreatedTask(task.id, task.experiment_id, len(trials))
 
 
-async def _store_archive(submission: TaskSubmission, task_id: str) -> StoredArchive:
-    """The task's archive, stored. Copying, packing and uploading a task can take seconds: off
-    the event loop, which serves requests and trials. Cancelled, it waits for the thread to end,
-    so that what the thread stored is there to be deleted."""
-    storing = asyncio.ensure_future(
-        asyncio.to_thread(
-            _pack_and_store,
-            submission.task_path,
-            task_id,
-            submission.docker_image,
-            submission.packed,
+async def _record(
+    submission: TaskSubmission, task_id: str, stored: StoredArchive, judge: JudgeModels | None
+) -> tuple[TaskModel, list[TrialModel]]:
+    """Insert the task and its trials (and its experiment, if new) in one transaction."""
+    async with get_session() as session:
+        # A name given where an id goes joins the experiment of that name.
+        experiment_id = (
+            (
+                submission.experiment_id
+                and await records.experiment_id_for(session, submission.experiment_id)
+            )
+            or submission.experiment_id
+            or new_id("exp")
         )
+        await records.ensure_experiment(
+            session,
+            experiment_id,
+            submission.experiment_name or submission.experiment_id or generate_experiment_name(),
+        )
+        task = TaskModel(
+            id=task_id,
+            experiment_id=experiment_id,
+            name=submission.task_name,
+            # The task's location: the storage key of its archive.
+            task_path=stored.key,
+            archive_sha256=stored.sha256,
+            priority=submission.priority,
+            user=submission.user,
+            run_analysis=submission.run_analysis,
+            analysis_model=judge.analysis if judge else None,
+            verdict_model=judge.verdict if judge else None,
+            submission_key=submission.submission_key,
+            workflow_id=workflow_id_for_task(task_id),
+        )
+        trials = trial_rows(task_id, submission)
+        session.add(task)
+        session.add_all(trials)
+        await session.commit()
+    return task, trials
+
+
+async def _task_of_submission_key(key: str) -> TaskModel | None:
+    async with get_session() as session:
+        existing = await records.task_by_submission_key(session, key)
+        if existing is None:
+            return None
+        return await records.get_task(session, existing.id, with_trials=True)
+
+
+def _with_archive(submission: TaskSubmission, task_id: str) -> PreparedTask:
+    return submission, store_task_files(submission, task_id)
+
+
+def store_task_files(submission: TaskSubmission, task_id: str) -> StoredArchive:
+    """Store the submission's task as task ``task_id``'s archive. Copying, packing and uploading
+    a task can take seconds: call it off the event loop, which serves requests and trials."""
+    return _pack_and_store(
+        submission.task_path, task_id, submission.docker_image, submission.packed
     )
+
+
+async def _to_thread_to_the_end(
+    prepare: Callable[[str], PreparedTask], task_id: str
+) -> PreparedTask:
+    """``prepare(task_id)`` in a thread. Cancelled, it waits for the thread to end, so that what
+    the thread stored is there to be deleted."""
+    preparing = asyncio.ensure_future(asyncio.to_thread(prepare, task_id))
     try:
-        return await asyncio.shield(storing)
+        return await asyncio.shield(preparing)
     except asyncio.CancelledError:
-        await asyncio.wait({storing})
+        await asyncio.wait({preparing})
         with contextlib.suppress(BaseException):
-            storing.result()  # its failure, if any, is not this submission's news any more
+            preparing.result()  # its failure, if any, is not this submission's news any more
         raise
 
 
@@ -332,9 +369,7 @@ async def mark_workflow_started(task_id: str) -> None:
     """Tell the workers not to look for this task's workflow. Only an optimisation: unmarked,
     a worker asks Temporal about it once and marks it."""
     try:
-        async with get_session() as session:
-            await records.mark_workflow_started(session, task_id)
-            await session.commit()
+        await STARTED_MARKS.mark(task_id)
     except Exception as exc:  # the task is submitted and running: do not fail the submission
         log.warning("could not mark task %s started: %s", task_id, exc)
 

@@ -1,5 +1,6 @@
 """The bodies clients send: ``POST /tasks/sweep`` (in the original Oddish's shape, mapped onto a
-TaskSubmission), limits, an experiment's name, the judge again, a batch cancel.
+TaskSubmission) and the sweep of ``POST /tasks/run``, limits, an experiment's name, the judge
+again, a batch cancel.
 
 HTTP-level models only (no I/O): the API validates with them and the CLI builds its bodies
 with them."""
@@ -86,15 +87,10 @@ class HarborSettings(Strict):
     )
 
 
-class SweepRequest(Strict):
-    upload_id: str | None = Field(default=None, description="what POST /tasks/upload answered")
-    task_id: str | None = Field(
-        default=None,
-        max_length=64,
-        description="instead of upload_id: run more trials of this task's stored version, as "
-        "a new task in its experiment (unless experiment_id says otherwise); the original "
-        "Oddish appended them to the task itself",
-    )
+class SweepSettings(Strict):
+    """What a sweep runs and where it is recorded: POST /tasks/sweep without the task's source,
+    and the ``sweep`` field of POST /tasks/run."""
+
     name: str | None = None
     configs: list[SweepConfig] = Field(min_length=1)
     harbor: HarborSettings = Field(default_factory=HarborSettings)
@@ -109,12 +105,6 @@ class SweepRequest(Strict):
         max_length=255,
         description="resending the same key returns the same task",
     )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> SweepRequest:
-        if (self.upload_id is None) == (self.task_id is None):
-            raise ValueError("give upload_id (a new upload) or task_id (an existing task)")
-        return self
 
     def submission(
         self,
@@ -163,6 +153,23 @@ class SweepRequest(Strict):
                 for c in self.configs
             ],
         )
+
+
+class SweepRequest(SweepSettings):
+    upload_id: str | None = Field(default=None, description="what POST /tasks/upload answered")
+    task_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="instead of upload_id: run more trials of this task's stored version, as "
+        "a new task in its experiment (unless experiment_id says otherwise); the original "
+        "Oddish appended them to the task itself",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SweepRequest:
+        if (self.upload_id is None) == (self.task_id is None):
+            raise ValueError("give upload_id (a new upload) or task_id (an existing task)")
+        return self
 
 
 class LimitUpdate(Strict):

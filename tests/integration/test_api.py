@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from pathlib import Path
@@ -190,18 +191,97 @@ async def test_upload_then_sweep_runs_the_task(
         (lambda: b"\0" * (3 * 1024 * 1024), 413, "limit"),
     ],
 )
+@pytest.mark.parametrize("path", ["/tasks/upload", "/tasks/run"])
 async def test_bad_uploads_are_refused_and_write_nothing(
-    api: str, work_dir: Path, archive, status: int, words: str
+    api: str, work_dir: Path, archive, status: int, words: str, path: str
 ) -> None:
-    uploads = work_dir / "tasks" / "uploads"
-    before = sorted(uploads.iterdir()) if uploads.exists() else []
+    before = stored_files(work_dir)
     async with httpx.AsyncClient(base_url=api, timeout=30) as http:
-        response = await http.post("/tasks/upload", files={"file": ("t.tar.gz", archive())})
-    assert response.status_code == status, response.text
-    assert words in response.json()["detail"]
-    assert (sorted(uploads.iterdir()) if uploads.exists() else []) == before
+        tasks_before = (await http.get("/tasks")).json()["total"]
+        response = await http.post(
+            path, files={"file": ("t.tar.gz", archive())}, data=sweep_field(path)
+        )
+        assert response.status_code == status, response.text
+        assert words in str(response.json()["detail"])
+        assert (await http.get("/tasks")).json()["total"] == tasks_before
+    assert stored_files(work_dir) == before
     assert not (work_dir / "tasks" / "evil").exists() and not Path("/tmp/evil").exists()
     assert not any((work_dir / "tasks" / "incoming").glob("*"))
+
+
+def stored_files(work_dir: Path) -> set[Path]:
+    """Every file the API stores: uploads (in its tasks directory) and task archives (in its
+    storage)."""
+    roots = (work_dir / "tasks", work_dir / "home" / "storage")
+    return {p for root in roots for p in root.rglob("*") if p.is_file()}
+
+
+def sweep_field(path: str, **sweep: object) -> dict[str, str]:
+    """POST /tasks/run's ``sweep`` field (oracle trials in ``local``); nothing for an upload."""
+    if path != "/tasks/run":
+        return {}
+    body = {"configs": [{"agent": "oracle"}], "harbor": {"environment": "local"}, **sweep}
+    return {"sweep": json.dumps(body)}
+
+
+async def test_run_in_one_request_runs_the_task_once_however_often_it_is_sent(
+    api: str, start_worker, temporal_client: Client, work_dir: Path
+) -> None:
+    start_worker()
+    archive = task_archive(EXAMPLES / "hello-pass", folder="hello-pass/")
+    uploads = work_dir / "tasks" / "uploads"
+    uploads_before = set(uploads.iterdir()) if uploads.exists() else set()
+    archives_before = set((work_dir / "home" / "storage").rglob("*.tar.gz"))
+    key = f"run-{os.urandom(4).hex()}"
+    field = sweep_field(
+        "/tasks/run", configs=[{"agent": "oracle", "n_trials": 2}], submission_key=key
+    )
+    async with httpx.AsyncClient(base_url=api, timeout=60) as http:
+        sent = [
+            http.post("/tasks/run", files={"file": ("t.tar.gz", archive)}, data=field)
+            for _ in range(3)
+        ]
+        answers = await asyncio.gather(*sent)
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    ids = {a.json()["id"] for a in answers}
+    assert len(ids) == 1, "a resent request answers the task the first one made"
+    task_id = ids.pop()
+    assert answers[0].json()["trials_count"] == 2
+    # Stored as the task's own archive, with nothing kept as an upload; the copies the resent
+    # requests stored are gone.
+    assert (set(uploads.iterdir()) if uploads.exists() else set()) == uploads_before
+    assert "[verifier]" in await stored_task_file(task_id, "task.toml", work_dir / "cache")
+    archives = set((work_dir / "home" / "storage").rglob("*.tar.gz")) - archives_before
+    assert len(archives) == 1 and task_id in str(archives.pop()), archives
+    task = await wait_for_task(temporal_client, task_id)
+    assert task["name"] == "hello-pass" and task["status"] == "completed"
+    assert [t["reward"] for t in task["trials"]] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("sweep", "words"),
+    [
+        ("{not json", "json"),
+        ('{"configs": []}', "configs"),
+        ('{"configs": [{"agent": "oracle"}], "upload_id": "abc"}', "upload_id"),
+        ('{"configs": [{"agent": "no-such-agent"}]}', "no-such-agent"),
+        ('{"configs": [{"agent": "oracle", "n_trials": 0}]}', "n_trials"),
+    ],
+)
+async def test_run_with_a_bad_sweep_is_refused_with_its_reason_and_stores_nothing(
+    api: str, work_dir: Path, sweep: str, words: str
+) -> None:
+    archive = task_archive(EXAMPLES / "hello-pass", folder="hello-pass/")
+    before = stored_files(work_dir)
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        response = await http.post(
+            "/tasks/run", files={"file": ("t.tar.gz", archive)}, data={"sweep": sweep}
+        )
+        missing = await http.post("/tasks/run", files={"file": ("t.tar.gz", archive)})
+    assert response.status_code == 422, response.text
+    assert words in str(response.json()["detail"]).lower(), response.text
+    assert missing.status_code == 422 and "sweep" in missing.text, missing.text
+    assert stored_files(work_dir) == before
 
 
 async def test_chunked_upload_without_length_is_refused_as_it_arrives(

@@ -78,7 +78,7 @@ def test_a_refused_task_among_many_is_told_once(api: str, tmp_path: Path) -> Non
     assert result.returncode == 1 and result.stdout == "", result.stderr
     lines = result.stderr.strip().splitlines()
     errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and "from POST /tasks/upload" in errors[0], result.stderr
+    assert len(errors) == 1 and "from POST /tasks/run" in errors[0], result.stderr
     told = re.fullmatch(
         rf"(\d+) of {N_TASKS} tasks were submitted before the error, to experiment (\S+)",
         lines[-1],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import traceback
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from fastapi import (
     APIRouter,
     FastAPI,
     File,
+    Form,
     HTTPException,
     Path,
     Query,
@@ -40,6 +42,7 @@ from oddish.api.original_routes import build_original_router
 from oddish.api.trial_files import read_logs, read_result
 from oddish.api.uploads import (
     collect_uploads_periodically,
+    prepare_task_of_archive,
     store_upload,
     stored_upload,
 )
@@ -55,7 +58,7 @@ from oddish.db.connection import (
 from oddish.db.records import RecordNotFound
 from oddish.gc_freeze import freeze_startup_objects
 from oddish.judge.models import JudgeNotConfigured
-from oddish.request_bodies import ExperimentUpdate, LimitUpdate, SweepRequest
+from oddish.request_bodies import ExperimentUpdate, LimitUpdate, SweepRequest, SweepSettings
 from oddish.schemas import MAX_TRIALS_PER_TASK, TaskSubmission
 from oddish.statuses import TaskStatus
 from oddish.storage import StorageError, StorageUnavailable, get_storage
@@ -104,6 +107,7 @@ MAX_OFFSET = 1_000_000_000
 # Room for the multipart envelope around the archive.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 UPLOAD_PATH = "/tasks/upload"
+RUN_PATH = "/tasks/run"
 
 
 class ErrorBody(BaseModel):
@@ -140,6 +144,21 @@ def _submission_of_upload(body: SweepRequest, upload_id: str) -> TaskSubmission:
     return body.submission(upload.path, upload.name, checked=upload.check, packed=upload.archive)
 
 
+def _created(task: queue.CreatedTask, request: Request) -> Any:
+    """A created task's answer; 202 with a warning when its workflow could not start yet."""
+    # Answered from what was recorded: reading the task back would cost more than the rest.
+    created = {
+        "id": task.id,
+        "experiment": task.experiment_id,
+        "trials_count": task.trials_count,
+        "url": str(request.url_for("get_task", task_id=task.id)),
+    }
+    if task.not_started is None:
+        return created
+    log.warning("%s", task.not_started)
+    return JSONResponse(status_code=202, content={**created, "warning": str(task.not_started)})
+
+
 def build_router() -> APIRouter:
     router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -172,18 +191,39 @@ def build_router() -> APIRouter:
             submission = await asyncio.to_thread(_submission_of_upload, body, body.upload_id or "")
         # Recorded even while Temporal is unreachable: the workers start it once it answers.
         connection: TemporalConnection = request.app.state.temporal
-        # Answered from what was recorded: reading the task back would cost more than the rest.
         task = await queue.submit_task(submission, client=connection.client)
-        created = {
-            "id": task.id,
-            "experiment": task.experiment_id,
-            "trials_count": task.trials_count,
-            "url": str(request.url_for("get_task", task_id=task.id)),
-        }
-        if task.not_started is None:
-            return created
-        log.warning("%s", task.not_started)
-        return JSONResponse(status_code=202, content={**created, "warning": str(task.not_started)})
+        return _created(task, request)
+
+    @router.post(
+        RUN_PATH,
+        summary="Upload a task and run its trials: /tasks/upload and /tasks/sweep in one request",
+        response_model=views.SweepCreated,
+        response_model_exclude_unset=True,
+        responses={
+            202: {
+                "model": views.SweepCreated,
+                "description": "recorded; its workflow starts once Temporal answers "
+                "(see `warning`)",
+            }
+        },
+        description="The archive is checked as POST /tasks/upload checks it and stored as the "
+        "new task's own, with no upload kept: what `oddish run` sends for each task directory. "
+        "`sweep` is the JSON body of POST /tasks/sweep without `upload_id` and `task_id`.",
+    )
+    async def run_task(
+        request: Request,
+        file: UploadFile = File(description="task.tar.gz"),
+        sweep: str = Form(
+            description="the sweep, as JSON: POST /tasks/sweep's body without upload_id and task_id"
+        ),
+    ) -> Any:
+        body = SweepSettings.model_validate_json(sweep)
+        connection: TemporalConnection = request.app.state.temporal
+        task = await queue.submit_prepared(
+            functools.partial(prepare_task_of_archive, file.file, body),
+            client=connection.client,
+        )
+        return _created(task, request)
 
     @router.get(
         "/tasks",
@@ -502,7 +542,10 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
     settings = get_settings()
     app.add_middleware(
         BodySizeLimit,
-        limits={UPLOAD_PATH: settings.upload_max_bytes + MULTIPART_OVERHEAD_BYTES},
+        limits={
+            path: settings.upload_max_bytes + MULTIPART_OVERHEAD_BYTES
+            for path in (UPLOAD_PATH, RUN_PATH)
+        },
         default_max_bytes=settings.api_max_body_bytes,
     )
     # Added last, so it runs first: no body is read before the key is checked.

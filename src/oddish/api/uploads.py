@@ -1,5 +1,6 @@
 """Uploaded task versions: each archive is checked once, stored under its content hash and
-reused.
+reused. POST /tasks/run checks an archive the same way and stores it as its task's archive
+at once, keeping no upload.
 
 An upload is kept as two files in ``uploads/``: ``<id>.tar.gz``, its files packed as a task's
 archive is (``pack_task_dir``), and ``<id>.json``, its name and its ``TaskCheck``. A sweep copies
@@ -38,6 +39,9 @@ from pydantic import BaseModel
 from oddish.archives import ArchiveError, ExtractedTask, extract_task_archive
 from oddish.config import Settings, get_settings
 from oddish.db.records import RecordNotFound
+from oddish.judge.models import judge_models
+from oddish.queue import PreparedTask, store_task_files
+from oddish.request_bodies import SweepSettings
 from oddish.task_check import TaskCheck, check_task_dir
 from oddish.task_store import pack_task_dir
 
@@ -109,6 +113,17 @@ def store_upload(source: BinaryIO) -> dict[str, Any]:
         "bytes": extracted.unpacked_bytes,
         "reused": reused,
     }
+
+
+def prepare_task_of_archive(source: BinaryIO, body: SweepSettings, task_id: str) -> PreparedTask:
+    """POST /tasks/run's work off the event loop: the archive unpacked and checked as an upload
+    is, the sweep's submission made of it, and its files stored as task ``task_id``'s archive,
+    with nothing kept in ``uploads/``."""
+    with _unpacked(source, get_settings()) as (task_dir, extracted):
+        submission = body.submission(task_dir, extracted.name, checked=check_task_dir(task_dir))
+        if submission.run_analysis:
+            judge_models(get_settings())  # refused before anything is stored
+        return submission, store_task_files(submission, task_id)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from oddish.cli.bodies import checked_sweep, sweep_request_body
+from oddish.cli.bodies import checked_sweep, run_sweep_field, sweep_request_body
 from oddish.cli.client import ApiClient, RequestFailed, dashboard_page
 from oddish.cli.output import fail, print_json, stderr, stdout
 from oddish.cli.status import FAIL_UNDER_HELP, WIDE_HELP, TaskSet, Watch, show
@@ -133,19 +133,20 @@ def find_task_dirs(
 def submit_one(
     api: ApiClient, task_dir: Path, archive: bytes, body: dict[str, Any]
 ) -> dict[str, Any]:
-    """Upload one task and create it; RequestFailed with the line to show when either fails."""
-    upload = api.request(
+    """Upload one task and create it, in one request; RequestFailed with the line to show when
+    it fails."""
+    # A fresh key per task: should a timed-out request be sent again, the API answers with the
+    # task the first one created instead of a second task.
+    sweep = run_sweep_field(body, submission_key=str(uuid.uuid4()))
+    return api.request(
         "POST",
-        "/tasks/upload",
+        "/tasks/run",
         retry=True,
         raise_failures=True,
         timeout=600,
         files={"file": (f"{task_dir.name}.tar.gz", archive, "application/gzip")},
+        data={"sweep": sweep},
     )
-    # A fresh key per task: should a timed-out request be sent again, the API answers with the
-    # task the first one created instead of a second task.
-    body = sweep_request_body(body, upload_id=upload["upload_id"], submission_key=str(uuid.uuid4()))
-    return api.request("POST", "/tasks/sweep", json=body, retry=True, raise_failures=True)
 
 
 def submit(

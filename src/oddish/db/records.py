@@ -4,6 +4,7 @@ verdicts)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -472,10 +473,13 @@ async def settle_abandoned_task(session: AsyncSession, task_id: str) -> None:
     )
 
 
-async def mark_workflow_started(session: AsyncSession, task_id: str) -> None:
+async def mark_workflows_started(session: AsyncSession, task_ids: Iterable[str]) -> None:
+    ids = list(task_ids)
+    if not ids:
+        return
     await session.execute(
         update(TaskModel)
-        .where(TaskModel.id == task_id, TaskModel.workflow_started_at.is_(None))
+        .where(TaskModel.id.in_(ids), TaskModel.workflow_started_at.is_(None))
         .values(workflow_started_at=func.now())
     )
 

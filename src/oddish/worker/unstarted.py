@@ -82,8 +82,7 @@ class UnstartedTaskStarter:
         ended = [t for t in answered if status_of[t] not in (None, WorkflowExecutionStatus.RUNNING)]
         missing = [t for t in answered if status_of[t] is None]
         async with get_session() as session:
-            for task_id in running:
-                await records.mark_workflow_started(session, task_id)
+            await records.mark_workflows_started(session, running)
             # Its workflow ended before it recorded anything (terminated, say).
             for task_id in ended:
                 await records.settle_abandoned_task(session, task_id)
@@ -121,8 +120,7 @@ class UnstartedTaskStarter:
         ]
         if has_workflow:
             async with get_session() as session:
-                for task_id in has_workflow:
-                    await records.mark_workflow_started(session, task_id)
+                await records.mark_workflows_started(session, has_workflow)
                 await session.commit()
         started = [i.task_id for i, r in zip(inputs, results, strict=True) if r is True]
         for task_id in started:
