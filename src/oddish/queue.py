@@ -37,6 +37,7 @@ from oddish.outcomes import trial_result
 from oddish.queue_keys import DEFAULT_LIMIT_KEY, limit_key
 from oddish.schemas import TaskSubmission
 from oddish.started_marks import STARTED_MARKS
+from oddish.statuses import JobStatus, TaskStatus
 from oddish.storage import get_storage, task_archive_key
 from oddish.task_store import (
     StoredArchive,
@@ -107,21 +108,28 @@ def workflow_input(
     )
 
 
-def trial_rows(task_id: str, submission: TaskSubmission) -> list[TrialModel]:
-    """The trial rows of a submission, numbered in the order of its specs."""
+def trial_values(task_id: str, submission: TaskSubmission) -> list[dict[str, Any]]:
+    """The trial rows of a submission, as column values, numbered in the order of its specs."""
     return [
-        TrialModel(
-            id=new_id("trial"),
-            task_id=task_id,
-            index=index,
-            agent=spec.agent,
-            model=spec.model,
-            queue_key=spec.queue_key,
-            environment=spec.environment,
-            spec=spec.model_dump(mode="json"),
-        )
+        {
+            "id": new_id("trial"),
+            "task_id": task_id,
+            "index": index,
+            "agent": spec.agent,
+            "model": spec.model,
+            "queue_key": spec.queue_key,
+            "environment": spec.environment,
+            "spec": spec.model_dump(mode="json"),
+            "status": JobStatus.PENDING.value,
+            "run_number": 1,
+        }
         for index, spec in enumerate(submission.trial_specs())
     ]
+
+
+def trial_rows(task_id: str, submission: TaskSubmission) -> list[TrialModel]:
+    """The trial rows of a submission, numbered in the order of its specs."""
+    return [TrialModel(**values) for values in trial_values(task_id, submission)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,39 +210,33 @@ async def _record(
     """Insert the task and its trials (and its experiment, if new) in one transaction."""
     async with get_session() as session:
         # A name given where an id goes joins the experiment of that name.
-        experiment_id = (
-            (
-                submission.experiment_id
-                and await records.experiment_id_for(session, submission.experiment_id)
-            )
-            or submission.experiment_id
-            or new_id("exp")
-        )
-        await records.ensure_experiment(
-            session,
-            experiment_id,
-            submission.experiment_name or submission.experiment_id or generate_experiment_name(),
-        )
-        task = TaskModel(
-            id=task_id,
-            experiment_id=experiment_id,
-            name=submission.task_name,
+        ref = submission.experiment_id
+        experiment_id = ref and await records.experiment_id_for(session, ref)
+        if not experiment_id:
+            experiment_id = ref or new_id("exp")
+            name = submission.experiment_name or ref or generate_experiment_name()
+            await records.ensure_experiment(session, experiment_id, name)
+        task: dict[str, Any] = {
+            "id": task_id,
+            "experiment_id": experiment_id,
+            "name": submission.task_name,
             # The task's location: the storage key of its archive.
-            task_path=stored.key,
-            archive_sha256=stored.sha256,
-            priority=submission.priority,
-            user=submission.user,
-            run_analysis=submission.run_analysis,
-            analysis_model=judge.analysis if judge else None,
-            verdict_model=judge.verdict if judge else None,
-            submission_key=submission.submission_key,
-            workflow_id=workflow_id_for_task(task_id),
-        )
-        trials = trial_rows(task_id, submission)
-        session.add(task)
-        session.add_all(trials)
+            "task_path": stored.key,
+            "archive_sha256": stored.sha256,
+            "status": TaskStatus.PENDING.value,
+            "priority": submission.priority,
+            "user": submission.user,
+            "run_analysis": submission.run_analysis,
+            "analysis_model": judge.analysis if judge else None,
+            "verdict_model": judge.verdict if judge else None,
+            "submission_key": submission.submission_key,
+            "workflow_id": workflow_id_for_task(task_id),
+        }
+        trials = trial_values(task_id, submission)
+        await records.insert_task(session, task, trials)
         await session.commit()
-    return task, trials
+    # Known as inserted, without reading them back: for the workflow's input.
+    return TaskModel(**task), [TrialModel(**values) for values in trials]
 
 
 async def _task_of_submission_key(key: str) -> TaskModel | None:

@@ -7,9 +7,9 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import Table, delete, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer, joinedload, selectinload
@@ -114,14 +114,32 @@ ATTEMPT_RESULT_FIELDS = (
 
 
 async def ensure_experiment(session: AsyncSession, experiment_id: str, name: str) -> None:
-    if await session.get(ExperimentModel, experiment_id) is None:
-        session.add(ExperimentModel(id=experiment_id, name=name))
-        await session.flush()
+    """The experiment, made unless it is there (made beside this one, say)."""
+    await session.execute(
+        pg_insert(ExperimentModel)
+        .values(id=experiment_id, name=name)
+        .on_conflict_do_nothing(index_elements=[ExperimentModel.id])
+    )
+
+
+_TASKS = cast(Table, TaskModel.__table__)
+_TRIALS = cast(Table, TrialModel.__table__)
+
+
+async def insert_task(
+    session: AsyncSession, task: dict[str, Any], trials: list[dict[str, Any]]
+) -> None:
+    """A new task and its trials, from their column values, in two statements: Core inserts
+    into the tables, without the ORM's unit of work, which cost more than the round trips."""
+    await session.execute(insert(_TASKS).values(task))
+    if trials:
+        await session.execute(insert(_TRIALS), trials)
 
 
 async def experiment_id_for(session: AsyncSession, ref: str) -> str | None:
     """The experiment ``ref`` names: the one with that id, else the newest with that name."""
-    if await session.get(ExperimentModel, ref) is not None:
+    by_id = select(ExperimentModel.id).where(ExperimentModel.id == ref)
+    if (await session.execute(by_id)).scalar_one_or_none() is not None:
         return ref
     return (
         await session.execute(
