@@ -72,7 +72,12 @@ def task_archive(task_dir: Path) -> bytes:
     """A gzipped tar of the task under one folder named after it (the API names the task so)."""
 
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        return None if Path(info.name).name in SKIPPED_NAMES else info
+        if Path(info.name).name in SKIPPED_NAMES:
+            return None
+        # In whole seconds: a fraction costs each member an extended (pax) header, to write here
+        # and to read on the API.
+        info.mtime = int(info.mtime)
+        return info
 
     buffer = io.BytesIO()
     try:
