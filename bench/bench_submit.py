@@ -6,8 +6,9 @@ worker (the tasks stay queued, nothing runs), everything under its own temporary
 
     oddish run DIR -a oracle --env local --n-trials N --json
 
-as a subprocess, as a user would run it. Prints the wall time, tasks/s and requests/s (two per
-task: the upload and the sweep), and checks that every task and trial was recorded once.
+as a subprocess, as a user would run it (one POST /tasks/run per task: its archive and its
+sweep). Prints the wall time, tasks/s, the CPU time of each process, and checks that every task
+and trial was recorded once.
 
     uv run python bench/bench_submit.py [--tasks 1000] [--trials 10]
 """
@@ -186,7 +187,6 @@ async def main() -> None:
     print(f"tasks={args.tasks} trials per task={args.trials}")
     print(f"oddish run wall time : {wall:7.2f} s")
     print(f"tasks/s              : {args.tasks / wall:7.1f}")
-    print(f"requests/s           : {2 * args.tasks / wall:7.1f} (an upload and a sweep per task)")
     print(f"CPU of the API / CLI : {api_cpu:7.2f} s / {cli_cpu:.2f} s")
     print(f"CPU of Temporal      : {temporal:7.2f} s")
     print(f"CPU of Postgres      : {postgres:7.2f} s")
