@@ -146,7 +146,8 @@ class TemporalDevServer:
             # SQLite's default (a rollback journal, synced in full) creates, syncs and deletes a
             # journal file on every commit: half of the server's CPU per workflow started. In
             # WAL mode with normal sync a commit survives any process dying, the server's
-            # included; only a power cut may take back the last commits before a checkpoint.
+            # included; only the machine crashing or losing power may take back the commits
+            # since the last checkpoint.
             for pragma in SQLITE_PRAGMAS:
                 cmd += ["--sqlite-pragma", pragma]
         for key in sa.ALL:
