@@ -123,6 +123,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "a value out of bounds, with the field and reason"},
     503: {"model": ErrorBody, "description": "the database, Temporal or the storage failed"},
 }
+# A created task whose workflow Temporal did not take yet.
+CREATED_LATER: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": views.SweepCreated,
+        "description": "recorded; its workflow starts once Temporal answers (see `warning`)",
+    }
+}
 REFUSED: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorBody, "description": "nothing to retry, with the reason"}
 }
@@ -176,13 +183,7 @@ def build_router() -> APIRouter:
         summary="Create a task of an uploaded version (or of an existing task) and run its trials",
         response_model=views.SweepCreated,
         response_model_exclude_unset=True,
-        responses={
-            202: {
-                "model": views.SweepCreated,
-                "description": "recorded; its workflow starts once Temporal answers "
-                "(see `warning`)",
-            }
-        },
+        responses=CREATED_LATER,
     )
     async def create_sweep(body: SweepRequest, request: Request) -> Any:
         if body.task_id is not None:
@@ -199,13 +200,7 @@ def build_router() -> APIRouter:
         summary="Upload a task and run its trials: /tasks/upload and /tasks/sweep in one request",
         response_model=views.SweepCreated,
         response_model_exclude_unset=True,
-        responses={
-            202: {
-                "model": views.SweepCreated,
-                "description": "recorded; its workflow starts once Temporal answers "
-                "(see `warning`)",
-            }
-        },
+        responses=CREATED_LATER,
         description="The archive is checked as POST /tasks/upload checks it and stored as the "
         "new task's own, with no upload kept: what `oddish run` sends for each task directory. "
         "`sweep` is the JSON body of POST /tasks/sweep without `upload_id` and `task_id`.",
