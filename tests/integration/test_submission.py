@@ -174,3 +174,33 @@ async def test_submission_while_temporal_is_down_is_kept_and_runs_later(
         api.terminate()
         api.wait(timeout=20)
         server.stop()
+
+
+async def test_tasks_submitted_side_by_side_are_marked_started_by_the_time_they_are_answered(
+    oddish_env: dict[str, str],
+    task_queue: str,
+    temporal_client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On a task queue no worker serves: the workflows start and stay pending.
+    reset_settings(ODDISH_TEMPORAL_TASK_QUEUE=f"{task_queue}-unserved")
+    try:
+        tasks = await asyncio.gather(
+            *(submit(temporal_client, "hello-pass", local()) for _ in range(12))
+        )
+        # Marked before each submission returned: the workers never ask Temporal about them.
+        assert await unmarked(tasks) == set()
+
+        # A mark the database refuses is logged, not the submission's failure; the marks after
+        # it are made again.
+        async def refused(*_args: object) -> None:
+            raise ConnectionRefusedError("the database is down")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(records, "mark_workflows_started", refused)
+            unlucky = await submit(temporal_client, "hello-pass", local())
+        assert await unmarked([unlucky]) == {unlucky}
+        later = await submit(temporal_client, "hello-pass", local())
+        assert await unmarked([later]) == set()
+    finally:
+        reset_settings(ODDISH_TEMPORAL_TASK_QUEUE=task_queue)
