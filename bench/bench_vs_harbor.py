@@ -63,6 +63,30 @@ def temporal_cpu_sec() -> float:
     return total
 
 
+def worker_cpu_sec(pids: list[int]) -> dict[str, float]:
+    """CPU time so far of the worker processes: their main processes, their trial processes,
+    and what those trial processes started and reaped (the sandboxes and what ran in them)."""
+    import psutil
+
+    split = {"main process": 0.0, "trial processes": 0.0, "their sandboxes": 0.0}
+    for pid in pids:
+        try:
+            main = psutil.Process(pid)
+            times = main.cpu_times()
+            split["main process"] += times.user + times.system
+            children = main.children()
+        except psutil.Error:
+            continue
+        for child in children:
+            try:
+                times = child.cpu_times()
+            except psutil.Error:
+                continue
+            split["trial processes"] += times.user + times.system
+            split["their sandboxes"] += times.children_user + times.children_system
+    return split
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -103,9 +127,11 @@ async def run_oddish(
 ) -> tuple[float, float, list[float], float]:
     """Wall time, slot utilisation, hand-over gaps, and Postgres's CPU meanwhile."""
     key = f"bench/sleep-{secrets.token_hex(3)}"
-    async with embedded_stack(work, n_workers=n_workers, limits={key: concurrency}):
+    async with embedded_stack(work, n_workers=n_workers, limits={key: concurrency}) as stack:
+        worker_pids = [worker.pid for worker in stack.workers]
         postgres_before = postgres_cpu_sec(work)
         temporal_before = temporal_cpu_sec()
+        workers_before = worker_cpu_sec(worker_pids)
         from oddish.queue import create_task, get_task_with_trials
         from oddish.schemas import AgentRunConfig, TaskSubmission
         from oddish.temporal_gateway import connect
@@ -137,6 +163,15 @@ async def run_oddish(
         print(
             f"oddish: Temporal {1000 * (temporal_cpu_sec() - temporal_before) / trials:.0f} ms, "
             f"Postgres {1000 * postgres_cpu / trials:.0f} ms of CPU per trial"
+        )
+        workers_after = worker_cpu_sec(worker_pids)
+        print(
+            "oddish: workers' "
+            + ", ".join(
+                f"{part} {1000 * (workers_after[part] - workers_before[part]) / trials:.0f} ms"
+                for part in workers_after
+            )
+            + " of CPU per trial"
         )
         busy = sum((end - start).total_seconds() for start, end in spans)
         first = (min(start for start, _ in spans) - submitted_at).total_seconds()
