@@ -177,7 +177,8 @@ async def submit_prepared(
     try:
         submission, stored = await _to_thread_to_the_end(prepare, task_id)
         judge = judge_models(get_settings()) if submission.run_analysis else None
-        # Twice at most: a first insert may lose a race to create the experiment it names.
+        # Twice at most: the experiment it names may be deleted between its lookup and the
+        # insert; the second try makes it again.
         for attempt in range(2):
             try:
                 task, trials = await _record(submission, task_id, stored, judge)
@@ -188,7 +189,7 @@ async def submit_prepared(
                 if existing is None:
                     if attempt == 1 or not key:
                         raise
-                    continue  # not the key: an experiment created beside this one
+                    continue  # not the key: its experiment, deleted meanwhile
                 # Submitted before with this key (or by a request beside this one): that task.
                 await _discard_archives(task_id)
                 task, trials = existing, list(existing.trials)

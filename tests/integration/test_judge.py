@@ -34,6 +34,7 @@ from oddish import queue
 from oddish.judge.models import JudgeNotConfigured
 from oddish.queue import create_task
 from oddish.schemas import TaskSubmission
+from oddish.workflows.judge_again import judge_again_workflow_id
 from trajectory_agent import HEAD_MARKER, MIDDLE_MARKER, TAIL_MARKER
 
 pytestmark = pytest.mark.timeout(600)
@@ -332,7 +333,9 @@ async def test_judge_again_with_another_model_runs_no_trial(
         judge_server.delay_sec = 0.0
 
     third = f"openai/third-judge-{secrets.token_hex(2)}"
-    await asyncio.sleep(3)  # the round above ends
+    # The round above ends (its judge answers a second late) before another is asked for.
+    last_round = temporal_client.get_workflow_handle(judge_again_workflow_id(task_id))
+    await asyncio.wait_for(last_round.result(), timeout=120)
     waited = oddish_cli(api, "analyze", task_id, "--model", third, "--wait")
     assert waited.returncode == 0, waited.stderr
     judged = json.loads(oddish_cli(api, "status", task_id, "--json").stdout)
