@@ -209,32 +209,32 @@ async def _record(
     submission: TaskSubmission, task_id: str, stored: StoredArchive, judge: JudgeModels | None
 ) -> tuple[TaskModel, list[TrialModel]]:
     """Insert the task and its trials (and its experiment, if new) in one transaction."""
+    # A name given where an id goes joins the experiment of that name.
+    ref = submission.experiment_id
+    new_experiment = (
+        ref or new_id("exp"),
+        submission.experiment_name or ref or generate_experiment_name(),
+    )
+    task: dict[str, Any] = {
+        "id": task_id,
+        "name": submission.task_name,
+        # The task's location: the storage key of its archive.
+        "task_path": stored.key,
+        "archive_sha256": stored.sha256,
+        "status": TaskStatus.PENDING.value,
+        "priority": submission.priority,
+        "user": submission.user,
+        "run_analysis": submission.run_analysis,
+        "analysis_model": judge.analysis if judge else None,
+        "verdict_model": judge.verdict if judge else None,
+        "submission_key": submission.submission_key,
+        "workflow_id": workflow_id_for_task(task_id),
+    }
+    trials = trial_values(task_id, submission)
     async with get_session() as session:
-        # A name given where an id goes joins the experiment of that name.
-        ref = submission.experiment_id
-        experiment_id = ref and await records.experiment_id_for(session, ref)
-        if not experiment_id:
-            experiment_id = ref or new_id("exp")
-            name = submission.experiment_name or ref or generate_experiment_name()
-            await records.ensure_experiment(session, experiment_id, name)
-        task: dict[str, Any] = {
-            "id": task_id,
-            "experiment_id": experiment_id,
-            "name": submission.task_name,
-            # The task's location: the storage key of its archive.
-            "task_path": stored.key,
-            "archive_sha256": stored.sha256,
-            "status": TaskStatus.PENDING.value,
-            "priority": submission.priority,
-            "user": submission.user,
-            "run_analysis": submission.run_analysis,
-            "analysis_model": judge.analysis if judge else None,
-            "verdict_model": judge.verdict if judge else None,
-            "submission_key": submission.submission_key,
-            "workflow_id": workflow_id_for_task(task_id),
-        }
-        trials = trial_values(task_id, submission)
-        await records.insert_task(session, task, trials)
+        task["experiment_id"] = await records.insert_submitted_task(
+            session, task, trials, experiment_ref=ref, new_experiment=new_experiment
+        )
         await session.commit()
     # Known as inserted, without reading them back: for the workflow's input.
     return TaskModel(**task), [TrialModel(**values) for values in trials]

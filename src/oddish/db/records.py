@@ -4,12 +4,13 @@ verdicts)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, delete, func, insert, select, tuple_, update
+from sqlalchemy import delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer, joinedload, selectinload
@@ -122,18 +123,102 @@ async def ensure_experiment(session: AsyncSession, experiment_id: str, name: str
     )
 
 
-_TASKS = cast(Table, TaskModel.__table__)
-_TRIALS = cast(Table, TrialModel.__table__)
+# A new task, its trials and (unless it exists) its experiment, in one statement: a submission's
+# only write, and SQLAlchemy's execution of four statements cost the API more than its request.
+# The experiment is the one with id :ref, else the newest named :ref, else :new_id made now.
+_INSERT_SUBMITTED_TASK = text("""
+WITH by_id AS (
+    SELECT id FROM experiments WHERE id = CAST(:ref AS varchar)
+),
+found AS (
+    SELECT id FROM by_id
+    UNION ALL
+    (SELECT id FROM experiments
+     WHERE name = CAST(:ref AS varchar) AND NOT EXISTS (SELECT 1 FROM by_id)
+     ORDER BY created_at DESC
+     LIMIT 1)
+),
+made AS (
+    INSERT INTO experiments (id, name)
+    SELECT CAST(:new_id AS varchar), CAST(:new_name AS varchar)
+    WHERE NOT EXISTS (SELECT 1 FROM found)
+    ON CONFLICT (id) DO NOTHING
+),
+task AS (
+    INSERT INTO tasks (
+        id, experiment_id, name, task_path, archive_sha256, status, priority, "user",
+        run_analysis, analysis_model, verdict_model, submission_key, workflow_id
+    )
+    SELECT
+        CAST(:id AS varchar), COALESCE((SELECT id FROM found), CAST(:new_id AS varchar)),
+        CAST(:name AS varchar), CAST(:task_path AS text), CAST(:archive_sha256 AS varchar),
+        CAST(:status AS varchar), CAST(:priority AS integer), CAST(:user AS varchar),
+        CAST(:run_analysis AS boolean), CAST(:analysis_model AS varchar),
+        CAST(:verdict_model AS varchar), CAST(:submission_key AS varchar),
+        CAST(:workflow_id AS varchar)
+    RETURNING experiment_id
+)
+INSERT INTO trials (
+    id, task_id, "index", agent, model, queue_key, environment, spec, status, run_number
+)
+SELECT
+    t.id, CAST(:id AS varchar), t.position, t.agent, t.model, t.queue_key, t.environment,
+    CAST(t.spec AS jsonb), t.status, t.run_number
+FROM unnest(
+    CAST(:trial_ids AS varchar[]), CAST(:trial_indexes AS integer[]),
+    CAST(:trial_agents AS varchar[]), CAST(:trial_models AS varchar[]),
+    CAST(:trial_queue_keys AS varchar[]), CAST(:trial_environments AS varchar[]),
+    CAST(:trial_specs AS text[]), CAST(:trial_statuses AS varchar[]),
+    CAST(:trial_run_numbers AS integer[])
+) AS t(id, position, agent, model, queue_key, environment, spec, status, run_number)
+RETURNING (SELECT experiment_id FROM task)
+""")
+# The task's columns the statement sets, besides its experiment.
+SUBMITTED_TASK_COLUMNS = (
+    "id",
+    "name",
+    "task_path",
+    "archive_sha256",
+    "status",
+    "priority",
+    "user",
+    "run_analysis",
+    "analysis_model",
+    "verdict_model",
+    "submission_key",
+    "workflow_id",
+)
+_SUBMITTED_TRIAL_COLUMNS = (
+    ("trial_ids", "id"),
+    ("trial_indexes", "index"),
+    ("trial_agents", "agent"),
+    ("trial_models", "model"),
+    ("trial_queue_keys", "queue_key"),
+    ("trial_environments", "environment"),
+    ("trial_statuses", "status"),
+    ("trial_run_numbers", "run_number"),
+)
 
 
-async def insert_task(
-    session: AsyncSession, task: dict[str, Any], trials: list[dict[str, Any]]
-) -> None:
-    """A new task and its trials, from their column values, in two statements: Core inserts
-    into the tables, without the ORM's unit of work, which cost more than the round trips."""
-    await session.execute(insert(_TASKS).values(task))
-    if trials:
-        await session.execute(insert(_TRIALS), trials)
+async def insert_submitted_task(
+    session: AsyncSession,
+    task: dict[str, Any],
+    trials: list[dict[str, Any]],
+    *,
+    experiment_ref: str | None,
+    new_experiment: tuple[str, str],
+) -> str:
+    """Insert a new task (``SUBMITTED_TASK_COLUMNS``) and its trials (at least one), in the
+    experiment ``experiment_ref`` names: its id, else the newest of that name, else made now as
+    ``new_experiment`` (id, name). Returns the experiment's id. IntegrityError when the task's
+    submission key is taken."""
+    params: dict[str, Any] = {column: task[column] for column in SUBMITTED_TASK_COLUMNS}
+    params.update(ref=experiment_ref, new_id=new_experiment[0], new_name=new_experiment[1])
+    for param, column in _SUBMITTED_TRIAL_COLUMNS:
+        params[param] = [trial[column] for trial in trials]
+    params["trial_specs"] = [json.dumps(trial["spec"]) for trial in trials]
+    rows = (await session.execute(_INSERT_SUBMITTED_TASK, params)).scalars().all()
+    return str(rows[0])
 
 
 async def experiment_id_for(session: AsyncSession, ref: str) -> str | None:
