@@ -127,11 +127,6 @@ def trial_values(task_id: str, submission: TaskSubmission) -> list[dict[str, Any
     ]
 
 
-def trial_rows(task_id: str, submission: TaskSubmission) -> list[TrialModel]:
-    """The trial rows of a submission, numbered in the order of its specs."""
-    return [TrialModel(**values) for values in trial_values(task_id, submission)]
-
-
 @dataclasses.dataclass(frozen=True)
 class CreatedTask:
     """A submitted task as the API answers it, known without reading it back."""

@@ -21,9 +21,9 @@ from oddish.config import get_settings
 from oddish.db import records
 from oddish.db.connection import get_session, plain_dsn
 from oddish.db.migrations import alembic_config
-from oddish.db.models import TaskModel
+from oddish.db.models import ExperimentModel, TaskModel, TrialModel
 from oddish.ids import new_id
-from oddish.queue import trial_rows, workflow_input
+from oddish.queue import trial_values, workflow_input
 from oddish.schemas import AgentRunConfig, TaskSubmission
 from oddish.task_store import copy_task_dir, is_legacy_location
 from oddish.temporal_gateway import start_task_workflow
@@ -124,7 +124,7 @@ async def record_legacy_task(client: Client, task: str, *configs: AgentRunConfig
     copy_task_dir(submission.task_path, copy)
     experiment_id = new_id("exp")
     async with get_session() as session:
-        await records.ensure_experiment(session, experiment_id, "before archives")
+        session.add(ExperimentModel(id=experiment_id, name="before archives"))
         row = TaskModel(
             id=task_id,
             experiment_id=experiment_id,
@@ -133,7 +133,7 @@ async def record_legacy_task(client: Client, task: str, *configs: AgentRunConfig
             run_analysis=False,
             workflow_id=workflow_id_for_task(task_id),
         )
-        trials = trial_rows(task_id, submission)
+        trials = [TrialModel(**values) for values in trial_values(task_id, submission)]
         session.add(row)
         session.add_all(trials)
         await session.commit()

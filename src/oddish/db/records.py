@@ -114,15 +114,6 @@ ATTEMPT_RESULT_FIELDS = (
 )
 
 
-async def ensure_experiment(session: AsyncSession, experiment_id: str, name: str) -> None:
-    """The experiment, made unless it is there (made beside this one, say)."""
-    await session.execute(
-        pg_insert(ExperimentModel)
-        .values(id=experiment_id, name=name)
-        .on_conflict_do_nothing(index_elements=[ExperimentModel.id])
-    )
-
-
 # A new task, its trials and (unless it exists) its experiment, in one statement: a submission's
 # only write, and SQLAlchemy's execution of four statements cost the API more than its request.
 # The experiment is the one with id :ref, else the newest named :ref, else :new_id made now.
