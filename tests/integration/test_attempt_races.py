@@ -14,8 +14,8 @@ from temporalio.testing import ActivityEnvironment
 from helpers import running_task_row
 from oddish.activities.records import fail_trial
 from oddish.contracts import FailTrialInput
-from oddish.db import records
-from oddish.db.connection import get_session
+from oddish.db import attempts, records
+from oddish.db.connection import get_engine, get_session
 from oddish.db.models import ExperimentModel, TrialModel
 from oddish.statuses import AttemptStatus, JobStatus, OutcomeKind
 
@@ -45,11 +45,18 @@ async def _running_trial() -> tuple[str, int]:
             )
         )
         await session.flush()
-        attempt = await records.start_attempt(
-            session, trial_id=trial_id, run_number=1, temporal_attempt=1, worker="test"
-        )
         await session.commit()
-        return trial_id, attempt.id
+    async with get_engine().begin() as conn:
+        attempt = await attempts.open_attempt(
+            conn,
+            trial_id=trial_id,
+            run_number=1,
+            temporal_attempt=1,
+            worker="test",
+            alive_within_sec=1.0,
+        )
+    assert isinstance(attempt, attempts.OpenedAttempt)
+    return trial_id, attempt.attempt_id
 
 
 async def test_fail_trial_takes_the_result_an_attempt_records_meanwhile(migrated: None) -> None:

@@ -8,7 +8,6 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -23,12 +22,17 @@ from oddish.activities.heartbeat import heartbeating
 from oddish.activities.pauses import STALL_SEC, stalled_since
 from oddish.config import get_settings
 from oddish.contracts import RunTrialInput, TrialOutcome
-from oddish.db import records, slots
-from oddish.db.connection import database_unreachable, get_session, until_database_answers
+from oddish.db import attempts, records
+from oddish.db.connection import (
+    autocommit_connection,
+    database_unreachable,
+    get_engine,
+    until_database_answers,
+)
 from oddish.harbor_config import trial_config
 from oddish.outcomes import classify
 from oddish.schemas import TrialSpec
-from oddish.statuses import TERMINAL_JOB_STATUSES, AttemptStatus, JobStatus
+from oddish.statuses import AttemptStatus, JobStatus
 from oddish.storage import trial_output_prefix
 from oddish.task_cache import task_dir_for
 from oddish.temporal_gateway import workflow_status
@@ -128,19 +132,18 @@ async def _touch_slot(
     """Keeps the slot row's heartbeat fresh, for PGQueuer tools and for a later attempt asking
     whether this one still runs; apart from Temporal's heartbeat, so a slow database never makes
     a live trial look dead. Sets ``superseded`` once the attempt is no longer the running one
-    (a later attempt took over, or the task was cancelled or reaped)."""
+    (a later attempt took over, or the task was cancelled or reaped). Opening the attempt
+    touched the row: the first touch waits its interval."""
     while True:
+        await asyncio.sleep(interval)
         try:
-            async with get_session() as session:
-                await slots.touch(await session.connection(), trial_id)
-                running = await records.attempt_running(session, attempt_id)
-                await session.commit()
+            async with autocommit_connection() as conn:
+                running = await attempts.touch(conn, trial_id=trial_id, attempt_id=attempt_id)
             if not running:
                 superseded.set()
                 return
         except Exception as exc:  # a database blip must not kill a running trial
             log.warning("slot heartbeat of trial %s failed: %s", trial_id, exc)
-        await asyncio.sleep(interval)
 
 
 async def _record_lost(attempt_id: int, details: Any) -> None:
@@ -151,13 +154,10 @@ async def _record_lost(attempt_id: int, details: Any) -> None:
         else "it was stopped"
     ) + "; Temporal runs the trial again"
     try:
-        async with get_session() as session:
-            await records.mark_attempt_lost(
-                session,
-                attempt_id=attempt_id,
-                reason=f"this attempt ended without a result: {reason}",
+        async with autocommit_connection() as conn:
+            await attempts.mark_lost(
+                conn, attempt_id=attempt_id, reason=f"this attempt ended without a result: {reason}"
             )
-            await session.commit()
     except Exception as exc:  # the next attempt then waits until this one looks dead
         log.warning("could not mark attempt %d lost: %s", attempt_id, exc)
 
@@ -167,18 +167,15 @@ async def _record_cancelled(
 ) -> None:
     fields.status, fields.outcome = JobStatus.CANCELLED, "cancelled"
     try:
-        async with get_session() as session:
-            try:
-                await records.finish_trial(
-                    session,
+        async with autocommit_connection() as conn:
+            with contextlib.suppress(records.StaleAttempt):
+                await attempts.finish(
+                    conn,
                     trial_id=trial_id,
                     attempt_id=attempt_id,
                     attempt_status=AttemptStatus.CANCELLED,
                     fields=fields,
                 )
-            except records.StaleAttempt:
-                return
-            await session.commit()
     except Exception as exc:
         if not database_unreachable(exc):
             raise
@@ -190,57 +187,23 @@ async def _record_cancelled(
         )
 
 
-@dataclass(frozen=True)
-class _Busy:
-    """An earlier attempt of the trial still runs (Temporal gave up on it, its worker did not)."""
-
-    attempt_number: int
-    worker: str | None
-
-
-@dataclass(frozen=True)
-class _Started:
-    spec: TrialSpec
-    # The task's location (its archive's storage key, or a legacy local path) and sha256.
-    task_location: str
-    archive_sha256: str | None
-    attempt_id: int
-    attempt_number: int
-
-
 async def _start(
     inp: RunTrialInput, info: activity.Info, *, alive_within_sec: float
-) -> TrialOutcome | _Busy | _Started:
+) -> TrialOutcome | attempts.EarlierAttemptRuns | attempts.OpenedAttempt:
     """Open the attempt; or, when this run of the trial already finished, its recorded outcome;
     or, when an earlier attempt is still running (its slot row touched lately), say so."""
-    async with get_session() as session:
-        # Locked: an earlier attempt finishing meanwhile is then seen finished, not started over.
-        trial = await records.get_trial_to_run(session, inp.trial_id)
-        if trial.run_number == inp.run_number and trial.status in TERMINAL_JOB_STATUSES:
-            # This run already finished; its completion just never reached Temporal. A slot
-            # granted again (a re-run of a finished workflow) goes straight back.
-            await slots.release(
-                await session.connection(), trial_ids=[trial.id], log_status="successful"
-            )
-            await session.commit()
-            return TrialOutcome.of(trial.id, trial)
-        running = [a for a in trial.attempts if a.status == AttemptStatus.RUNNING]
-        if running and await slots.heard_from_within(
-            await session.connection(), trial.id, alive_within_sec
-        ):
-            return _Busy(running[-1].number, running[-1].worker)
-        spec = TrialSpec.model_validate(trial.spec)
-        location, sha256 = trial.task.task_path, trial.task.archive_sha256
-        attempt = await records.start_attempt(
-            session,
+    async with get_engine().begin() as conn:
+        opened = await attempts.open_attempt(
+            conn,
             trial_id=inp.trial_id,
             run_number=inp.run_number,
             temporal_attempt=info.attempt,
             worker=worker_identity(),
+            alive_within_sec=alive_within_sec,
         )
-        started = _Started(spec, location, sha256, attempt.id, attempt.number)
-        await session.commit()
-    return started
+    if isinstance(opened, attempts.RunFinished):
+        return TrialOutcome.of(inp.trial_id, opened)
+    return opened
 
 
 @activity.defn(name="run_trial")
@@ -257,7 +220,7 @@ async def run_trial(inp: RunTrialInput) -> TrialOutcome:
 
 async def _open_attempt(
     inp: RunTrialInput, info: activity.Info, *, alive_within_sec: float
-) -> TrialOutcome | _Started:
+) -> TrialOutcome | attempts.OpenedAttempt:
     """Open this attempt, once no earlier one still runs. An earlier attempt that Temporal gave
     up on while its worker lived (Temporal was unreachable for longer than the heartbeat
     timeout, say) goes on running; rather than start the trial over, this one waits for its
@@ -270,7 +233,7 @@ async def _open_attempt(
             lambda: _start(inp, info, alive_within_sec=alive_within_sec),
             what=f"trial {inp.trial_id}: opening its attempt",
         )
-        if not isinstance(opened, _Busy):
+        if not isinstance(opened, attempts.EarlierAttemptRuns):
             if waiting_since is not None:
                 log.info(
                     "trial %s: waited %.1fs for the earlier attempt",
@@ -283,7 +246,7 @@ async def _open_attempt(
             log.warning(
                 "trial %s: attempt %d still runs on %s; waiting for its result",
                 inp.trial_id,
-                opened.attempt_number,
+                opened.number,
                 opened.worker,
             )
         await asyncio.sleep(1.0)
@@ -423,10 +386,10 @@ async def _run_trial(
         return started
     attempt_id = started.attempt_id
     trials_dir = get_settings().harbor_jobs_dir / inp.task_id / inp.trial_id
-    trial_name = f"attempt-{started.attempt_number}"
+    trial_name = f"attempt-{started.number}"
     trial_dir = trials_dir / trial_name
     # Where the attempt's output is kept, and recorded: storage, not this machine's disk.
-    output_prefix = trial_output_prefix(inp.task_id, inp.trial_id, started.attempt_number)
+    output_prefix = trial_output_prefix(inp.task_id, inp.trial_id, started.number)
     result: TrialResult | None = None
     error_type: str | None = None
     error_message: str | None = None
@@ -437,13 +400,14 @@ async def _run_trial(
     task_dir = contextlib.AsyncExitStack()
     try:
         try:
+            spec = TrialSpec.model_validate(started.spec)
             # Storage failing here (unreachable, the archive missing or corrupt) is an
             # infrastructure failure: recorded, and the attempt retried.
             task_path = await task_dir.enter_async_context(
                 task_dir_for(started.task_location, started.archive_sha256)
             )
             config = trial_config(
-                started.spec,
+                spec,
                 task_path=task_path,
                 trials_dir=trials_dir,
                 trial_name=trial_name,
@@ -537,23 +501,21 @@ async def _record_result(
     error_type: str | None,
     error_message: str | None,
 ) -> TrialOutcome:
-    async with get_session() as session:
+    async with autocommit_connection() as conn:
         if retryable and activity.info().attempt < inp.max_attempts:
-            await records.record_retryable_attempt(
-                session, trial_id=inp.trial_id, attempt_id=attempt_id, fields=fields
+            await attempts.record_retryable(
+                conn, trial_id=inp.trial_id, attempt_id=attempt_id, fields=fields
             )
-            await session.commit()
             raise ApplicationError(f"{error_type}: {error_message}", type=error_type)
         if fields.status == JobStatus.SUCCESS:
             attempt_status = AttemptStatus.SUCCESS
         else:
             attempt_status = AttemptStatus.INFRA_ERROR if retryable else AttemptStatus.FAILED
-        await records.finish_trial(
-            session,
+        await attempts.finish(
+            conn,
             trial_id=inp.trial_id,
             attempt_id=attempt_id,
             attempt_status=attempt_status,
             fields=fields,
         )
-        await session.commit()
     return TrialOutcome.of(inp.trial_id, fields)

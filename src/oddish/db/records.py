@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import defer, joinedload, selectinload
+from sqlalchemy.orm import defer, selectinload
 
 from oddish.db import slots
 from oddish.db.models import (
@@ -268,21 +268,6 @@ async def get_trial(session: AsyncSession, trial_id: str, *, lock: bool = False)
     return trial
 
 
-async def get_trial_to_run(session: AsyncSession, trial_id: str) -> TrialModel:
-    """What opening an attempt reads: the trial locked (as in ``get_trial(lock=True)``), with
-    its task in the same statement and then its attempts; not its analysis."""
-    query = (
-        select(TrialModel)
-        .where(TrialModel.id == trial_id)
-        .options(joinedload(TrialModel.task, innerjoin=True), selectinload(TrialModel.attempts))
-        .with_for_update(of=TrialModel)
-    )
-    trial = (await session.execute(query)).scalar_one_or_none()
-    if trial is None:
-        raise RecordNotFound(f"no trial {trial_id!r}")
-    return trial
-
-
 async def set_task_status(
     session: AsyncSession, task_id: str, status: str, error_message: str | None = None
 ) -> None:
@@ -348,91 +333,6 @@ async def queue_trials_for_run(
     return waiting
 
 
-async def start_attempt(
-    session: AsyncSession, *, trial_id: str, run_number: int, temporal_attempt: int, worker: str
-) -> TrialAttemptModel:
-    """Open a new attempt row; an earlier attempt still marked running was lost with its worker."""
-    trial = await session.get(TrialModel, trial_id, with_for_update=True)
-    if trial is None:
-        raise RecordNotFound(f"no trial {trial_id!r}")
-    attempts = (
-        (
-            await session.execute(
-                select(TrialAttemptModel).where(TrialAttemptModel.trial_id == trial_id)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    for earlier in attempts:
-        if earlier.status == AttemptStatus.RUNNING:
-            earlier.status = AttemptStatus.LOST
-            earlier.finished_at = now()
-            earlier.error_type = earlier.error_type or "WorkerLost"
-            earlier.error_message = earlier.error_message or (
-                "this attempt ended without a result (its worker stopped or was lost); "
-                "Temporal ran the trial again"
-            )
-    attempt = TrialAttemptModel(
-        trial_id=trial_id,
-        number=max((a.number for a in attempts), default=0) + 1,
-        run_number=run_number,
-        temporal_attempt=temporal_attempt,
-        worker=worker,
-        status=AttemptStatus.RUNNING,
-        started_at=now(),
-    )
-    session.add(attempt)
-    trial.status = JobStatus.RUNNING
-    trial.started_at = trial.started_at or attempt.started_at
-    await session.flush()
-    return attempt
-
-
-async def attempt_running(session: AsyncSession, attempt_id: int) -> bool:
-    """Whether the attempt is still its trial's running one (no later attempt, cancel or reaper
-    has settled it)."""
-    status = (
-        await session.execute(
-            select(TrialAttemptModel.status).where(TrialAttemptModel.id == attempt_id)
-        )
-    ).scalar_one_or_none()
-    return status == AttemptStatus.RUNNING
-
-
-async def mark_attempt_lost(session: AsyncSession, *, attempt_id: int, reason: str) -> None:
-    """An attempt that stopped without a result (its worker shut down): the next one need not
-    wait for it."""
-    await session.execute(
-        update(TrialAttemptModel)
-        .where(
-            TrialAttemptModel.id == attempt_id, TrialAttemptModel.status == AttemptStatus.RUNNING
-        )
-        .values(
-            status=AttemptStatus.LOST,
-            finished_at=now(),
-            error_type="WorkerLost",
-            error_message=reason,
-        )
-    )
-
-
-async def record_retryable_attempt(
-    session: AsyncSession, *, trial_id: str, attempt_id: int, fields: TrialResultFields
-) -> None:
-    attempt = await _current_attempt(session, trial_id, attempt_id)
-    _fill_attempt(attempt, fields, AttemptStatus.INFRA_ERROR)
-    await session.execute(
-        update(TrialModel)
-        .where(TrialModel.id == attempt.trial_id)
-        .values(
-            status=JobStatus.RETRYING,
-            error_type=fields.error_type,
-            error_message=fields.error_message,
-        )
-    )
-
-
 def _fill_attempt(attempt: TrialAttemptModel, fields: TrialResultFields, status: str) -> None:
     attempt.status = status
     attempt.finished_at = now()
@@ -461,12 +361,16 @@ async def finish_trial(
         .where(TrialModel.id == trial_id)
         .values(**fields.trial_values(), finished_at=now())
     )
-    log_status = (
-        "successful"
-        if fields.status == JobStatus.SUCCESS
-        else ("canceled" if fields.status == JobStatus.CANCELLED else "exception")
+    await slots.release(
+        await session.connection(), trial_ids=[trial_id], log_status=slot_log_status(fields.status)
     )
-    await slots.release(await session.connection(), trial_ids=[trial_id], log_status=log_status)
+
+
+def slot_log_status(status: str) -> str:
+    """How PGQueuer's log records the slot a trial of this status gave back."""
+    if status == JobStatus.SUCCESS:
+        return "successful"
+    return "canceled" if status == JobStatus.CANCELLED else "exception"
 
 
 @dataclass

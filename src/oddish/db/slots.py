@@ -314,14 +314,6 @@ async def unsignalled_holders(conn: AsyncConnection, *, older_than_sec: float) -
     ]
 
 
-async def touch(conn: AsyncConnection, trial_id: str) -> None:
-    """Heartbeat of a slot holder, so PGQueuer tools and the reaper see it alive."""
-    await conn.execute(
-        text("UPDATE pgqueuer SET heartbeat = now() WHERE dedupe_key = :dk AND status = 'picked'"),
-        {"dk": dedupe_key(trial_id)},
-    )
-
-
 async def heard_from_within(conn: AsyncConnection, trial_id: str, seconds: float) -> bool:
     """Whether the trial's slot holder was touched in the last ``seconds`` (its attempt runs)."""
     row = await conn.execute(
