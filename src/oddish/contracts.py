@@ -86,6 +86,9 @@ class RunTrialInput:
     trial_id: str
     run_number: int
     max_attempts: int
+    # The workflow takes a grant from the trial's outcome (``TrialOutcome.next_grant``): the
+    # trial may hand its slot to the next trial in line of the same workflow.
+    hand_over: bool = False
 
 
 class HasTrialOutcome(Protocol):
@@ -111,6 +114,8 @@ class TrialOutcome:
     reward: float | None
     error_type: str | None = None
     error_message: str | None = None
+    # The slot this trial gave back, handed to the workflow's next trial in line.
+    next_grant: SlotGrant | None = None
 
     @classmethod
     def of(cls, trial_id: str, source: HasTrialOutcome) -> TrialOutcome:

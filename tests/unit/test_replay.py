@@ -38,6 +38,9 @@ SCENARIOS = {
     "local-slot-requests-retry-running",
     "local-slot-requests-retry-finished",
     "local-slot-requests-cancelled",
+    # Slots handed over (HAND_OVER_PATCH): a finishing trial's outcome carries the next trial's
+    # grant, which starts in the same workflow task.
+    "hand-over-completed",
 }
 
 

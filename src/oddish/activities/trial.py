@@ -8,6 +8,8 @@ import logging
 import os
 import socket
 import time
+import uuid
+from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +23,7 @@ from temporalio.service import RPCError
 from oddish.activities.heartbeat import heartbeating
 from oddish.activities.pauses import STALL_SEC, stalled_since
 from oddish.config import get_settings
-from oddish.contracts import RunTrialInput, TrialOutcome
+from oddish.contracts import RunTrialInput, SlotGrant, TrialOutcome
 from oddish.db import attempts, records
 from oddish.db.connection import (
     autocommit_connection,
@@ -35,7 +37,7 @@ from oddish.schemas import TrialSpec
 from oddish.statuses import AttemptStatus, JobStatus
 from oddish.storage import trial_output_prefix
 from oddish.task_cache import task_dir_for
-from oddish.temporal_gateway import workflow_status
+from oddish.temporal_gateway import grant_slot, workflow_status
 from oddish.trial_output import store_attempt_output
 
 log = logging.getLogger(__name__)
@@ -483,13 +485,37 @@ async def _run_trial(
             # Recorded for a retry (or superseded): the attempt's output is kept all the same.
             await store_attempt_output(trial_dir, output_prefix)
             raise
-        await store_attempt_output(trial_dir, output_prefix)
+        await _store_output_handing_over(
+            store_attempt_output(trial_dir, output_prefix), outcome.next_grant, info
+        )
         return outcome
     finally:
         touch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await touch
         await task_dir.aclose()
+
+
+# A slot handed over reaches the workflow with the trial's result, once the output is stored;
+# an upload taking longer than this has the workflow signalled the grant instead, so the next
+# trial never waits for an upload.
+HAND_OVER_WAIT_SEC = 0.2
+# The holder a handed-over slot is recorded under (PGQueuer's queue_manager_id): this process.
+HAND_OVER_MANAGER_ID = uuid.uuid4()
+
+
+async def _store_output_handing_over(
+    store: Coroutine[Any, Any, object], grant: SlotGrant | None, info: activity.Info
+) -> None:
+    upload = asyncio.ensure_future(store)
+    if grant is not None and info.workflow_id is not None:
+        done, _ = await asyncio.wait({upload}, timeout=HAND_OVER_WAIT_SEC)
+        if not done:
+            try:
+                await grant_slot(activity.client(), info.workflow_id, grant)
+            except Exception as exc:  # the dispatcher's re-signal loop tells it instead
+                log.warning("could not signal %s its grant: %s", info.workflow_id, exc)
+    await upload
 
 
 async def _record_result(
@@ -501,8 +527,16 @@ async def _record_result(
     error_type: str | None,
     error_message: str | None,
 ) -> TrialOutcome:
+    info = activity.info()
+    hand_over = (
+        attempts.HandOver(
+            info.workflow_id, get_settings().default_model_concurrency, HAND_OVER_MANAGER_ID
+        )
+        if inp.hand_over and info.workflow_id is not None
+        else None
+    )
     async with autocommit_connection() as conn:
-        if retryable and activity.info().attempt < inp.max_attempts:
+        if retryable and info.attempt < inp.max_attempts:
             await attempts.record_retryable(
                 conn, trial_id=inp.trial_id, attempt_id=attempt_id, fields=fields
             )
@@ -511,11 +545,15 @@ async def _record_result(
             attempt_status = AttemptStatus.SUCCESS
         else:
             attempt_status = AttemptStatus.INFRA_ERROR if retryable else AttemptStatus.FAILED
-        await attempts.finish(
+        handed = await attempts.finish(
             conn,
             trial_id=inp.trial_id,
             attempt_id=attempt_id,
             attempt_status=attempt_status,
             fields=fields,
+            hand_over=hand_over,
         )
-    return TrialOutcome.of(inp.trial_id, fields)
+    outcome = TrialOutcome.of(inp.trial_id, fields)
+    if handed is not None:
+        outcome.next_grant = SlotGrant(handed.trial_id, handed.slot, handed.run_number)
+    return outcome

@@ -10,6 +10,7 @@ steps cost a trial process about as much CPU as Harbor's own code for a short tr
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -79,8 +80,9 @@ FOR UPDATE OF t
 """)
 
 # Read after the lock is held, so it sees what any attempt finishing meanwhile committed. An
-# earlier attempt still marked running was lost with its worker; the slot row is touched, so the
-# attempt's first touch can wait its interval.
+# earlier attempt still marked running was lost with its worker. The slot row is touched, so the
+# attempt's first touch can wait its interval, and marked signalled: a slot handed over by the
+# trial before (``finish``) needs no signal once its trial runs.
 _OPEN_ATTEMPT = text("""
 WITH lost AS (
     UPDATE trial_attempts
@@ -95,7 +97,10 @@ trial AS (
     WHERE id = CAST(:trial_id AS varchar)
 ),
 touched AS (
-    UPDATE pgqueuer SET heartbeat = now()
+    UPDATE pgqueuer
+    SET heartbeat = now(),
+        headers = CASE WHEN headers ? 'signalled' THEN headers
+                       ELSE headers || '{"signalled": true}'::jsonb END
     WHERE dedupe_key = CAST(:dedupe_key AS text) AND status = 'picked'
 )
 INSERT INTO trial_attempts (
@@ -219,7 +224,19 @@ attempt AS (
 )"""
 
 # What an attempt did not report keeps the trial's value (records.KEPT_WHEN_UNREPORTED, each a
-# COALESCE below).
+# COALESCE below). The slot given back goes, in the same statement, to the first trial in line
+# for its key (priority, then FIFO, as the dispatcher's claim) when that trial is of the same
+# workflow (:hand_over_to): the workflow then learns of the grant from the result and starts the
+# trial at once, with no dispatcher round and no signal. This keeps the slot invariants:
+# - the trial takes the very slot number given back, so the number of holders does not change,
+#   and only while the key's holders are within its limit (a lowered limit is not refilled);
+#   a dispatcher claiming meanwhile counted the given-back slot as held, as it still is to any
+#   other transaction until this one commits;
+# - the row is claimed FOR UPDATE SKIP LOCKED, as the dispatcher's claim, so no row is granted
+#   twice; a head-of-line row of another workflow, or a judge call's, is left to the dispatcher
+#   (woken by the DELETE's NOTIFY), so the order of the line holds;
+# - the row is left unsignalled: should the result never reach the workflow, the dispatcher's
+#   re-signal loop tells it, as for a dispatcher that died after its claim.
 _FINISH_TRIAL = text(
     _LOCKED_CURRENT_ATTEMPT
     + """,
@@ -242,13 +259,51 @@ gone AS (
     DELETE FROM pgqueuer
     WHERE dedupe_key = CAST(:dedupe_key AS text) AND headers ? :owner
       AND EXISTS (SELECT FROM attempt)
-    RETURNING id, entrypoint, priority
+    RETURNING id, entrypoint, priority, slot, status
 ),
 logged AS (
     INSERT INTO pgqueuer_log (job_id, status, entrypoint, priority)
     SELECT id, CAST(:log_status AS pgqueuer_status), entrypoint, priority FROM gone
+),
+freed AS (
+    SELECT gone.entrypoint AS key, gone.slot, COALESCE(
+        (SELECT max_concurrent FROM queue_limits WHERE key = gone.entrypoint),
+        (SELECT max_concurrent FROM queue_limits WHERE key = '*'),
+        CAST(:default_limit AS integer)
+    ) AS lim
+    FROM gone
+    WHERE CAST(:hand_over_to AS text) IS NOT NULL AND gone.status = 'picked'
+      AND gone.slot IS NOT NULL
+),
+head AS (
+    SELECT job.id, job.headers FROM pgqueuer job, freed
+    WHERE job.entrypoint = freed.key AND job.status = 'queued' AND job.headers ? :owner
+    ORDER BY job.priority DESC, job.id ASC
+    LIMIT 1
+    FOR UPDATE OF job SKIP LOCKED
+),
+handed AS (
+    UPDATE pgqueuer job
+    SET status = 'picked', slot = freed.slot, queue_manager_id = CAST(:manager AS uuid),
+        heartbeat = now(), updated = now(), attempts = job.attempts + 1
+    FROM head, freed
+    WHERE job.id = head.id
+      AND head.headers ->> 'workflow_id' = CAST(:hand_over_to AS text)
+      AND NOT head.headers ? 'judge'
+      AND freed.slot < freed.lim
+      -- Holders as of this statement's start: the given-back row still among them.
+      AND (SELECT count(*) FROM pgqueuer holder
+           WHERE holder.entrypoint = freed.key AND holder.queue_manager_id IS NOT NULL)
+          <= freed.lim
+    RETURNING job.id, job.slot, job.priority, job.entrypoint, job.headers
+),
+handed_logged AS (
+    INSERT INTO pgqueuer_log (job_id, status, entrypoint, priority)
+    SELECT id, 'picked', entrypoint, priority FROM handed
 )
-SELECT EXISTS (SELECT FROM attempt)
+SELECT EXISTS (SELECT FROM attempt) AS current, handed.id AS handed_id, handed.slot AS handed_slot,
+       handed.entrypoint AS handed_key, handed.headers AS handed_headers
+FROM (SELECT 1) one LEFT JOIN handed ON true
 """
 )
 
@@ -294,6 +349,16 @@ def _result_parameters(
     }
 
 
+@dataclass(frozen=True)
+class HandOver:
+    """Whom a finishing trial may hand its slot to: the next trial in line, if it is of this
+    workflow."""
+
+    workflow_id: str
+    default_limit: int
+    manager_id: uuid.UUID
+
+
 async def finish(
     conn: AsyncConnection,
     *,
@@ -301,9 +366,11 @@ async def finish(
     attempt_id: int,
     attempt_status: str,
     fields: TrialResultFields,
-) -> None:
+    hand_over: HandOver | None = None,
+) -> slots.SlotClaim | None:
     """Record the trial's final result from its running attempt and give its slot back, in one
-    statement (run it in autocommit).
+    statement (run it in autocommit); with ``hand_over``, the slot goes on to the next trial in
+    line when it is of that workflow (returned: its workflow must be told).
 
     Raises StaleAttempt, writing nothing, when the attempt is no longer its trial's running one:
     a superseded attempt neither overwrites the result nor frees the slot.
@@ -313,9 +380,24 @@ async def finish(
         "dedupe_key": slots.dedupe_key(trial_id),
         "owner": slots.OWNER_HEADER,
         "log_status": slot_log_status(fields.status),
+        "hand_over_to": hand_over.workflow_id if hand_over else None,
+        "default_limit": hand_over.default_limit if hand_over else 0,
+        "manager": hand_over.manager_id if hand_over else None,
     }
-    if not (await conn.execute(_FINISH_TRIAL, parameters)).scalar_one():
+    row = (await conn.execute(_FINISH_TRIAL, parameters)).one()
+    if not row.current:
         raise StaleAttempt(f"attempt {attempt_id} of trial {trial_id} is no longer current")
+    if row.handed_id is None:
+        return None
+    headers = row.handed_headers
+    return slots.SlotClaim(
+        job_id=row.handed_id,
+        queue_key=row.handed_key,
+        slot=row.handed_slot,
+        trial_id=headers["trial_id"],
+        workflow_id=headers["workflow_id"],
+        run_number=headers.get("run", 1),
+    )
 
 
 async def record_retryable(

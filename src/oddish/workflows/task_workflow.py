@@ -85,6 +85,10 @@ LOCAL_SLOT_REQUESTS_PATCH = "local-slot-requests"
 # buffer, which fails the workflow task past 100 events: a request of at most this many trials
 # cannot lead to more grants than that.
 LOCAL_SLOT_REQUEST_MAX = 64
+# From this change on, a finishing trial may hand its slot to the workflow's next trial in line
+# (in the statement that gives it back), and the workflow takes the grant from the trial's
+# outcome: the next trial starts in the workflow task of the result, with no signal.
+HAND_OVER_PATCH = "slot-hand-over"
 
 
 def trial_task_queue(task_queue: str) -> str:
@@ -125,6 +129,7 @@ class _TrialRunner:
         self._priority = 0
         self._analysis_error: str | None = None
         self._local_slot_requests = False
+        self._hand_over = False
 
     @workflow.signal(name="slot_granted")
     def slot_granted(self, grant: SlotGrant) -> None:
@@ -244,6 +249,7 @@ class _TrialRunner:
                     trial.trial_id,
                     run_number=run_number,
                     max_attempts=policy.max_attempts,
+                    hand_over=self._hand_over,
                 ),
                 result_type=TrialOutcome,
                 start_to_close_timeout=timedelta(seconds=policy.start_to_close_timeout_sec),
@@ -272,6 +278,8 @@ class _TrialRunner:
             )
         self._trial_status[trial.trial_id] = outcome.status
         self._to_analyze.append(trial.trial_id)
+        if self._hand_over and outcome.next_grant is not None:
+            self.slot_granted(outcome.next_grant)
         return outcome
 
     async def _analyse(
@@ -305,6 +313,7 @@ class _TrialRunner:
         # Asked in the first activation: asked after a local activity's result in the same
         # workflow task, it replayed as unpatched (a nondeterminism error).
         self._local_slot_requests = workflow.patched(LOCAL_SLOT_REQUESTS_PATCH)
+        self._hand_over = workflow.patched(HAND_OVER_PATCH)
         self._task_id = inp.task_id
         self._priority = inp.priority
         self._trials = {t.trial_id: t for t in inp.trials}

@@ -1,0 +1,247 @@
+"""A finishing trial hands its slot to the next trial in line of its own workflow, in the
+statement that gives the slot back, and only when the slot invariants allow it: the next trial
+in line (priority, then FIFO) must be of that workflow, and the key within its limit. The rows
+are written directly and the statements run on Postgres; then one task runs through a real
+worker, Temporal and Harbor."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+
+import pytest
+from sqlalchemy import text
+from temporalio.client import Client
+
+from helpers import (
+    check_history,
+    intervals,
+    local,
+    max_overlap,
+    running_task_row,
+    slot_rows,
+    submit,
+    unique_key,
+    wait_for_task,
+)
+from oddish.db import attempts, records, slots
+from oddish.db.connection import autocommit_connection, get_engine, get_session
+from oddish.db.models import ExperimentModel, TrialModel
+from oddish.statuses import AttemptStatus, JobStatus, OutcomeKind
+
+pytestmark = pytest.mark.timeout(300)
+
+MANAGER = uuid.uuid4()
+SUCCESS = records.TrialResultFields(
+    status=JobStatus.SUCCESS, outcome=OutcomeKind.SUCCESS, reward=1.0
+)
+
+
+async def _trials(key: str, n: int) -> tuple[str, list[str]]:
+    """A task of ``n`` trials of queue key ``key``, recorded; its workflow id and trial ids."""
+    name = f"hand-over-{os.getpid()}-{time.monotonic_ns()}"
+    task_id = f"{name}-task"
+    trial_ids = [f"{name}-trial-{i}" for i in range(n)]
+    async with get_session() as session:
+        session.add(ExperimentModel(id=name, name=name))
+        await session.flush()
+        session.add(running_task_row(task_id, name))
+        await session.flush()
+        for index, trial_id in enumerate(trial_ids):
+            session.add(
+                TrialModel(
+                    id=trial_id,
+                    task_id=task_id,
+                    index=index,
+                    agent="oracle",
+                    queue_key=key,
+                    environment="local",
+                    spec={},
+                    status="queued",
+                    run_number=1,
+                )
+            )
+        await session.commit()
+    return f"task/{task_id}", trial_ids
+
+
+async def _in_line(workflow_id: str, trial_ids: list[str], key: str, priority: int = 0) -> None:
+    async with get_engine().begin() as conn:
+        await slots.enqueue(
+            conn,
+            trials=[(t, key) for t in trial_ids],
+            workflow_id=workflow_id,
+            priority=priority,
+            run_number=1,
+        )
+
+
+async def _claim(key: str, limit: int) -> list[slots.SlotClaim]:
+    async with get_engine().begin() as conn:
+        claims = await slots.claim(conn, queue_key=key, default_limit=limit, manager_id=MANAGER)
+        await slots.mark_signalled(conn, [c.job_id for c in claims])
+    return claims
+
+
+async def _open(trial_id: str) -> int:
+    async with get_engine().begin() as conn:
+        opened = await attempts.open_attempt(
+            conn,
+            trial_id=trial_id,
+            run_number=1,
+            temporal_attempt=1,
+            worker="test",
+            alive_within_sec=1.0,
+        )
+    assert isinstance(opened, attempts.OpenedAttempt)
+    return opened.attempt_id
+
+
+async def _finish(trial_id: str, attempt_id: int, workflow_id: str, limit: int):
+    async with autocommit_connection() as conn:
+        return await attempts.finish(
+            conn,
+            trial_id=trial_id,
+            attempt_id=attempt_id,
+            attempt_status=AttemptStatus.SUCCESS,
+            fields=SUCCESS,
+            hand_over=attempts.HandOver(workflow_id, limit, MANAGER),
+        )
+
+
+async def _rows(key: str) -> dict[str, tuple[str, int | None]]:
+    """trial id -> (status, slot) of the key's rows."""
+    async with get_engine().connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT headers ->> 'trial_id' AS trial_id, status, slot FROM pgqueuer "
+                "WHERE entrypoint = :k"
+            ),
+            {"k": key},
+        )
+        return {r.trial_id: (str(r.status), r.slot) for r in rows}
+
+
+async def _unsignalled(key: str) -> set[str]:
+    async with get_engine().connect() as conn:
+        holders = await slots.unsignalled_holders(conn, older_than_sec=-1)
+    return {h.trial_id for h in holders if h.queue_key == key}
+
+
+async def test_the_slot_goes_to_the_next_trial_of_the_workflow_in_the_same_slot(
+    migrated: None,
+) -> None:
+    key = unique_key("hand-over")
+    workflow_id, trials = await _trials(key, 3)
+    await _in_line(workflow_id, trials, key)
+    [first] = await _claim(key, limit=1)
+    assert first.trial_id == trials[0]
+    attempt_id = await _open(trials[0])
+
+    handed = await _finish(trials[0], attempt_id, workflow_id, limit=1)
+
+    assert handed is not None
+    assert (handed.trial_id, handed.slot, handed.workflow_id) == (trials[1], 0, workflow_id)
+    rows = await _rows(key)
+    assert rows == {trials[1]: ("picked", 0), trials[2]: ("queued", None)}
+    # Unsignalled until its attempt opens: a result lost on the way is signalled by the
+    # dispatcher's re-signal loop.
+    assert await _unsignalled(key) == {trials[1]}
+    await _open(trials[1])
+    assert await _unsignalled(key) == set()
+    async with get_session() as session:
+        trial = await records.get_trial(session, trials[0])
+        assert (trial.status, trial.reward) == (JobStatus.SUCCESS, 1.0)
+        logged = (
+            (
+                await session.execute(
+                    text("SELECT status FROM pgqueuer_log WHERE job_id = :id ORDER BY id"),
+                    {"id": handed.job_id},
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert [str(s) for s in logged] == ["queued", "picked"]
+
+
+@pytest.mark.parametrize("ahead", ["earlier", "higher-priority", "judge"])
+async def test_no_hand_over_past_the_head_of_the_line(migrated: None, ahead: str) -> None:
+    """The next in line is another workflow's trial (put in line earlier, or of a higher
+    priority), or a judge call: the slot is only given back, for the dispatcher to grant in
+    order."""
+    key = unique_key(f"hand-over-{ahead}")
+    workflow_id, trials = await _trials(key, 2)
+    other_workflow, others = await _trials(key, 1)
+    await _in_line(workflow_id, trials[:1], key)
+    await _claim(key, limit=1)
+    attempt_id = await _open(trials[0])
+    if ahead == "earlier":
+        await _in_line(other_workflow, others, key)
+        await _in_line(workflow_id, trials[1:], key)
+        first_in_line = others[0]
+    elif ahead == "higher-priority":
+        await _in_line(workflow_id, trials[1:], key)
+        await _in_line(other_workflow, others, key, priority=5)
+        first_in_line = others[0]
+    else:
+        async with get_engine().begin() as conn:
+            await slots.enqueue_judge(
+                conn, subject=f"judge-{key}", queue_key=key, workflow_id=workflow_id, priority=9
+            )
+        await _in_line(workflow_id, trials[1:], key)
+        first_in_line = f"judge-{key}"
+
+    assert await _finish(trials[0], attempt_id, workflow_id, limit=1) is None
+    assert (await _rows(key))[trials[1]] == ("queued", None)
+    [granted] = await _claim(key, limit=1)
+    assert granted.trial_id == first_in_line
+
+
+async def test_no_hand_over_while_a_lowered_limit_is_exceeded(migrated: None) -> None:
+    key = unique_key("hand-over-limit")
+    workflow_id, trials = await _trials(key, 4)
+    await _in_line(workflow_id, trials, key)
+    assert len(await _claim(key, limit=3)) == 3
+    attempt_id = await _open(trials[0])
+    # Lowered to 2 while 3 hold: the freed slot is not refilled (2 still hold, at the limit).
+    assert await _finish(trials[0], attempt_id, workflow_id, limit=2) is None
+    assert (await _rows(key))[trials[3]] == ("queued", None)
+    # At the limit again once another finishes: the third holder's slot is handed over, unless
+    # its number is past the limit.
+    attempt_id = await _open(trials[1])
+    handed = await _finish(trials[1], attempt_id, workflow_id, limit=2)
+    assert handed is not None and handed.trial_id == trials[3] and handed.slot == 1
+    holding = [slot for status, slot in (await _rows(key)).values() if status == "picked"]
+    assert sorted(holding) == [1, 2] and len(holding) <= 2
+
+
+async def test_a_task_at_limit_one_runs_its_trials_handing_the_slot_over(
+    start_worker, temporal_client: Client
+) -> None:
+    key = unique_key("hand-over-run")
+    start_worker("--n-concurrent", json.dumps({key: 1}))
+    task_id = await submit(
+        temporal_client,
+        "sleep",
+        local(n_trials=4, model=key, agent_env={"ODDISH_SLEEP_SECONDS": "0.2"}),
+    )
+    task = await wait_for_task(temporal_client, task_id)
+
+    assert [t["status"] for t in task["trials"]] == ["success"] * 4
+    spans = intervals(task)
+    assert max_overlap(spans) == 1
+    by_index = [start for start, _ in spans]
+    assert by_index == sorted(by_index), "FIFO: the trials ran in the order they were put in line"
+    history = await temporal_client.get_workflow_handle(f"task/{task_id}").fetch_history()
+    results = [
+        json.loads(e.activity_task_completed_event_attributes.result.payloads[0].data)
+        for e in history.events
+        if e.HasField("activity_task_completed_event_attributes")
+    ]
+    handed = [r["next_grant"] for r in results if isinstance(r, dict) and r.get("next_grant")]
+    assert handed, "a finishing trial handed its slot to the next one"
+    assert await slot_rows(key) == 0
+    await check_history(temporal_client, task_id, "hand-over-completed")
