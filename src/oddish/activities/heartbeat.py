@@ -26,9 +26,11 @@ def heartbeat_interval_sec(timeout: timedelta | None) -> float:
 
 
 async def _beat(interval_sec: float) -> None:
+    # The first one after an interval, not at once: Temporal counts the heartbeat timeout from
+    # the activity's start, and a short activity then makes no heartbeat call at all.
     while True:
-        activity.heartbeat()
         await asyncio.sleep(interval_sec)
+        activity.heartbeat()
 
 
 @contextlib.asynccontextmanager

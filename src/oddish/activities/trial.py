@@ -498,8 +498,8 @@ async def _run_trial(
 
 # A slot handed over reaches the workflow with the trial's result, once the output is stored;
 # an upload taking longer than this has the workflow signalled the grant instead, so the next
-# trial never waits for an upload.
-HAND_OVER_WAIT_SEC = 0.2
+# trial waits for no upload (on a loaded worker storing even a small output takes 0.1-0.3 s).
+HAND_OVER_WAIT_SEC = 0.05
 # The holder a handed-over slot is recorded under (PGQueuer's queue_manager_id): this process.
 HAND_OVER_MANAGER_ID = uuid.uuid4()
 

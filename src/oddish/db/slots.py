@@ -181,12 +181,28 @@ async def release_judge(conn: AsyncConnection, *, subject: str, log_status: str)
     return len(rows.fetchall())
 
 
-async def keys_with_waiting_trials(conn: AsyncConnection) -> list[str]:
+async def keys_with_waiting_trials(conn: AsyncConnection, *, default_limit: int) -> list[str]:
+    """Keys with trials waiting and, as far as this read sees, a free slot: only they are worth
+    a claim. A slot freed after this read wakes the dispatchers again (the DELETE's NOTIFY comes
+    after its commit); most slots freed by a finishing trial are handed over in the same
+    statement (oddish.db.attempts), and a key that has none free costs no claim."""
     rows = await conn.execute(
         text(
-            "SELECT DISTINCT entrypoint FROM pgqueuer WHERE status = 'queued' AND headers ? :owner"
+            """
+            SELECT w.entrypoint FROM (
+                SELECT DISTINCT entrypoint FROM pgqueuer
+                WHERE status = 'queued' AND headers ? :owner
+            ) w
+            WHERE (SELECT count(*) FROM pgqueuer holder
+                   WHERE holder.entrypoint = w.entrypoint AND holder.queue_manager_id IS NOT NULL)
+                < COALESCE(
+                    (SELECT max_concurrent FROM queue_limits WHERE key = w.entrypoint),
+                    (SELECT max_concurrent FROM queue_limits WHERE key = '*'),
+                    :default_limit
+                )
+            """
         ),
-        {"owner": OWNER_HEADER},
+        {"owner": OWNER_HEADER, "default_limit": default_limit},
     )
     return [r[0] for r in rows]
 

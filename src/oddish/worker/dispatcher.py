@@ -138,10 +138,11 @@ class SlotDispatcher:
         return conn
 
     async def sweep(self) -> int:
-        """Claim what fits for every key with waiting trials; returns the number of grants."""
+        """Claim what fits for every key with waiting trials and a free slot; returns the number
+        of grants."""
         engine = get_engine()
         async with engine.connect() as conn:
-            keys = await slots.keys_with_waiting_trials(conn)
+            keys = await slots.keys_with_waiting_trials(conn, default_limit=self._default_limit)
         granted = 0
         for key in keys:
             try:
