@@ -78,7 +78,14 @@ async def _in_line(workflow_id: str, trial_ids: list[str], key: str, priority: i
         )
 
 
+async def _limit(key: str, limit: int) -> None:
+    """The key's own limit: whatever default ('*') other tests' workers wrote does not apply."""
+    async with get_engine().begin() as conn:
+        await slots.set_limit(conn, key, limit)
+
+
 async def _claim(key: str, limit: int) -> list[slots.SlotClaim]:
+    await _limit(key, limit)
     async with get_engine().begin() as conn:
         claims = await slots.claim(conn, queue_key=key, default_limit=limit, manager_id=MANAGER)
         await slots.mark_signalled(conn, [c.job_id for c in claims])
@@ -99,7 +106,8 @@ async def _open(trial_id: str) -> int:
     return opened.attempt_id
 
 
-async def _finish(trial_id: str, attempt_id: int, workflow_id: str, limit: int):
+async def _finish(key: str, trial_id: str, attempt_id: int, workflow_id: str, limit: int):
+    await _limit(key, limit)
     async with autocommit_connection() as conn:
         return await attempts.finish(
             conn,
@@ -140,7 +148,7 @@ async def test_the_slot_goes_to_the_next_trial_of_the_workflow_in_the_same_slot(
     assert first.trial_id == trials[0]
     attempt_id = await _open(trials[0])
 
-    handed = await _finish(trials[0], attempt_id, workflow_id, limit=1)
+    handed = await _finish(key, trials[0], attempt_id, workflow_id, limit=1)
 
     assert handed is not None
     assert (handed.trial_id, handed.slot, handed.workflow_id) == (trials[1], 0, workflow_id)
@@ -194,7 +202,7 @@ async def test_no_hand_over_past_the_head_of_the_line(migrated: None, ahead: str
         await _in_line(workflow_id, trials[1:], key)
         first_in_line = f"judge-{key}"
 
-    assert await _finish(trials[0], attempt_id, workflow_id, limit=1) is None
+    assert await _finish(key, trials[0], attempt_id, workflow_id, limit=1) is None
     assert (await _rows(key))[trials[1]] == ("queued", None)
     [granted] = await _claim(key, limit=1)
     assert granted.trial_id == first_in_line
@@ -207,12 +215,12 @@ async def test_no_hand_over_while_a_lowered_limit_is_exceeded(migrated: None) ->
     assert len(await _claim(key, limit=3)) == 3
     attempt_id = await _open(trials[0])
     # Lowered to 2 while 3 hold: the freed slot is not refilled (2 still hold, at the limit).
-    assert await _finish(trials[0], attempt_id, workflow_id, limit=2) is None
+    assert await _finish(key, trials[0], attempt_id, workflow_id, limit=2) is None
     assert (await _rows(key))[trials[3]] == ("queued", None)
     # At the limit again once another finishes: the third holder's slot is handed over, unless
     # its number is past the limit.
     attempt_id = await _open(trials[1])
-    handed = await _finish(trials[1], attempt_id, workflow_id, limit=2)
+    handed = await _finish(key, trials[1], attempt_id, workflow_id, limit=2)
     assert handed is not None and handed.trial_id == trials[3] and handed.slot == 1
     holding = [slot for status, slot in (await _rows(key)).values() if status == "picked"]
     assert sorted(holding) == [1, 2] and len(holding) <= 2
@@ -245,3 +253,18 @@ async def test_a_task_at_limit_one_runs_its_trials_handing_the_slot_over(
     assert handed, "a finishing trial handed its slot to the next one"
     assert await slot_rows(key) == 0
     await check_history(temporal_client, task_id, "hand-over-completed")
+
+
+async def test_dispatchers_claim_only_for_keys_with_a_free_slot(migrated: None) -> None:
+    """A slot handed over leaves its key full: the dispatchers, woken by its DELETE, look the key
+    over and make no claim for it; a key with a free slot is claimed for as before."""
+    full, free = unique_key("full"), unique_key("free")
+    for key in (full, free):
+        workflow_id, trials = await _trials(key, 2)
+        await _in_line(workflow_id, trials, key)
+    await _claim(full, limit=1)
+    await _limit(free, 1)
+
+    async with get_engine().connect() as conn:
+        keys = set(await slots.keys_with_waiting_trials(conn, default_limit=1))
+    assert free in keys and full not in keys
