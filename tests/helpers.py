@@ -385,6 +385,24 @@ def restartable_temporal_server(directory: Path) -> TemporalDevServer:
     )
 
 
+async def open_test_attempt(trial_id: str) -> int:
+    """Open an attempt of a recorded trial (run 1) as a worker would; its id."""
+    from oddish.db import attempts
+    from oddish.db.connection import get_engine
+
+    async with get_engine().begin() as conn:
+        opened = await attempts.open_attempt(
+            conn,
+            trial_id=trial_id,
+            run_number=1,
+            temporal_attempt=1,
+            worker="test",
+            alive_within_sec=1.0,
+        )
+    assert isinstance(opened, attempts.OpenedAttempt)
+    return opened.attempt_id
+
+
 def running_task_row(task_id: str, experiment_id: str, name: str = "task") -> TaskModel:
     """A task's row as its workflow leaves it running, for tests that write rows directly."""
     return TaskModel(

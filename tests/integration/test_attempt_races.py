@@ -11,11 +11,11 @@ import time
 import pytest
 from temporalio.testing import ActivityEnvironment
 
-from helpers import running_task_row
+from helpers import open_test_attempt, running_task_row
 from oddish.activities.records import fail_trial
 from oddish.contracts import FailTrialInput
-from oddish.db import attempts, records
-from oddish.db.connection import get_engine, get_session
+from oddish.db import records
+from oddish.db.connection import get_session
 from oddish.db.models import ExperimentModel, TrialModel
 from oddish.statuses import AttemptStatus, JobStatus, OutcomeKind
 
@@ -44,19 +44,8 @@ async def _running_trial() -> tuple[str, int]:
                 run_number=1,
             )
         )
-        await session.flush()
         await session.commit()
-    async with get_engine().begin() as conn:
-        attempt = await attempts.open_attempt(
-            conn,
-            trial_id=trial_id,
-            run_number=1,
-            temporal_attempt=1,
-            worker="test",
-            alive_within_sec=1.0,
-        )
-    assert isinstance(attempt, attempts.OpenedAttempt)
-    return trial_id, attempt.attempt_id
+    return trial_id, await open_test_attempt(trial_id)
 
 
 async def test_fail_trial_takes_the_result_an_attempt_records_meanwhile(migrated: None) -> None:

@@ -20,6 +20,7 @@ from helpers import (
     intervals,
     local,
     max_overlap,
+    open_test_attempt,
     running_task_row,
     slot_rows,
     submit,
@@ -92,20 +93,6 @@ async def _claim(key: str, limit: int) -> list[slots.SlotClaim]:
     return claims
 
 
-async def _open(trial_id: str) -> int:
-    async with get_engine().begin() as conn:
-        opened = await attempts.open_attempt(
-            conn,
-            trial_id=trial_id,
-            run_number=1,
-            temporal_attempt=1,
-            worker="test",
-            alive_within_sec=1.0,
-        )
-    assert isinstance(opened, attempts.OpenedAttempt)
-    return opened.attempt_id
-
-
 async def _finish(key: str, trial_id: str, attempt_id: int, workflow_id: str, limit: int):
     await _limit(key, limit)
     async with autocommit_connection() as conn:
@@ -146,7 +133,7 @@ async def test_the_slot_goes_to_the_next_trial_of_the_workflow_in_the_same_slot(
     await _in_line(workflow_id, trials, key)
     [first] = await _claim(key, limit=1)
     assert first.trial_id == trials[0]
-    attempt_id = await _open(trials[0])
+    attempt_id = await open_test_attempt(trials[0])
 
     handed = await _finish(key, trials[0], attempt_id, workflow_id, limit=1)
 
@@ -157,7 +144,7 @@ async def test_the_slot_goes_to_the_next_trial_of_the_workflow_in_the_same_slot(
     # Unsignalled until its attempt opens: a result lost on the way is signalled by the
     # dispatcher's re-signal loop.
     assert await _unsignalled(key) == {trials[1]}
-    await _open(trials[1])
+    await open_test_attempt(trials[1])
     assert await _unsignalled(key) == set()
     async with get_session() as session:
         trial = await records.get_trial(session, trials[0])
@@ -185,7 +172,7 @@ async def test_no_hand_over_past_the_head_of_the_line(migrated: None, ahead: str
     other_workflow, others = await _trials(key, 1)
     await _in_line(workflow_id, trials[:1], key)
     await _claim(key, limit=1)
-    attempt_id = await _open(trials[0])
+    attempt_id = await open_test_attempt(trials[0])
     if ahead == "earlier":
         await _in_line(other_workflow, others, key)
         await _in_line(workflow_id, trials[1:], key)
@@ -213,13 +200,13 @@ async def test_no_hand_over_while_a_lowered_limit_is_exceeded(migrated: None) ->
     workflow_id, trials = await _trials(key, 4)
     await _in_line(workflow_id, trials, key)
     assert len(await _claim(key, limit=3)) == 3
-    attempt_id = await _open(trials[0])
+    attempt_id = await open_test_attempt(trials[0])
     # Lowered to 2 while 3 hold: the freed slot is not refilled (2 still hold, at the limit).
     assert await _finish(key, trials[0], attempt_id, workflow_id, limit=2) is None
     assert (await _rows(key))[trials[3]] == ("queued", None)
     # At the limit again once another finishes: the third holder's slot is handed over, unless
     # its number is past the limit.
-    attempt_id = await _open(trials[1])
+    attempt_id = await open_test_attempt(trials[1])
     handed = await _finish(key, trials[1], attempt_id, workflow_id, limit=2)
     assert handed is not None and handed.trial_id == trials[3] and handed.slot == 1
     holding = [slot for status, slot in (await _rows(key)).values() if status == "picked"]

@@ -21,7 +21,7 @@ from oddish import trial_output
 from oddish.activities import trial as trial_activity
 from oddish.config import get_settings
 from oddish.contracts import RunTrialInput, TrialOutcome
-from oddish.db import records
+from oddish.db import attempts, records
 from oddish.storage import ObjectInfo, StorageUnavailable
 from oddish.storage.local import LocalStorage
 
@@ -76,8 +76,8 @@ def fake_trial(
     storage = FlakyStorage(tmp_path / "storage", failures, events)
     monkeypatch.setattr(trial_output, "get_storage", lambda: storage)
 
-    async def open_attempt(*_: Any, **__: Any) -> trial_activity._Started:
-        return trial_activity._Started(None, "tasks/task-1/x.tar.gz", None, 7, 1)  # type: ignore[arg-type]
+    async def open_attempt(*_: Any, **__: Any) -> attempts.OpenedAttempt:
+        return attempts.OpenedAttempt(7, 1, {}, "tasks/task-1/x.tar.gz", None)
 
     @contextlib.asynccontextmanager
     async def task_dir_for(*_: Any) -> AsyncIterator[Path]:
@@ -115,6 +115,7 @@ def fake_trial(
 
     monkeypatch.setattr(trial_activity, "_open_attempt", open_attempt)
     monkeypatch.setattr(trial_activity, "task_dir_for", task_dir_for)
+    monkeypatch.setattr(trial_activity, "TrialSpec", SimpleNamespace(model_validate=lambda _: None))
     monkeypatch.setattr(
         trial_activity, "trial_config", lambda *_, **__: SimpleNamespace(model_dump=lambda mode: {})
     )

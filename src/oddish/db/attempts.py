@@ -261,10 +261,6 @@ gone AS (
       AND EXISTS (SELECT FROM attempt)
     RETURNING id, entrypoint, priority, slot, status
 ),
-logged AS (
-    INSERT INTO pgqueuer_log (job_id, status, entrypoint, priority)
-    SELECT id, CAST(:log_status AS pgqueuer_status), entrypoint, priority FROM gone
-),
 freed AS (
     SELECT gone.entrypoint AS key, gone.slot, COALESCE(
         (SELECT max_concurrent FROM queue_limits WHERE key = gone.entrypoint),
@@ -297,8 +293,11 @@ handed AS (
           <= freed.lim
     RETURNING job.id, job.slot, job.priority, job.entrypoint, job.headers
 ),
-handed_logged AS (
+-- One INSERT, the slot given back logged before its hand-over, as a release and a claim are.
+logged AS (
     INSERT INTO pgqueuer_log (job_id, status, entrypoint, priority)
+    SELECT id, CAST(:log_status AS pgqueuer_status), entrypoint, priority FROM gone
+    UNION ALL
     SELECT id, 'picked', entrypoint, priority FROM handed
 )
 SELECT EXISTS (SELECT FROM attempt) AS current, handed.id AS handed_id, handed.slot AS handed_slot,
