@@ -108,6 +108,13 @@ def _terminate_with_parent() -> None:
 
 
 SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
+# One partition per task queue, not the server's default four: with one server and a few workers
+# a task then meets a waiting poller (a sync match) instead of being written to the database in
+# one partition while the pollers wait in another and forwarded to the root partition.
+DYNAMIC_CONFIG = (
+    "matching.numTaskqueueReadPartitions=1",
+    "matching.numTaskqueueWritePartitions=1",
+)
 
 
 @dataclass
@@ -150,6 +157,8 @@ class TemporalDevServer:
             # since the last checkpoint.
             for pragma in SQLITE_PRAGMAS:
                 cmd += ["--sqlite-pragma", pragma]
+        for value in DYNAMIC_CONFIG:
+            cmd += ["--dynamic-config-value", value]
         for key in sa.ALL:
             kind = "KeywordList" if key.name == sa.QUEUE_KEYS.name else "Keyword"
             cmd += ["--search-attribute", f"{key.name}={kind}"]
