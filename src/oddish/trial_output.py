@@ -36,12 +36,18 @@ RETRY_FIRST_DELAY_SEC = 1.0
 RETRY_MAX_DELAY_SEC = 30.0
 
 
-def _upload(storage: BaseStorage, prefix: str, directory: Path) -> int:
-    """Upload the directory's files under the prefix; how many (blocking). Moved where the
-    storage can, unless the directory is to be kept (ODDISH_KEEP_LOCAL_OUTPUT)."""
+def _upload(storage: BaseStorage, prefix: str, directory: Path) -> int | None:
+    """Upload the directory's files under the prefix, then remove the directory unless it is to
+    be kept (ODDISH_KEEP_LOCAL_OUTPUT); how many files, None without a directory (blocking).
+    Moved where the storage can. One thread hop for all of it: on a busy worker each hop waits
+    its turn behind the trials' own."""
+    if not directory.is_dir():
+        return None
     if get_settings().keep_local_output:
         return len(storage.put_tree(prefix, directory))
-    return len(storage.move_tree(prefix, directory))
+    files = len(storage.move_tree(prefix, directory))
+    _remove_local(directory)
+    return files
 
 
 def _remove_local(directory: Path) -> None:
@@ -65,14 +71,12 @@ async def store_attempt_output(
     With ``retry`` a failing storage is tried again (1 s, doubling to 30 s) until it takes the
     output: the caller has recorded the result already and keeps heartbeating meanwhile.
     Without, one try (a cancelled attempt must end soon). Whatever does not reach storage stays
-    on disk: the directory is removed only after a complete upload. A cancel while uploading
-    leaves the directory too. A directory Harbor never made (the attempt failed before it ran)
-    has nothing to store."""
+    on disk: the directory is removed only after a complete upload (one the attempt's cancel
+    came too late to stop included). A directory Harbor never made (the attempt failed before
+    it ran) has nothing to store."""
     # Marked before the first await, so that a sweep round never takes it meanwhile.
     uploading.add(directory)
     try:
-        if not await asyncio.to_thread(directory.is_dir):
-            return False
         return await _store(directory, prefix, storage or get_storage(), retry=retry)
     finally:
         uploading.discard(directory)
@@ -86,6 +90,8 @@ async def _store(directory: Path, prefix: str, store: BaseStorage, *, retry: boo
         tries += 1
         try:
             files = await asyncio.to_thread(_upload, store, prefix, directory)
+            if files is None:
+                return False
             break
         except StorageError as exc:
             if not retry:
@@ -113,6 +119,4 @@ async def _store(directory: Path, prefix: str, store: BaseStorage, *, retry: boo
         time.monotonic() - began,
         tries,
     )
-    if not get_settings().keep_local_output:
-        await asyncio.to_thread(_remove_local, directory)
     return True
