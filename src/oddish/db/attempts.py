@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -23,6 +22,7 @@ from oddish.db.records import (
     RecordNotFound,
     StaleAttempt,
     TrialResultFields,
+    now,
     slot_log_status,
 )
 from oddish.statuses import TERMINAL_JOB_STATUSES, AttemptStatus
@@ -118,10 +118,6 @@ LOST_MESSAGE = (
 )
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 async def open_attempt(
     conn: AsyncConnection,
     *,
@@ -160,7 +156,7 @@ async def open_attempt(
                 "run_number": run_number,
                 "temporal_attempt": temporal_attempt,
                 "worker": worker,
-                "now": _now(),
+                "now": now(),
                 "lost_message": LOST_MESSAGE,
             },
         )
@@ -200,7 +196,7 @@ WHERE id = CAST(:attempt_id AS bigint) AND status = 'running'
 async def mark_lost(conn: AsyncConnection, *, attempt_id: int, reason: str) -> None:
     """An attempt that stopped without a result (its worker shut down): the next one need not
     wait for it. One statement."""
-    await conn.execute(_MARK_LOST, {"attempt_id": attempt_id, "reason": reason, "now": _now()})
+    await conn.execute(_MARK_LOST, {"attempt_id": attempt_id, "reason": reason, "now": now()})
 
 
 # The trial is locked first, as everything that settles a trial does (``fail_trial`` reads it
@@ -262,11 +258,9 @@ gone AS (
     RETURNING id, entrypoint, priority, slot, status
 ),
 freed AS (
-    SELECT gone.entrypoint AS key, gone.slot, COALESCE(
-        (SELECT max_concurrent FROM queue_limits WHERE key = gone.entrypoint),
-        (SELECT max_concurrent FROM queue_limits WHERE key = '*'),
-        CAST(:default_limit AS integer)
-    ) AS lim
+    SELECT gone.entrypoint AS key, gone.slot, """
+    + slots.limit_of("gone.entrypoint")
+    + """ AS lim
     FROM gone
     WHERE CAST(:hand_over_to AS text) IS NOT NULL AND gone.status = 'picked'
       AND gone.slot IS NOT NULL
@@ -288,9 +282,9 @@ handed AS (
       AND NOT head.headers ? 'judge'
       AND freed.slot < freed.lim
       -- Holders as of this statement's start: the given-back row still among them.
-      AND (SELECT count(*) FROM pgqueuer holder
-           WHERE holder.entrypoint = freed.key AND holder.queue_manager_id IS NOT NULL)
-          <= freed.lim
+      AND """
+    + slots.holders_of("freed.key")
+    + """ <= freed.lim
     RETURNING job.id, job.slot, job.priority, job.entrypoint, job.headers
 ),
 -- One INSERT, the slot given back logged before its hand-over, as a release and a claim are.
@@ -331,7 +325,7 @@ def _result_parameters(
         "trial_id": trial_id,
         "attempt_id": attempt_id,
         "attempt_status": attempt_status,
-        "now": _now(),
+        "now": now(),
         "status": fields.status,
         "outcome": fields.outcome,
         "reward": fields.reward,

@@ -54,6 +54,25 @@ def dedupe_key(trial_id: str) -> str:
     return f"trial:{trial_id}"
 
 
+def limit_of(key: str) -> str:
+    """SQL for the limit in force on the queue key ``key`` (an SQL expression): the key's own
+    row of ``queue_limits``, else the ``*`` row, else the ``:default_limit`` parameter."""
+    return (
+        f"COALESCE((SELECT max_concurrent FROM queue_limits WHERE key = {key}), "
+        "(SELECT max_concurrent FROM queue_limits WHERE key = '*'), "
+        "CAST(:default_limit AS integer))"
+    )
+
+
+def holders_of(key: str) -> str:
+    """SQL for how many hold a slot of the queue key ``key`` (an SQL expression). PGQueuer counts
+    holders by a set queue_manager_id, whatever their status: so do we."""
+    return (
+        "(SELECT count(*) FROM pgqueuer holder "
+        f"WHERE holder.entrypoint = {key} AND holder.queue_manager_id IS NOT NULL)"
+    )
+
+
 def _headers(trial_id: str, workflow_id: str, run_number: int) -> str:
     return json.dumps(
         {OWNER_HEADER: 1, "trial_id": trial_id, "workflow_id": workflow_id, "run": run_number}
@@ -188,18 +207,12 @@ async def keys_with_waiting_trials(conn: AsyncConnection, *, default_limit: int)
     statement (oddish.db.attempts), and a key that has none free costs no claim."""
     rows = await conn.execute(
         text(
-            """
+            f"""
             SELECT w.entrypoint FROM (
                 SELECT DISTINCT entrypoint FROM pgqueuer
                 WHERE status = 'queued' AND headers ? :owner
             ) w
-            WHERE (SELECT count(*) FROM pgqueuer holder
-                   WHERE holder.entrypoint = w.entrypoint AND holder.queue_manager_id IS NOT NULL)
-                < COALESCE(
-                    (SELECT max_concurrent FROM queue_limits WHERE key = w.entrypoint),
-                    (SELECT max_concurrent FROM queue_limits WHERE key = '*'),
-                    :default_limit
-                )
+            WHERE {holders_of("w.entrypoint")} < {limit_of("w.entrypoint")}
             """
         ),
         {"owner": OWNER_HEADER, "default_limit": default_limit},
@@ -221,21 +234,13 @@ async def claim(
     )
     rows = await conn.execute(
         text(
-            """
+            f"""
             WITH lim AS (
-                SELECT COALESCE(
-                    (SELECT max_concurrent FROM queue_limits WHERE key = :key),
-                    (SELECT max_concurrent FROM queue_limits WHERE key = '*'),
-                    :default_limit
-                ) AS n
+                SELECT {limit_of(":key")} AS n
             ),
-            -- PGQueuer counts holders by a set queue_manager_id, whatever their status: so do we.
             -- Holders beyond a lowered limit still count, so the limit holds while they finish.
             capacity AS (
-                SELECT GREATEST(lim.n - (
-                    SELECT count(*) FROM pgqueuer
-                    WHERE entrypoint = :key AND queue_manager_id IS NOT NULL
-                ), 0) AS free FROM lim
+                SELECT GREATEST(lim.n - {holders_of(":key")}, 0) AS free FROM lim
             ),
             free_slots AS (
                 SELECT s.slot, ROW_NUMBER() OVER (ORDER BY s.slot) AS rnk
