@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     # S3-compatible endpoint) when s3_enabled, else the local directory storage_dir (unset:
     # <home>/storage). The API and every worker must share it.
     storage_dir: Path | None = None
+    # A local storage syncs each trial output file it moves into place (see LocalStorageConfig).
+    storage_sync_outputs: bool = False
     s3_enabled: bool = False
     s3_bucket: str | None = None
     # Unset: boto3's own credential chain (AWS_* variables, ~/.aws, an instance or task role).

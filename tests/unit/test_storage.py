@@ -644,6 +644,41 @@ def test_move_tree_copies_from_another_file_system(
         assert b"".join(storage.iter_bytes("pfx/" + rel)) == data
 
 
+@pytest.mark.parametrize("sync_outputs", [False, True])
+def test_moved_outputs_are_synced_only_when_the_setting_asks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_outputs: bool
+) -> None:
+    """ODDISH_STORAGE_SYNC_OUTPUTS reaches the local store: off, a move syncs nothing (the
+    kernel writes the files back); on, each moved file and its directory are synced. An
+    archive written through tmp/ is synced either way."""
+    monkeypatch.setenv("ODDISH_STORAGE_DIR", str(tmp_path / "store"))
+    monkeypatch.setenv("ODDISH_STORAGE_SYNC_OUTPUTS", str(sync_outputs).lower())
+    storage = storage_from_config(config_from_settings(Settings()))
+    assert isinstance(storage, LocalStorage)
+    tree = tmp_path / "tree"
+    files = {"a.txt": b"a", "d/b.txt": b"b", "d/c.txt": b"c"}
+    for rel, data in files.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(data)
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    assert len(storage.move_tree("pfx/", tree)) == 3
+    assert not any(p.is_file() for p in tree.rglob("*")), "moved, not copied"
+    for rel, data in files.items():
+        assert b"".join(storage.iter_bytes("pfx/" + rel)) == data
+    # A file and its new directory entry for each of the three.
+    assert len(synced) == (6 if sync_outputs else 0)
+    synced.clear()
+    storage.put_bytes("archive", b"archive bytes")
+    assert len(synced) == 2
+
+
 def test_put_tree_of_many_files_and_get_tree_back(storage: BaseStorage, tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     expected = {f"d{i % 5}/f{i:03d}.txt": f"file {i}".encode() for i in range(60)}

@@ -82,7 +82,10 @@ def config_from_settings(settings: Settings) -> LocalStorageConfig | S3StorageCo
     """The backend the settings ask for; StorageMisconfigured naming the setting when they ask
     for S3 without a bucket."""
     if not settings.s3_enabled:
-        return LocalStorageConfig(root=settings.storage_dir or settings.home / "storage")
+        return LocalStorageConfig(
+            root=settings.storage_dir or settings.home / "storage",
+            sync_moves=settings.storage_sync_outputs,
+        )
     if not settings.s3_bucket:
         raise StorageMisconfigured("ODDISH_S3_BUCKET: must be set when ODDISH_S3_ENABLED is true")
     return S3StorageConfig(

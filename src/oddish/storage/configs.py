@@ -20,6 +20,10 @@ class LocalStorageConfig(BaseModel):
 
     type: Literal[StorageType.LOCAL] = StorageType.LOCAL
     root: Path
+    # Whether a file moved into place (a trial's output) is synced to disk first. Off, the
+    # kernel writes it back within about half a minute: only the machine crashing or losing
+    # power in that time can take it back; no process dying can.
+    sync_moves: bool = False
 
 
 class S3StorageConfig(BaseModel):
