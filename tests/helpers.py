@@ -388,9 +388,9 @@ def restartable_temporal_server(directory: Path) -> TemporalDevServer:
 async def open_test_attempt(trial_id: str) -> int:
     """Open an attempt of a recorded trial (run 1) as a worker would; its id."""
     from oddish.db import attempts
-    from oddish.db.connection import get_engine
+    from oddish.db.connection import autocommit_connection
 
-    async with get_engine().begin() as conn:
+    async with autocommit_connection() as conn:
         opened = await attempts.open_attempt(
             conn,
             trial_id=trial_id,

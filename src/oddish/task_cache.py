@@ -122,7 +122,7 @@ class TaskCache:
         lock = self._fetching.setdefault(sha, asyncio.Lock())
         for _ in range(3):
             async with lock:
-                if await self._hold_uncancelled(sha):
+                if self._hold_again(sha) or await self._hold_uncancelled(sha):
                     return self.entry_path(sha)
                 await asyncio.to_thread(self._fetch, location, sha)
             # Placed: hold it (evicted at once by another process, it is fetched again).
@@ -153,6 +153,23 @@ class TaskCache:
             if not holding.cancelled() and holding.exception() is None and holding.result():
                 self.release(sha)
             raise
+
+    def _hold_again(self, sha: str) -> bool:
+        """:meth:`_hold` when this process holds the entry already (most trials: their task's
+        other trials run here), on the event loop: a thread hop waits behind the trials' own
+        work on a busy worker. False when it does not, or when the mutex is busy."""
+        if not self._mutex.acquire(blocking=False):
+            return False
+        try:
+            if not self._in_use.get(sha):
+                return False
+            self._in_use[sha] += 1
+            fd = self._held[sha]
+        finally:
+            self._mutex.release()
+        # Held by this trial now, the descriptor stays open until its release.
+        self._touch(fd)
+        return True
 
     def _hold(self, sha: str) -> bool:
         """Mark the entry in use if it is in place (False if not): a shared flock on its

@@ -78,3 +78,92 @@ async def test_fail_trial_takes_the_result_an_attempt_records_meanwhile(migrated
         trial = await records.get_trial(session, trial_id)
         assert (trial.status, trial.reward) == (JobStatus.SUCCESS, 1.0)
         assert [a.status for a in trial.attempts] == [AttemptStatus.SUCCESS]
+
+
+async def _open(trial_id: str) -> object:
+    from oddish.db import attempts
+    from oddish.db.connection import autocommit_connection
+
+    async with autocommit_connection() as conn:
+        return await attempts.open_attempt(
+            conn,
+            trial_id=trial_id,
+            run_number=1,
+            temporal_attempt=2,
+            worker="second",
+            alive_within_sec=30.0,
+        )
+
+
+async def test_an_attempt_opening_while_the_run_finishes_takes_its_result(
+    migrated: None,
+) -> None:
+    """Temporal runs the trial again while its first attempt records its result: the opening
+    waits for that result and returns it; no second attempt is opened."""
+    from oddish.db import attempts
+
+    trial_id, attempt_id = await _running_trial()
+    success = records.TrialResultFields(
+        status=JobStatus.SUCCESS, outcome=OutcomeKind.SUCCESS, reward=1.0
+    )
+    async with get_session() as finishing:
+        await records.finish_trial(
+            finishing,
+            trial_id=trial_id,
+            attempt_id=attempt_id,
+            attempt_status=AttemptStatus.SUCCESS,
+            fields=success,
+        )
+        opening = asyncio.ensure_future(_open(trial_id))
+        await asyncio.sleep(1.0)
+        assert not opening.done(), "the attempt opened before the finish was committed"
+        await finishing.commit()
+    opened = await asyncio.wait_for(opening, timeout=30)
+
+    assert isinstance(opened, attempts.RunFinished)
+    assert (opened.status, opened.reward) == (JobStatus.SUCCESS, 1.0)
+    async with get_session() as session:
+        trial = await records.get_trial(session, trial_id)
+        assert [a.status for a in trial.attempts] == [AttemptStatus.SUCCESS]
+
+
+async def test_two_attempts_opening_at_once_get_numbers_of_their_own(migrated: None) -> None:
+    """An attempt opened (and committed) while another opening waited for the trial's lock is
+    seen by it: the later one takes the next number and marks the silent one lost, rather than
+    failing on the number both would have taken."""
+    from sqlalchemy import text
+
+    from oddish.db import attempts
+    from oddish.db.connection import get_engine
+
+    trial_id, first_id = await _running_trial()
+    async with get_engine().connect() as holding:
+        # The first attempt is marked lost by a second opening, which holds the trial's lock
+        # until it commits; a third opening waits for it meanwhile.
+        second = await attempts.open_attempt(
+            holding,
+            trial_id=trial_id,
+            run_number=1,
+            temporal_attempt=2,
+            worker="second",
+            alive_within_sec=30.0,
+        )
+        assert isinstance(second, attempts.OpenedAttempt) and second.number == 2
+        third_opening = asyncio.ensure_future(_open(trial_id))
+        await asyncio.sleep(1.0)
+        assert not third_opening.done(), "the opening did not wait for the trial's lock"
+        await holding.commit()
+    third = await asyncio.wait_for(third_opening, timeout=30)
+
+    assert isinstance(third, attempts.OpenedAttempt) and third.number == 3
+    async with get_engine().connect() as conn:
+        rows = await conn.execute(
+            text("SELECT number, status FROM trial_attempts WHERE trial_id = :t ORDER BY number"),
+            {"t": trial_id},
+        )
+        assert [tuple(r) for r in rows] == [
+            (1, AttemptStatus.LOST),
+            (2, AttemptStatus.LOST),
+            (3, AttemptStatus.RUNNING),
+        ]
+    assert first_id != second.attempt_id != third.attempt_id

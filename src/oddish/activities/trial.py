@@ -9,7 +9,6 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +27,6 @@ from oddish.db import attempts, records
 from oddish.db.connection import (
     autocommit_connection,
     database_unreachable,
-    get_engine,
     until_database_answers,
 )
 from oddish.harbor_config import trial_config
@@ -194,7 +192,7 @@ async def _start(
 ) -> TrialOutcome | attempts.EarlierAttemptRuns | attempts.OpenedAttempt:
     """Open the attempt; or, when this run of the trial already finished, its recorded outcome;
     or, when an earlier attempt is still running (its slot row touched lately), say so."""
-    async with get_engine().begin() as conn:
+    async with autocommit_connection() as conn:
         opened = await attempts.open_attempt(
             conn,
             trial_id=inp.trial_id,
@@ -464,10 +462,12 @@ async def _run_trial(
             classify(error_type, fields.rewards).retryable
             and error_type not in CONFIGURATION_ERRORS
         )
-        # The result is recorded first, then the output stored: a storage outage never holds up
-        # or loses a result (nor the slot a finished trial gives back). Until the upload ends
-        # the output is on this machine's disk, and the activity (still heartbeating) does not
-        # report back: the next attempt, or the trial's analysis, starts once it is stored.
+        # The result is recorded while the output is stored, neither waiting for the other: a
+        # storage outage never holds up or loses a result (nor the slot a finished trial gives
+        # back). Until the upload ends the output is on this machine's disk, and the activity
+        # (still heartbeating) does not report back: the next attempt, or the trial's analysis,
+        # starts once it is stored.
+        upload = asyncio.ensure_future(store_attempt_output(trial_dir, output_prefix))
         try:
             # The result must not be lost to a Postgres restart: wait for it to answer.
             outcome = await until_database_answers(
@@ -483,11 +483,13 @@ async def _run_trial(
             )
         except (ApplicationError, records.StaleAttempt):
             # Recorded for a retry (or superseded): the attempt's output is kept all the same.
-            await store_attempt_output(trial_dir, output_prefix)
+            await upload
             raise
-        await _store_output_handing_over(
-            store_attempt_output(trial_dir, output_prefix), outcome.next_grant, info
-        )
+        except BaseException:
+            # Stopped (the worker shuts down): what the upload left on disk is swept up later.
+            upload.cancel()
+            raise
+        await _store_output_handing_over(upload, outcome.next_grant, info)
         return outcome
     finally:
         touch.cancel()
@@ -505,9 +507,8 @@ HAND_OVER_MANAGER_ID = uuid.uuid4()
 
 
 async def _store_output_handing_over(
-    store: Coroutine[Any, Any, object], grant: SlotGrant | None, info: activity.Info
+    upload: asyncio.Future[bool], grant: SlotGrant | None, info: activity.Info
 ) -> None:
-    upload = asyncio.ensure_future(store)
     if grant is not None and info.workflow_id is not None:
         done, _ = await asyncio.wait({upload}, timeout=HAND_OVER_WAIT_SEC)
         if not done:

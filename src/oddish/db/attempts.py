@@ -2,9 +2,9 @@
 finished.
 
 Every trial makes these statements, so each step is as few round trips as it can be: plain
-statements, one transaction to open an attempt and one statement for each touch and for the
-result. Through the ORM (an identity map, a unit of work, a query per relationship) the same
-steps cost a trial process about as much CPU as Harbor's own code for a short trial.
+statements, one to open an attempt, one for each touch and one for the result. Through the ORM
+(an identity map, a unit of work, a query per relationship) the same steps cost a trial process
+about as much CPU as Harbor's own code for a short trial.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from oddish.db import slots
@@ -57,44 +58,52 @@ class OpenedAttempt:
     archive_sha256: str | None
 
 
-# The trial locked (an attempt finishing meanwhile is then seen finished, not started over),
-# with its task's archive, its latest running attempt and whether that one's slot row was
-# touched lately.
-_TRIAL_TO_RUN = text("""
-SELECT t.run_number, t.status, t.outcome, t.reward, t.error_type, t.error_message, t.spec,
-       k.task_path, k.archive_sha256, r.number AS running_number, r.worker AS running_worker,
-       EXISTS (
-           SELECT FROM pgqueuer p
-           WHERE p.dedupe_key = CAST(:dedupe_key AS text) AND p.status = 'picked'
-             AND p.heartbeat > now() - make_interval(secs => CAST(:alive_sec AS float8))
-       ) AS heard
-FROM trials t
-JOIN tasks k ON k.id = t.task_id
-LEFT JOIN LATERAL (
-    SELECT a.number, a.worker FROM trial_attempts a
-    WHERE a.trial_id = t.id AND a.status = 'running'
-    ORDER BY a.number DESC LIMIT 1
-) r ON true
-WHERE t.id = CAST(:trial_id AS varchar)
-FOR UPDATE OF t
-""")
-
-# Read after the lock is held, so it sees what any attempt finishing meanwhile committed. An
-# earlier attempt still marked running was lost with its worker. The slot row is touched, so the
-# attempt's first touch can wait its interval, and marked signalled: a slot handed over by the
-# trial before (``finish``) needs no signal once its trial runs.
+# One statement, so that opening an attempt costs one round trip (a transaction would cost three):
+# the trial is locked (an attempt finishing meanwhile is then seen finished, not started over),
+# read with its task's archive, its latest running attempt and whether that one's slot row was
+# touched lately; and only when this run has no result yet and no earlier attempt still runs,
+# the attempt is opened. An earlier attempt still marked running was lost with its worker. The
+# slot row is touched, so the attempt's first touch can wait its interval, and marked
+# signalled: a slot handed over by the trial before (``finish``) needs no signal once its trial
+# runs. An attempt another opening committed while this one waited for the lock is not in this
+# statement's snapshot: its number is taken again (a unique violation), and the statement is
+# run once more, seeing it.
 _OPEN_ATTEMPT = text("""
-WITH lost AS (
+WITH trial AS (
+    SELECT t.run_number, t.status, t.outcome, t.reward, t.error_type, t.error_message, t.spec,
+           k.task_path, k.archive_sha256, r.number AS running_number, r.worker AS running_worker,
+           EXISTS (
+               SELECT FROM pgqueuer p
+               WHERE p.dedupe_key = CAST(:dedupe_key AS text) AND p.status = 'picked'
+                 AND p.heartbeat > now() - make_interval(secs => CAST(:alive_sec AS float8))
+           ) AS heard
+    FROM trials t
+    JOIN tasks k ON k.id = t.task_id
+    LEFT JOIN LATERAL (
+        SELECT a.number, a.worker FROM trial_attempts a
+        WHERE a.trial_id = t.id AND a.status = 'running'
+        ORDER BY a.number DESC LIMIT 1
+    ) r ON true
+    WHERE t.id = CAST(:trial_id AS varchar)
+    FOR UPDATE OF t
+),
+go AS (
+    SELECT FROM trial
+    WHERE NOT (run_number = CAST(:run_number AS integer)
+               AND status = ANY(CAST(:terminal AS varchar[])))
+      AND NOT (running_number IS NOT NULL AND heard)
+),
+lost AS (
     UPDATE trial_attempts
     SET status = 'lost', finished_at = CAST(:now AS timestamptz),
         error_type = COALESCE(error_type, 'WorkerLost'),
         error_message = COALESCE(error_message, CAST(:lost_message AS text))
-    WHERE trial_id = CAST(:trial_id AS varchar) AND status = 'running'
+    WHERE trial_id = CAST(:trial_id AS varchar) AND status = 'running' AND EXISTS (SELECT FROM go)
 ),
-trial AS (
+started AS (
     UPDATE trials
     SET status = 'running', started_at = COALESCE(started_at, CAST(:now AS timestamptz))
-    WHERE id = CAST(:trial_id AS varchar)
+    WHERE id = CAST(:trial_id AS varchar) AND EXISTS (SELECT FROM go)
 ),
 touched AS (
     UPDATE pgqueuer
@@ -102,15 +111,21 @@ touched AS (
         headers = CASE WHEN headers ? 'signalled' THEN headers
                        ELSE headers || '{"signalled": true}'::jsonb END
     WHERE dedupe_key = CAST(:dedupe_key AS text) AND status = 'picked'
+      AND EXISTS (SELECT FROM go)
+),
+opened AS (
+    INSERT INTO trial_attempts (
+        trial_id, number, run_number, temporal_attempt, worker, status, started_at
+    )
+    SELECT CAST(:trial_id AS varchar), COALESCE(max(number), 0) + 1,
+           CAST(:run_number AS integer), CAST(:temporal_attempt AS integer),
+           CAST(:worker AS varchar), 'running', CAST(:now AS timestamptz)
+    FROM trial_attempts WHERE trial_id = CAST(:trial_id AS varchar)
+    HAVING EXISTS (SELECT FROM go)
+    RETURNING id, number
 )
-INSERT INTO trial_attempts (
-    trial_id, number, run_number, temporal_attempt, worker, status, started_at
-)
-SELECT CAST(:trial_id AS varchar), COALESCE(max(number), 0) + 1, CAST(:run_number AS integer),
-       CAST(:temporal_attempt AS integer), CAST(:worker AS varchar), 'running',
-       CAST(:now AS timestamptz)
-FROM trial_attempts WHERE trial_id = CAST(:trial_id AS varchar)
-RETURNING id, number
+SELECT trial.*, opened.id AS attempt_id, opened.number AS attempt_number
+FROM trial LEFT JOIN opened ON true
 """)
 LOST_MESSAGE = (
     "this attempt ended without a result (its worker stopped or was lost); "
@@ -127,41 +142,38 @@ async def open_attempt(
     worker: str,
     alive_within_sec: float,
 ) -> OpenedAttempt | RunFinished | EarlierAttemptRuns:
-    """Open a new attempt of the trial, in the caller's transaction (committed by the caller).
+    """Open a new attempt of the trial. One statement: run it in autocommit.
 
     Or, when this run already finished, its result (and the slot granted again goes straight
     back); or, when an earlier attempt still runs, which one. Raises RecordNotFound for a
     trial that is not recorded.
     """
     dedupe_key = slots.dedupe_key(trial_id)
-    row = (
-        await conn.execute(
-            _TRIAL_TO_RUN,
-            {"trial_id": trial_id, "dedupe_key": dedupe_key, "alive_sec": alive_within_sec},
-        )
-    ).one_or_none()
+    params = {
+        "trial_id": trial_id,
+        "dedupe_key": dedupe_key,
+        "alive_sec": alive_within_sec,
+        "run_number": run_number,
+        "terminal": sorted(TERMINAL_JOB_STATUSES),
+        "temporal_attempt": temporal_attempt,
+        "worker": worker,
+        "now": now(),
+        "lost_message": LOST_MESSAGE,
+    }
+    try:
+        row = (await conn.execute(_OPEN_ATTEMPT, params)).one_or_none()
+    except IntegrityError:
+        row = (await conn.execute(_OPEN_ATTEMPT, params)).one_or_none()
     if row is None:
         raise RecordNotFound(f"no trial {trial_id!r}")
+    if row.attempt_id is not None:
+        return OpenedAttempt(
+            row.attempt_id, row.attempt_number, row.spec, row.task_path, row.archive_sha256
+        )
     if row.run_number == run_number and row.status in TERMINAL_JOB_STATUSES:
         await slots.release(conn, trial_ids=[trial_id], log_status="successful")
         return RunFinished(row.status, row.outcome, row.reward, row.error_type, row.error_message)
-    if row.running_number is not None and row.heard:
-        return EarlierAttemptRuns(row.running_number, row.running_worker)
-    opened = (
-        await conn.execute(
-            _OPEN_ATTEMPT,
-            {
-                "trial_id": trial_id,
-                "dedupe_key": dedupe_key,
-                "run_number": run_number,
-                "temporal_attempt": temporal_attempt,
-                "worker": worker,
-                "now": now(),
-                "lost_message": LOST_MESSAGE,
-            },
-        )
-    ).one()
-    return OpenedAttempt(opened.id, opened.number, row.spec, row.task_path, row.archive_sha256)
+    return EarlierAttemptRuns(row.running_number, row.running_worker)
 
 
 _TOUCH = text("""
