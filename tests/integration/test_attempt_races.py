@@ -9,6 +9,7 @@ import os
 import time
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from temporalio.testing import ActivityEnvironment
 
 from helpers import open_test_attempt, running_task_row
@@ -48,20 +49,23 @@ async def _running_trial() -> tuple[str, int]:
     return trial_id, await open_test_attempt(trial_id)
 
 
+async def _finish_uncommitted(session: AsyncSession, trial_id: str, attempt_id: int) -> None:
+    """The attempt's successful finish, written but not yet committed: it holds the trial's row."""
+    await records.finish_trial(
+        session,
+        trial_id=trial_id,
+        attempt_id=attempt_id,
+        attempt_status=AttemptStatus.SUCCESS,
+        fields=records.TrialResultFields(
+            status=JobStatus.SUCCESS, outcome=OutcomeKind.SUCCESS, reward=1.0
+        ),
+    )
+
+
 async def test_fail_trial_takes_the_result_an_attempt_records_meanwhile(migrated: None) -> None:
     trial_id, attempt_id = await _running_trial()
-    success = records.TrialResultFields(
-        status=JobStatus.SUCCESS, outcome=OutcomeKind.SUCCESS, reward=1.0
-    )
     async with get_session() as finishing:
-        # The attempt's finish, written but not yet committed, holds its trial's row.
-        await records.finish_trial(
-            finishing,
-            trial_id=trial_id,
-            attempt_id=attempt_id,
-            attempt_status=AttemptStatus.SUCCESS,
-            fields=success,
-        )
+        await _finish_uncommitted(finishing, trial_id, attempt_id)
         failing = asyncio.ensure_future(
             ActivityEnvironment().run(
                 fail_trial,
@@ -80,19 +84,22 @@ async def test_fail_trial_takes_the_result_an_attempt_records_meanwhile(migrated
         assert [a.status for a in trial.attempts] == [AttemptStatus.SUCCESS]
 
 
-async def _open(trial_id: str) -> object:
+async def _open(trial_id: str, conn: AsyncConnection | None = None) -> object:
+    """Open a later attempt of the trial's first run, on ``conn`` (default: in autocommit)."""
     from oddish.db import attempts
     from oddish.db.connection import autocommit_connection
 
-    async with autocommit_connection() as conn:
-        return await attempts.open_attempt(
-            conn,
-            trial_id=trial_id,
-            run_number=1,
-            temporal_attempt=2,
-            worker="second",
-            alive_within_sec=30.0,
-        )
+    if conn is None:
+        async with autocommit_connection() as own:
+            return await _open(trial_id, own)
+    return await attempts.open_attempt(
+        conn,
+        trial_id=trial_id,
+        run_number=1,
+        temporal_attempt=2,
+        worker="later",
+        alive_within_sec=30.0,
+    )
 
 
 async def test_an_attempt_opening_while_the_run_finishes_takes_its_result(
@@ -103,17 +110,8 @@ async def test_an_attempt_opening_while_the_run_finishes_takes_its_result(
     from oddish.db import attempts
 
     trial_id, attempt_id = await _running_trial()
-    success = records.TrialResultFields(
-        status=JobStatus.SUCCESS, outcome=OutcomeKind.SUCCESS, reward=1.0
-    )
     async with get_session() as finishing:
-        await records.finish_trial(
-            finishing,
-            trial_id=trial_id,
-            attempt_id=attempt_id,
-            attempt_status=AttemptStatus.SUCCESS,
-            fields=success,
-        )
+        await _finish_uncommitted(finishing, trial_id, attempt_id)
         opening = asyncio.ensure_future(_open(trial_id))
         await asyncio.sleep(1.0)
         assert not opening.done(), "the attempt opened before the finish was committed"
@@ -140,14 +138,7 @@ async def test_two_attempts_opening_at_once_get_numbers_of_their_own(migrated: N
     async with get_engine().connect() as holding:
         # The first attempt is marked lost by a second opening, which holds the trial's lock
         # until it commits; a third opening waits for it meanwhile.
-        second = await attempts.open_attempt(
-            holding,
-            trial_id=trial_id,
-            run_number=1,
-            temporal_attempt=2,
-            worker="second",
-            alive_within_sec=30.0,
-        )
+        second = await _open(trial_id, holding)
         assert isinstance(second, attempts.OpenedAttempt) and second.number == 2
         third_opening = asyncio.ensure_future(_open(trial_id))
         await asyncio.sleep(1.0)

@@ -618,14 +618,20 @@ def test_move_tree_stores_what_put_tree_would_moving_only_files_of_one_link(
     assert b"SECRET" not in everything and b"root:" not in everything
 
 
-def test_move_tree_copies_from_another_file_system(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def small_tree(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """Three files, two of them in a subdirectory: the directory and its files' contents."""
     tree = tmp_path / "tree"
     files = {"a.txt": b"a", "d/b.txt": b"b", "d/c.txt": b"c"}
     for rel, data in files.items():
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
         (tree / rel).write_bytes(data)
+    return tree, files
+
+
+def test_move_tree_copies_from_another_file_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree, files = small_tree(tmp_path)
     renames: list[str] = []
     real_rename_into = storage_fs.rename_into
 
@@ -655,11 +661,7 @@ def test_moved_outputs_are_synced_only_when_the_setting_asks(
     monkeypatch.setenv("ODDISH_STORAGE_SYNC_OUTPUTS", str(sync_outputs).lower())
     storage = storage_from_config(config_from_settings(Settings()))
     assert isinstance(storage, LocalStorage)
-    tree = tmp_path / "tree"
-    files = {"a.txt": b"a", "d/b.txt": b"b", "d/c.txt": b"c"}
-    for rel, data in files.items():
-        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tree / rel).write_bytes(data)
+    tree, files = small_tree(tmp_path)
     synced: list[int] = []
     real_fsync = os.fsync
 
