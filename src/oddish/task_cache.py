@@ -161,23 +161,24 @@ class TaskCache:
         if not self._mutex.acquire(blocking=False):
             return False
         try:
-            if not self._in_use.get(sha):
-                return False
-            self._in_use[sha] += 1
-            fd = self._held[sha]
+            return self._count_one_more(sha)
         finally:
             self._mutex.release()
-        # Held by this trial now, the descriptor stays open until its release.
-        self._touch(fd)
+
+    def _count_one_more(self, sha: str) -> bool:
+        """With the mutex held: one trial more uses an entry this process holds already (its
+        mtime touched); False when the process does not hold it."""
+        if not self._in_use.get(sha):
+            return False
+        self._in_use[sha] += 1
+        self._touch(self._held[sha])
         return True
 
     def _hold(self, sha: str) -> bool:
         """Mark the entry in use if it is in place (False if not): a shared flock on its
         directory, taken once per process, and its mtime touched (its last use)."""
         with self._mutex:
-            if self._in_use.get(sha):
-                self._in_use[sha] += 1
-                self._touch(self._held[sha])
+            if self._count_one_more(sha):
                 return True
             path = self.entry_path(sha)
             try:
