@@ -94,7 +94,8 @@ def percentile(values: list[float], q: float) -> float:
 
 async def run_harbor(
     trials: int, concurrency: int, jobs_dir: Path, sleep: dict[str, str]
-) -> tuple[float, list[float]]:
+) -> tuple[float, float, list[float]]:
+    """Wall time, slot utilisation by oddish's measure, and hand-over gaps."""
     from harbor.job import Job
     from harbor.models.job.config import JobConfig
     from harbor.models.trial.config import AgentConfig, EnvironmentConfig, TaskConfig
@@ -119,7 +120,8 @@ async def run_harbor(
         for r in result.trial_results
         if r.started_at is not None and r.finished_at is not None
     ]
-    return wall, handover_gaps(spans, concurrency)
+    busy = sum((end - start).total_seconds() for start, end in spans)
+    return wall, (busy / concurrency) / wall, handover_gaps(spans, concurrency)
 
 
 async def run_oddish(
@@ -197,7 +199,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="oddish-bench-") as tmp:
         work = Path(tmp)
         cpu_before = own_cpu_sec() + children_cpu_sec()
-        harbor_wall, harbor_gaps = await run_harbor(
+        harbor_wall, harbor_utilisation, harbor_gaps = await run_harbor(
             args.trials, args.concurrency, work / "harbor-jobs", sleep
         )
         harbor_cpu = own_cpu_sec() + children_cpu_sec() - cpu_before
@@ -214,7 +216,10 @@ async def main() -> None:
     print(f"harbor Job wall time : {harbor_wall:7.2f} s")
     print(f"oddish wall time     : {oddish_wall:7.2f} s")
     print(f"ratio oddish/harbor  : {oddish_wall / harbor_wall:7.3f}")
-    print(f"oddish slot utilisation (ideal makespan / actual): {utilisation:.3f}")
+    print(
+        f"slot utilisation (ideal makespan / actual): oddish {utilisation:.3f}, "
+        f"harbor {harbor_utilisation:.3f}"
+    )
     print(
         f"CPU per trial        : harbor {1000 * harbor_cpu / args.trials:.0f} ms, oddish "
         f"{1000 * oddish_cpu / args.trials:.0f} ms (workers, Temporal, Postgres; start-up "

@@ -51,13 +51,17 @@ class TaskWorkflowInput:
 
 @dataclass
 class SlotRequest:
-    """Ask for a slot for each of ``trials``; the dispatcher signals ``slot_granted`` per trial."""
+    """Ask for a slot for each of ``trials``; the dispatcher signals ``slot_granted`` per trial.
+
+    With ``grant_at_once``, the slots free now for the trials at the head of their keys' lines
+    are claimed in the request's own transaction and returned, not signalled."""
 
     workflow_id: str
     task_id: str
     priority: int
     trials: list[TrialRef]
     run_number: int = 1
+    grant_at_once: bool = False
 
 
 @dataclass

@@ -31,6 +31,7 @@ from oddish.db import attempts, records, slots
 from oddish.db.connection import autocommit_connection, get_engine, get_session
 from oddish.db.models import ExperimentModel, TrialModel
 from oddish.statuses import AttemptStatus, JobStatus, OutcomeKind
+from oddish.workflows.task_workflow import LOCAL_SLOT_REQUEST_MAX
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -255,3 +256,76 @@ async def test_dispatchers_claim_only_for_keys_with_a_free_slot(migrated: None) 
     async with get_engine().connect() as conn:
         keys = set(await slots.keys_with_waiting_trials(conn, default_limit=1))
     assert free in keys and full not in keys
+
+
+async def test_a_claim_for_a_workflow_takes_only_its_own_head_of_the_line(
+    migrated: None,
+) -> None:
+    """A task's first step claims for its own trials only while they head the line: a trial of
+    another workflow ahead of them, or a judge call's, is not overtaken."""
+    key = unique_key("own-head")
+    mine, (first, second, later) = await _trials(key, 3)
+    other, (theirs,) = await _trials(key, 1)
+    await _in_line(mine, [first, second], key)
+    await _in_line(other, [theirs], key)
+    await _in_line(mine, [later], key)
+    await _limit(key, 4)
+
+    async with get_engine().begin() as conn:
+        claims = await slots.claim(
+            conn, queue_key=key, default_limit=4, manager_id=MANAGER, for_workflow=mine
+        )
+    assert [c.trial_id for c in claims] == [first, second]
+    rows = await _rows(key)
+    assert rows[theirs] == ("queued", None) and rows[later] == ("queued", None)
+    # Left unsignalled: if the claimer's result is lost, the re-signal loop tells the workflow.
+    assert await _unsignalled(key) == {first, second}
+
+    # Once the other workflow's trial holds a slot, the rest of the line is the workflow's.
+    async with get_engine().begin() as conn:
+        assert not await slots.claim(
+            conn, queue_key=key, default_limit=4, manager_id=MANAGER, for_workflow=mine
+        )
+    assert [c.trial_id for c in await _claim(key, limit=4)] == [theirs, later]
+
+
+@pytest.mark.parametrize(
+    ("n_trials", "limit", "scenario"),
+    [
+        # Put in line by the task's first step, a local activity.
+        (3, 2, "grant-on-request-completed"),
+        # More than a local slot request takes: an activity of its own.
+        (LOCAL_SLOT_REQUEST_MAX + 6, 16, "grant-on-request-wide-completed"),
+    ],
+)
+async def test_a_task_starts_its_first_trials_without_a_signal(
+    start_worker, temporal_client: Client, n_trials: int, limit: int, scenario: str
+) -> None:
+    """The slots free at a task's start come back with its slot request: its first trials are
+    all scheduled in the workflow task that has the request's result, before any grant is
+    signalled; the rest are handed over."""
+    key = unique_key("grant-on-request")
+    start_worker("--n-concurrent", json.dumps({key: limit}))
+    task_id = await submit(
+        temporal_client, "hello-pass", local("nop", n_trials=n_trials, model=key)
+    )
+    task = await wait_for_task(temporal_client, task_id)
+
+    assert [t["status"] for t in task["trials"]] == ["success"] * n_trials
+    assert max_overlap(intervals(task)) <= limit
+    history = await temporal_client.get_workflow_handle(f"task/{task_id}").fetch_history()
+    events = history.events
+    scheduled_in = [
+        e.activity_task_scheduled_event_attributes.workflow_task_completed_event_id
+        for e in events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "run_trial"
+    ]
+    assert scheduled_in.count(scheduled_in[0]) == limit
+    # (A finishing trial whose output takes long to store signals the slot it hands over.)
+    signals = [
+        e.event_id for e in events if e.HasField("workflow_execution_signaled_event_attributes")
+    ]
+    assert all(signal > scheduled_in[0] for signal in signals)
+    assert await slot_rows(key) == 0
+    await check_history(temporal_client, task_id, scenario)

@@ -41,6 +41,10 @@ SCENARIOS = {
     # Slots handed over (HAND_OVER_PATCH): a finishing trial's outcome carries the next trial's
     # grant, which starts in the same workflow task.
     "hand-over-completed",
+    # Slot requests return the grants of the slots free at once (GRANT_ON_REQUEST_PATCH): as a
+    # task's first step (a local activity), and as an activity of its own (more trials).
+    "grant-on-request-completed",
+    "grant-on-request-wide-completed",
 }
 
 

@@ -162,11 +162,16 @@ class FakeOddish:
         self.hold.discard(trial_id)
         await self._dispatch()
 
-    async def _dispatch(self) -> None:
+    async def _dispatch(self, for_workflow: str | None = None) -> list[SlotGrant]:
+        """Grant what fits, signalling each grant; with ``for_workflow``, only as far as the line's
+        head is that workflow's trials, and the grants are returned instead (as a slot request
+        with ``grant_at_once`` does)."""
         grants: list[tuple[str, SlotGrant]] = []
         for entry in list(self._line):
             workflow_id, trial_id, run_number = entry
             if self.limit is not None and self._in_use >= self.limit:
+                break
+            if for_workflow is not None and workflow_id != for_workflow:
                 break
             if trial_id in self.hold:
                 continue
@@ -174,6 +179,8 @@ class FakeOddish:
             self._in_use += 1
             self.granted.add((trial_id, run_number))
             grants.append((workflow_id, SlotGrant(trial_id, next(self._slots), run_number)))
+        if for_workflow is not None:
+            return [grant for _, grant in grants]
         await asyncio.gather(
             *(
                 self.client.get_workflow_handle_for(TaskWorkflow.run, workflow_id).signal(
@@ -182,13 +189,14 @@ class FakeOddish:
                 for workflow_id, grant in grants
             )
         )
+        return []
 
     async def _give_back(self) -> None:
         self._in_use -= 1
         await self._dispatch()
 
     @activity.defn(name="request_slots")
-    async def request_slots(self, request: SlotRequest) -> None:
+    async def request_slots(self, request: SlotRequest) -> list[SlotGrant]:
         self.log.append(Call("request_slots", request))
         # Idempotent, as the slot table is: a local activity run again (its workflow task was
         # not accepted) puts nobody in line twice.
@@ -197,13 +205,15 @@ class FakeOddish:
             if entry not in self._requested:
                 self._requested.add(entry)
                 self._line.append(entry)
+        grants = await self._dispatch(request.workflow_id) if request.grant_at_once else []
         await self._dispatch()
+        return grants
 
     @activity.defn(name="begin_task")
-    async def begin_task(self, request: SlotRequest) -> None:
+    async def begin_task(self, request: SlotRequest) -> list[SlotGrant]:
         self.log.append(Call("begin_task", request))
         await self.record_task_status(TaskStatusUpdate(request.task_id, TaskStatus.RUNNING.value))
-        await self.request_slots(request)
+        return await self.request_slots(request)
 
     @activity.defn(name="run_trial")
     async def run_trial(self, inp: RunTrialInput) -> TrialOutcome:
@@ -528,7 +538,8 @@ async def test_many_trials_stay_within_history_limits(harness: Harness) -> None:
     # All in the task's own workflow (not in batches), as tasks before batches ran them.
     handle = await harness.start(task_input(trials, batch_size=10_000))
 
-    assert await finish(handle) == TaskStatus.COMPLETED.value
+    # 500 trials and their analyses take 10-25 s on a loaded 2-core machine.
+    assert await finish(handle, timeout=90) == TaskStatus.COMPLETED.value
 
     assert sorted(fake.runs) == sorted((t, 1) for t in trial_ids(trials))
     assert len(fake.calls("analyze_trial")) == len(trials)
@@ -766,15 +777,48 @@ async def test_a_task_puts_its_trials_in_line_in_its_first_workflow_task(
 ) -> None:
     """Up to LOCAL_SLOT_REQUEST_MAX trials, the task is recorded running and its trials put in
     line by one local activity: no activity task between its start and its first grant. A larger
-    request stays an activity task (its grants could overflow the server's buffer)."""
+    task begins the same way with its first LOCAL_SLOT_REQUEST_MAX, and the rest are put in line
+    by an activity task (their grants could overflow the server's buffer while a local activity
+    holds the workflow task)."""
     fake = harness.fake
     small = await harness.start(task_input(trial_refs(LOCAL_SLOT_REQUEST_MAX)))
     assert await finish(small) == TaskStatus.COMPLETED.value
     assert not {"begin_task", "request_slots"} & set(await scheduled_activities(small))
     assert [len(r.trials) for r in fake.calls("begin_task")] == [LOCAL_SLOT_REQUEST_MAX]
 
-    large = await harness.start(task_input(trial_refs(LOCAL_SLOT_REQUEST_MAX + 1)))
+    large = await harness.start(task_input(trial_refs(LOCAL_SLOT_REQUEST_MAX + 3)))
     assert await finish(large) == TaskStatus.COMPLETED.value
     assert (await scheduled_activities(large)).count("request_slots") == 1
-    assert len(fake.calls("begin_task")) == 1
+    # (The fake's begin_task logs the request it makes as a request_slots call too.)
+    begun, rest = fake.calls("begin_task")[1], fake.calls("request_slots")[-1]
+    assert len(begun.trials) == LOCAL_SLOT_REQUEST_MAX and len(rest.trials) == 3
+    # In line in their order: the first LOCAL_SLOT_REQUEST_MAX, then the rest.
+    assert [t.index for t in begun.trials + rest.trials] == list(range(LOCAL_SLOT_REQUEST_MAX + 3))
     assert fake.violations == []
+
+
+async def test_a_slot_request_returns_the_grants_free_at_once(harness: Harness) -> None:
+    """The slots free when a task puts its trials in line come back with the request: those
+    trials are scheduled in the workflow task that has the request's result, and none of their
+    grants is signalled."""
+    fake = harness.fake
+    fake.limit = 2
+    handle = await harness.start(task_input(trial_refs(5)))
+    assert await finish(handle) == TaskStatus.COMPLETED.value
+    [request] = fake.calls("begin_task")
+    assert request.grant_at_once
+    events = [e async for e in handle.fetch_history_events()]
+    first_scheduled = [
+        e.activity_task_scheduled_event_attributes.workflow_task_completed_event_id
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "run_trial"
+    ]
+    assert first_scheduled.count(first_scheduled[0]) == 2
+    signals = [
+        e.event_id
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+    ]
+    assert len(signals) == 3 and min(signals) > first_scheduled[0]
+    assert fake.violations == [] and fake.max_running <= 2

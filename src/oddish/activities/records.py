@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from oddish.activities.trial import alive_within_sec
 from oddish.config import get_settings
-from oddish.contracts import FailTrialInput, SlotRequest, TaskStatusUpdate, TrialOutcome
+from oddish.contracts import (
+    FailTrialInput,
+    SlotGrant,
+    SlotRequest,
+    TaskStatusUpdate,
+    TrialOutcome,
+)
 from oddish.db import records, slots
 from oddish.db.connection import get_session
 from oddish.statuses import (
@@ -30,22 +38,60 @@ async def record_task_status(update: TaskStatusUpdate) -> None:
         await session.commit()
 
 
+# The holder the slots claimed with a request (``grant_at_once``) are recorded under (PGQueuer's
+# queue_manager_id): this process.
+REQUEST_MANAGER_ID = uuid.uuid4()
+
+
 @activity.defn(name="request_slots")
-async def request_slots(request: SlotRequest) -> None:
-    """Put the trials in line for their queue keys' slots; the dispatcher signals each grant."""
+async def request_slots(request: SlotRequest) -> list[SlotGrant]:
+    """Put the trials in line for their queue keys' slots; the dispatcher signals each grant,
+    but for those made at once (``grant_at_once``, see ``begin_task``), which are returned."""
     async with get_session() as session:
         await _queue_trials(session, request)
+        grants = await _claim_for(session, request) if request.grant_at_once else []
         await session.commit()
+    return grants
 
 
 @activity.defn(name="begin_task")
-async def begin_task(request: SlotRequest) -> None:
+async def begin_task(request: SlotRequest) -> list[SlotGrant]:
     """A task's first step, in one transaction: the task recorded running and its trials put in
-    line for their slots (``record_task_status`` and ``request_slots`` at once)."""
+    line for their slots (``record_task_status`` and ``request_slots`` at once).
+
+    With ``grant_at_once``, the slots free now go to the task's trials that head their keys'
+    lines in the same transaction, and come back as grants: the first trials start in the
+    workflow task that put them in line, with no dispatcher round and no signal. The rows are
+    left unsignalled: should this result be lost (the worker dies in the workflow task), the
+    dispatchers' re-signal loop tells the workflow, as for a dispatcher that died after a claim.
+    """
     async with get_session() as session:
         await records.set_task_status(session, request.task_id, TaskStatus.RUNNING)
         await _queue_trials(session, request)
+        grants = await _claim_for(session, request) if request.grant_at_once else []
         await session.commit()
+    return grants
+
+
+async def _claim_for(session: AsyncSession, request: SlotRequest) -> list[SlotGrant]:
+    grants: list[SlotGrant] = []
+    default_limit = get_settings().default_model_concurrency
+    for queue_key in sorted({t.queue_key for t in request.trials}):
+        try:
+            # A savepoint: a PGQueuer worker taking the slot first (the unique slot index) costs
+            # this key's claim, not the request.
+            async with session.begin_nested():
+                claims = await slots.claim(
+                    await session.connection(),
+                    queue_key=queue_key,
+                    default_limit=default_limit,
+                    manager_id=REQUEST_MANAGER_ID,
+                    for_workflow=request.workflow_id,
+                )
+        except IntegrityError:
+            continue
+        grants += [SlotGrant(c.trial_id, c.slot, c.run_number) for c in claims]
+    return grants
 
 
 async def _queue_trials(session: AsyncSession, request: SlotRequest) -> None:

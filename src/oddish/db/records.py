@@ -284,6 +284,32 @@ async def set_task_status(
     await session.execute(update(TaskModel).where(TaskModel.id == task_id).values(**values))
 
 
+_QUEUE_FOR_RUN = text("""
+WITH updated AS (
+    UPDATE trials
+    SET status = 'queued', run_number = CAST(:run AS integer), outcome = NULL, reward = NULL,
+        rewards = NULL, error_type = NULL, error_message = NULL, finished_at = NULL
+    WHERE id = ANY(CAST(:ids AS varchar[]))
+      AND (status = 'pending'
+           OR (run_number < CAST(:run AS integer)
+               AND status = ANY(CAST(:retryable AS varchar[]))))
+    RETURNING id
+),
+-- Disjoint from ``updated``: the snapshot's rows already queued for this run.
+waiting AS (
+    SELECT id FROM updated
+    UNION ALL
+    SELECT id FROM trials
+    WHERE id = ANY(CAST(:ids AS varchar[])) AND status = 'queued'
+      AND run_number = CAST(:run AS integer)
+),
+cleared AS (
+    DELETE FROM analyses WHERE trial_id IN (SELECT id FROM waiting)
+)
+SELECT id FROM waiting
+""")
+
+
 async def queue_trials_for_run(
     session: AsyncSession, trial_ids: list[str], run_number: int
 ) -> list[str]:
@@ -292,45 +318,18 @@ async def queue_trials_for_run(
     A new trial, or a finished one of an earlier run (retried: it did not pass), becomes
     ``queued`` with its previous result cleared (its attempts stay). A trial already running or
     finished in this run is left out, so a repeated request never puts a finished trial in line
-    again.
+    again. The analysis of an earlier run no longer describes the trial: it is deleted, and
+    redone after this run. One statement (one round trip) for any number of trials.
     """
-    await session.execute(
-        update(TrialModel)
-        .where(
-            TrialModel.id.in_(trial_ids),
-            (TrialModel.status == JobStatus.PENDING)
-            | (
-                (TrialModel.run_number < run_number)
-                & TrialModel.status.in_([s.value for s in RETRYABLE_TRIAL_STATUSES])
-            ),
-        )
-        .values(
-            status=JobStatus.QUEUED,
-            run_number=run_number,
-            outcome=None,
-            reward=None,
-            rewards=None,
-            error_type=None,
-            error_message=None,
-            finished_at=None,
-        )
+    rows = await session.execute(
+        _QUEUE_FOR_RUN,
+        {
+            "ids": trial_ids,
+            "run": run_number,
+            "retryable": [s.value for s in RETRYABLE_TRIAL_STATUSES],
+        },
     )
-    waiting = list(
-        (
-            await session.execute(
-                select(TrialModel.id).where(
-                    TrialModel.id.in_(trial_ids),
-                    TrialModel.status == JobStatus.QUEUED,
-                    TrialModel.run_number == run_number,
-                )
-            )
-        )
-        .scalars()
-        .all()
-    )
-    # The analysis of an earlier run no longer describes the trial; it is redone after this run.
-    await session.execute(delete(AnalysisModel).where(AnalysisModel.trial_id.in_(waiting)))
-    return waiting
+    return list(rows.scalars())
 
 
 def _fill_attempt(attempt: TrialAttemptModel, fields: TrialResultFields, status: str) -> None:

@@ -87,8 +87,9 @@ async def enqueue(
     priority: int,
     run_number: int,
 ) -> None:
-    """Insert a waiting row per ``(trial_id, queue_key)``; a trial already waiting or holding is
-    left alone."""
+    """Insert a waiting row per ``(trial_id, queue_key)``, in that order (FIFO); a trial already
+    waiting or holding is left alone. One statement for them all: one round trip, and one
+    NOTIFY from the statement trigger."""
     if not trials:
         return
     await conn.execute(
@@ -97,8 +98,12 @@ async def enqueue(
             WITH added AS (
                 INSERT INTO pgqueuer (priority, entrypoint, dedupe_key, payload, headers,
                                       execute_after, status)
-                VALUES (:priority, :queue_key, :dedupe_key, NULL, CAST(:headers AS jsonb),
-                        :far_future, 'queued')
+                SELECT CAST(:priority AS integer), line.queue_key, line.dedupe_key, NULL,
+                       CAST(line.headers AS jsonb), CAST(:far_future AS timestamptz), 'queued'
+                FROM unnest(CAST(:queue_keys AS text[]), CAST(:dedupe_keys AS text[]),
+                            CAST(:headers AS text[]))
+                     WITH ORDINALITY AS line(queue_key, dedupe_key, headers, place)
+                ORDER BY line.place
                 ON CONFLICT (dedupe_key)
                     WHERE ((status = ANY (ARRAY['queued'::pgqueuer_status,
                                                 'picked'::pgqueuer_status]))
@@ -110,16 +115,13 @@ async def enqueue(
             SELECT id, 'queued', entrypoint, priority FROM added
             """
         ),
-        [
-            {
-                "priority": priority,
-                "queue_key": queue_key,
-                "dedupe_key": dedupe_key(trial_id),
-                "headers": _headers(trial_id, workflow_id, run_number),
-                "far_future": NEVER,
-            }
-            for trial_id, queue_key in trials
-        ],
+        {
+            "priority": priority,
+            "queue_keys": [queue_key for _, queue_key in trials],
+            "dedupe_keys": [dedupe_key(trial_id) for trial_id, _ in trials],
+            "headers": [_headers(trial_id, workflow_id, run_number) for trial_id, _ in trials],
+            "far_future": NEVER,
+        },
     )
 
 
@@ -221,13 +223,21 @@ async def keys_with_waiting_trials(conn: AsyncConnection, *, default_limit: int)
 
 
 async def claim(
-    conn: AsyncConnection, *, queue_key: str, default_limit: int, manager_id: uuid.UUID
+    conn: AsyncConnection,
+    *,
+    queue_key: str,
+    default_limit: int,
+    manager_id: uuid.UUID,
+    for_workflow: str | None = None,
 ) -> list[SlotClaim]:
     """Give free slots of ``queue_key`` to its waiting trials: highest priority first, then FIFO.
 
     Must run inside a transaction. Claims of one key are serialised by an advisory lock, so our
     dispatchers never race each other; a PGQueuer worker racing us loses on the unique slot index
     (SQLSTATE 23505), which the caller treats as "no capacity this time".
+
+    With ``for_workflow``, only as far as the line's head is that workflow's trials: the first
+    row of another workflow (or a judge call's) ends the claim, so nobody is overtaken.
     """
     await conn.execute(
         text("SELECT pg_advisory_xact_lock(hashtext('oddish-slot:' || :key))"), {"key": queue_key}
@@ -253,14 +263,24 @@ async def claim(
                 LIMIT (SELECT free FROM capacity)
             ),
             waiting AS (
-                SELECT id, ROW_NUMBER() OVER (ORDER BY priority DESC, id ASC) AS rnk
-                FROM (
-                    SELECT id, priority FROM pgqueuer
-                    WHERE entrypoint = :key AND status = 'queued' AND headers ? :owner
-                    ORDER BY priority DESC, id ASC
-                    LIMIT (SELECT free FROM capacity)
-                    FOR UPDATE SKIP LOCKED
-                ) w
+                SELECT id, rnk FROM (
+                    SELECT id, ROW_NUMBER() OVER line AS rnk,
+                           -- Whether every row up to this one is the workflow's (or any is).
+                           bool_and(
+                               CAST(:workflow AS text) IS NULL
+                               OR (headers ->> 'workflow_id' = CAST(:workflow AS text)
+                                   AND NOT headers ? 'judge')
+                           ) OVER line AS in_head
+                    FROM (
+                        SELECT id, priority, headers FROM pgqueuer
+                        WHERE entrypoint = :key AND status = 'queued' AND headers ? :owner
+                        ORDER BY priority DESC, id ASC
+                        LIMIT (SELECT free FROM capacity)
+                        FOR UPDATE SKIP LOCKED
+                    ) w
+                    WINDOW line AS (ORDER BY priority DESC, id ASC)
+                ) ordered
+                WHERE in_head
             ),
             claimed AS (
                 UPDATE pgqueuer job
@@ -282,6 +302,7 @@ async def claim(
             "default_limit": default_limit,
             "owner": OWNER_HEADER,
             "manager": manager_id,
+            "workflow": for_workflow,
         },
     )
     return [

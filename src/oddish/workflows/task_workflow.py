@@ -89,6 +89,10 @@ LOCAL_SLOT_REQUEST_MAX = 64
 # (in the statement that gives it back), and the workflow takes the grant from the trial's
 # outcome: the next trial starts in the workflow task of the result, with no signal.
 HAND_OVER_PATCH = "slot-hand-over"
+# From this change on, a slot request (``begin_task``, ``request_slots``) also claims the slots
+# free now for its trials at the head of their keys' lines and returns them: those trials start
+# in the workflow task that has the request's result, with no dispatcher round and no signal.
+GRANT_ON_REQUEST_PATCH = "grant-on-request"
 
 
 def trial_task_queue(task_queue: str) -> str:
@@ -130,6 +134,11 @@ class _TrialRunner:
         self._analysis_error: str | None = None
         self._local_slot_requests = False
         self._hand_over = False
+        self._grant_on_request = False
+        # Whether trials run on the trials' task queue (TRIALS_PATCH), once asked.
+        self._trial_processes: bool | None = None
+        # Trials being put in line while others already run (a large task's first step).
+        self._queueing: asyncio.Task[None] | None = None
 
     @workflow.signal(name="slot_granted")
     def slot_granted(self, grant: SlotGrant) -> None:
@@ -179,22 +188,32 @@ class _TrialRunner:
             priority=self._priority,
             trials=trials,
             run_number=run_number,
+            grant_at_once=self._grant_on_request,
         )
 
-    async def _request_slots(self, trials: list[TrialRef], run_number: int) -> None:
+    def _take_grants(self, grants: list[SlotGrant] | None) -> None:
+        """The grants a slot request came back with (none before GRANT_ON_REQUEST_PATCH)."""
+        for grant in grants or []:
+            self.slot_granted(grant)
+
+    async def _request_slots(
+        self, trials: list[TrialRef], run_number: int, *, local: bool = True
+    ) -> None:
         execute = (
             workflow.execute_local_activity
-            if self._local_request(trials)
+            if local and self._local_request(trials)
             else workflow.execute_activity
         )
-        await execute(
+        grants: list[SlotGrant] | None = await execute(
             "request_slots",
             self._slot_request(trials, run_number),
+            result_type=list[SlotGrant],
             start_to_close_timeout=RECORD_TIMEOUT,
             retry_policy=RECORD_RETRY,
             summary=f"queue {len(trials)} trials"
             + (f" (run {run_number})" if run_number > 1 else ""),
         )
+        self._take_grants(grants)
 
     async def _record(
         self, activity: str, arg: object, *, summary: str, result_type: type | None = None
@@ -238,8 +257,10 @@ class _TrialRunner:
     ) -> TrialOutcome:
         self._trial_status[trial.trial_id] = JobStatus.RUNNING
         policy = inp.retry_policy
+        if self._trial_processes is None:
+            self._trial_processes = workflow.patched(TRIALS_PATCH)
         trials_queue = (
-            trial_task_queue(workflow.info().task_queue) if workflow.patched(TRIALS_PATCH) else None
+            trial_task_queue(workflow.info().task_queue) if self._trial_processes else None
         )
         try:
             outcome: TrialOutcome = await workflow.execute_activity(
@@ -314,6 +335,11 @@ class _TrialRunner:
         # workflow task, it replayed as unpatched (a nondeterminism error).
         self._local_slot_requests = workflow.patched(LOCAL_SLOT_REQUESTS_PATCH)
         self._hand_over = workflow.patched(HAND_OVER_PATCH)
+        self._grant_on_request = workflow.patched(GRANT_ON_REQUEST_PATCH)
+        if self._grant_on_request:
+            # The first trials may now start right after a local activity's result: asked there,
+            # a patch replays as unpatched. Earlier histories have it asked at the first trial.
+            self._trial_processes = workflow.patched(TRIALS_PATCH)
         self._task_id = inp.task_id
         self._priority = inp.priority
         self._trials = {t.trial_id: t for t in inp.trials}
@@ -325,9 +351,10 @@ class _TrialRunner:
     async def _cancel_trials(self) -> None:
         """Trials run as tasks of their own: cancel them, and let them tear their sandboxes
         down before their slots are given back."""
-        for trial_task in self._trial_tasks.values():
-            trial_task.cancel()
-        await asyncio.gather(*self._trial_tasks.values(), return_exceptions=True)
+        tasks = [*self._trial_tasks.values(), *([self._queueing] if self._queueing else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @workflow.defn(name="TaskWorkflow")
@@ -497,6 +524,8 @@ class TaskWorkflow(_TrialRunner):
             if self._status != TaskStatus.RUNNING:
                 await self._set_status(inp.task_id, TaskStatus.RUNNING)
             await self._run_trials_as_granted(inp)
+            if self._queueing is not None:
+                await self._queueing
             final = (
                 await self._analyse_and_decide(inp) if inp.run_analysis else TaskStatus.COMPLETED
             )
@@ -510,19 +539,32 @@ class TaskWorkflow(_TrialRunner):
 
     async def _begin(self, inp: TaskWorkflowInput, pending: list[TrialRef]) -> None:
         """The task recorded running and its trials put in line: in one local activity when
-        they are few enough and of one run (LOCAL_SLOT_REQUESTS_PATCH), else one by one."""
+        they are few enough and of one run (LOCAL_SLOT_REQUESTS_PATCH), else one by one. With
+        GRANT_ON_REQUEST_PATCH a run of more trials begins the same way with its first
+        LOCAL_SLOT_REQUEST_MAX, which start at once, while an activity puts the rest in line."""
         runs = self._by_run(pending)
-        if len(runs) != 1 or not self._local_request(pending):
+        local = self._local_request(pending) or (
+            self._grant_on_request and self._local_slot_requests
+        )
+        if len(runs) != 1 or not local:
             await self._set_status(inp.task_id, TaskStatus.RUNNING)
             await self._request_runs(runs)
             return
         [(run_number, trials)] = runs
+        first, rest = trials[:LOCAL_SLOT_REQUEST_MAX], trials[LOCAL_SLOT_REQUEST_MAX:]
         self._show_status(TaskStatus.RUNNING)
-        await self._record(
+        grants: list[SlotGrant] | None = await self._record(
             "begin_task",
-            self._slot_request(trials, run_number),
-            summary=f"task running, {len(trials)} trials queued",
+            self._slot_request(first, run_number),
+            summary=f"task running, {len(first)} trials queued",
+            result_type=list[SlotGrant],
         )
+        self._take_grants(grants)
+        if rest:
+            # Behind the first in line (FIFO holds), by an activity: a local one would hold this
+            # workflow task, and the first trials' start, until it ends. Awaited once the trials
+            # have run.
+            self._queueing = asyncio.create_task(self._request_slots(rest, run_number, local=False))
 
     async def _analyse_and_decide(self, inp: TaskWorkflowInput) -> TaskStatus:
         finished, self._to_analyze = self._to_analyze, []
