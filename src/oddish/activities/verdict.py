@@ -73,7 +73,7 @@ class _Reading:
 
 async def _read(inp: VerdictInput) -> _Reading:
     async with get_session() as session:
-        task = await records.get_task(session, inp.task_id, with_trials=True)
+        task = await records.get_task(session, inp.task_id, with_trials=True, results_only=True)
         trials = list(task.trials)
         summary, details = decide(trials)
         return _Reading(

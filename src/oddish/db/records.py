@@ -233,12 +233,26 @@ async def task_by_submission_key(session: AsyncSession, key: str) -> TaskModel |
     ).scalar_one_or_none()
 
 
-async def get_task(session: AsyncSession, task_id: str, *, with_trials: bool = False) -> TaskModel:
+async def get_task(
+    session: AsyncSession, task_id: str, *, with_trials: bool = False, results_only: bool = False
+) -> TaskModel:
+    """The task; ``with_trials``, with its trials, their attempts and analyses, and its verdict.
+    ``results_only`` leaves out what a verdict does not read (and a 5,000-trial task would
+    make slow to load): each trial's spec, Harbor config and timings, each attempt's result."""
     query = select(TaskModel).where(TaskModel.id == task_id)
     if with_trials:
+        trials = selectinload(TaskModel.trials)
+        if results_only:
+            trials = trials.options(
+                defer(TrialModel.spec), defer(TrialModel.harbor_config), defer(TrialModel.timings)
+            )
         query = query.options(
-            selectinload(TaskModel.trials).selectinload(TrialModel.attempts),
-            selectinload(TaskModel.trials).selectinload(TrialModel.analysis),
+            trials.selectinload(TrialModel.attempts).load_only(
+                TrialAttemptModel.id, TrialAttemptModel.trial_id, TrialAttemptModel.number
+            )
+            if results_only
+            else trials.selectinload(TrialModel.attempts),
+            trials.selectinload(TrialModel.analysis),
             selectinload(TaskModel.verdict),
         )
     task = (await session.execute(query)).scalar_one_or_none()
