@@ -5,6 +5,8 @@ imported on use: the client commands start faster without them."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from pathlib import Path
 
 import typer
@@ -54,6 +56,20 @@ def replay(
     Exits 0 when the code reproduces the history (deterministic), 1 when it does not: a sign
     that a workflow change needs `workflow.patched` before it is deployed next to running tasks.
     """
+    try:
+        _replay(task_id, temporal_address, json_output)
+        code = 0
+    except typer.Exit as done:
+        code = done.exit_code
+    # The Temporal client's threads (its Rust core) outlive the event loop, and CPython's
+    # finalisation may crash on them (temporalio/sdk-python#300: a segfault after the answer was
+    # printed): a finished replay exits without it, its output flushed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _replay(task_id: str, temporal_address: str, json_output: bool) -> None:
     from oddish.replay import ReplayReport, replay_task
     from oddish.temporal_gateway import connect
 
