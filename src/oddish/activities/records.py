@@ -48,8 +48,7 @@ async def request_slots(request: SlotRequest) -> list[SlotGrant]:
     """Put the trials in line for their queue keys' slots; the dispatcher signals each grant,
     but for those made at once (``grant_at_once``, see ``begin_task``), which are returned."""
     async with get_session() as session:
-        await _queue_trials(session, request)
-        grants = await _claim_for(session, request) if request.grant_at_once else []
+        grants = await _queue_trials(session, request)
         await session.commit()
     return grants
 
@@ -67,8 +66,7 @@ async def begin_task(request: SlotRequest) -> list[SlotGrant]:
     """
     async with get_session() as session:
         await records.set_task_status(session, request.task_id, TaskStatus.RUNNING)
-        await _queue_trials(session, request)
-        grants = await _claim_for(session, request) if request.grant_at_once else []
+        grants = await _queue_trials(session, request)
         await session.commit()
     return grants
 
@@ -94,7 +92,8 @@ async def _claim_for(session: AsyncSession, request: SlotRequest) -> list[SlotGr
     return grants
 
 
-async def _queue_trials(session: AsyncSession, request: SlotRequest) -> None:
+async def _queue_trials(session: AsyncSession, request: SlotRequest) -> list[SlotGrant]:
+    """Put the request's trials in line; the grants made at once when it asks for them."""
     waiting = set(
         await records.queue_trials_for_run(
             session, [t.trial_id for t in request.trials], request.run_number
@@ -107,6 +106,7 @@ async def _queue_trials(session: AsyncSession, request: SlotRequest) -> None:
         priority=request.priority,
         run_number=request.run_number,
     )
+    return await _claim_for(session, request) if request.grant_at_once else []
 
 
 # fail_trial runs under a 60 s start-to-close timeout: it waits this long at most per attempt for

@@ -543,8 +543,8 @@ class TaskWorkflow(_TrialRunner):
         GRANT_ON_REQUEST_PATCH a run of more trials begins the same way with its first
         LOCAL_SLOT_REQUEST_MAX, which start at once, while an activity puts the rest in line."""
         runs = self._by_run(pending)
-        local = self._local_request(pending) or (
-            self._grant_on_request and self._local_slot_requests
+        local = self._local_slot_requests and (
+            len(pending) <= LOCAL_SLOT_REQUEST_MAX or self._grant_on_request
         )
         if len(runs) != 1 or not local:
             await self._set_status(inp.task_id, TaskStatus.RUNNING)
