@@ -9,10 +9,10 @@ import functools
 import hashlib
 import logging
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -82,8 +82,68 @@ def retry_policy_from_settings() -> TrialRetryPolicy:
     )
 
 
+class TaskFields(Protocol):
+    """What a workflow's input reads of a task: a row loaded, or the values just inserted."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def experiment_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def run_analysis(self) -> bool: ...
+
+
+class TrialFields(Protocol):
+    """What a workflow's input reads of a trial."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def index(self) -> int: ...
+    @property
+    def agent(self) -> str: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def queue_key(self) -> str: ...
+    @property
+    def environment(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def run_number(self) -> int: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class InsertedTask:
+    """A task as just inserted: its workflow's input is made of these, not of ORM objects, whose
+    construction cost a submission more than the rest of its bookkeeping."""
+
+    id: str
+    experiment_id: str
+    name: str
+    priority: int
+    run_analysis: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class InsertedTrial:
+    id: str
+    index: int
+    agent: str
+    model: str | None
+    queue_key: str
+    environment: str
+    status: str
+    run_number: int
+
+
 def workflow_input(
-    task: TaskModel, trials: list[TrialModel], *, rerun: set[str] | None = None
+    task: TaskFields, trials: Sequence[TrialFields], *, rerun: set[str] | None = None
 ) -> TaskWorkflowInput:
     """The workflow's input; with ``rerun``, a new run for those trials, the others settled."""
     rerun_trials = [t for t in trials if rerun is not None and t.id in rerun]
@@ -109,22 +169,28 @@ def workflow_input(
 
 
 def trial_values(task_id: str, submission: TaskSubmission) -> list[dict[str, Any]]:
-    """The trial rows of a submission, as column values, numbered in the order of its specs."""
-    return [
-        {
-            "id": new_id("trial"),
-            "task_id": task_id,
-            "index": index,
-            "agent": spec.agent,
-            "model": spec.model,
-            "queue_key": spec.queue_key,
-            "environment": spec.environment,
-            "spec": spec.model_dump(mode="json"),
-            "status": JobStatus.PENDING.value,
-            "run_number": 1,
-        }
-        for index, spec in enumerate(submission.trial_specs())
-    ]
+    """The trial rows of a submission, as column values, numbered in the order of its specs.
+    The trials of one config share its spec's dict (read only): a sweep of thousands of trials
+    validates and dumps each config once."""
+    values: list[dict[str, Any]] = []
+    for spec, n_trials in submission.config_specs():
+        dumped = spec.model_dump(mode="json")
+        for _ in range(n_trials):
+            values.append(
+                {
+                    "id": new_id("trial"),
+                    "task_id": task_id,
+                    "index": len(values),
+                    "agent": spec.agent,
+                    "model": spec.model,
+                    "queue_key": spec.queue_key,
+                    "environment": spec.environment,
+                    "spec": dumped,
+                    "status": JobStatus.PENDING.value,
+                    "run_number": 1,
+                }
+            )
+    return values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +235,8 @@ async def submit_prepared(
     found when the insert breaks the key's unique constraint, not looked up first: a resent
     request is rare, a first one pays no extra round trip."""
     task_id = new_id("task")
+    task: TaskFields
+    trials: Sequence[TrialFields]
     try:
         submission, stored = await _to_thread_to_the_end(prepare, task_id)
         judge = judge_models(get_settings()) if submission.run_analysis else None
@@ -187,7 +255,7 @@ async def submit_prepared(
                     continue  # not the key: its experiment, deleted meanwhile
                 # Submitted before with this key (or by a request beside this one): that task.
                 await _discard_archives(task_id)
-                task, trials = existing, list(existing.trials)
+                task, trials = existing, existing.trials
                 break
     except BaseException:
         # Whatever failed (or cancelled the submission), no archive of it stays in storage.
@@ -202,7 +270,7 @@ async def submit_prepared(
 
 async def _record(
     submission: TaskSubmission, task_id: str, stored: StoredArchive, judge: JudgeModels | None
-) -> tuple[TaskModel, list[TrialModel]]:
+) -> tuple[InsertedTask, list[InsertedTrial]]:
     """Insert the task and its trials (and its experiment, if new) in one transaction."""
     # A name given where an id goes joins the experiment of that name.
     ref = submission.experiment_id
@@ -232,7 +300,15 @@ async def _record(
         )
         await session.commit()
     # Known as inserted, without reading them back: for the workflow's input.
-    return TaskModel(**task), [TrialModel(**values) for values in trials]
+    return InsertedTask(
+        **{field.name: task[field.name] for field in dataclasses.fields(InsertedTask)}
+    ), [
+        InsertedTrial(**{field.name: values[field.name] for field in _TRIAL_FIELDS})
+        for values in trials
+    ]
+
+
+_TRIAL_FIELDS = dataclasses.fields(InsertedTrial)
 
 
 async def _task_of_submission_key(key: str) -> TaskModel | None:
@@ -338,7 +414,9 @@ async def _discard_archives(task_id: str) -> None:
         log.warning("could not delete the archive of unrecorded task %s: %s", task_id, exc)
 
 
-async def _start_recorded(client: Client | None, task: TaskModel, trials: list[TrialModel]) -> None:
+async def _start_recorded(
+    client: Client | None, task: TaskFields, trials: Sequence[TrialFields]
+) -> None:
     """Start the workflow of a recorded task (again, for a resent submission: a no-op then)."""
     try:
         if client is None:
@@ -365,11 +443,9 @@ class WorkflowNotStartedYet(Exception):
 
 async def mark_workflow_started(task_id: str) -> None:
     """Tell the workers not to look for this task's workflow. Only an optimisation: unmarked,
-    a worker asks Temporal about it once and marks it."""
-    try:
-        await STARTED_MARKS.mark(task_id)
-    except Exception as exc:  # the task is submitted and running: do not fail the submission
-        log.warning("could not mark task %s started: %s", task_id, exc)
+    a worker asks Temporal about it once and marks it. Written shortly after, with the marks of
+    the submissions beside it: the submission does not wait for it."""
+    STARTED_MARKS.mark(task_id)
 
 
 def _iso(value: datetime | None) -> str | None:

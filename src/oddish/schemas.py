@@ -177,12 +177,17 @@ class TaskSubmission(BaseModel):
             raise ValueError(f"{self.task_name}: {'; '.join(problems)}")
         return self
 
+    def config_specs(self) -> list[tuple[TrialSpec, int]]:
+        """Each config's trial spec and how many trials run it, in order."""
+        return [
+            (TrialSpec.model_validate(config.model_dump(exclude={"n_trials"})), config.n_trials)
+            for config in self.configs
+        ]
+
     def trial_specs(self) -> list[TrialSpec]:
-        specs: list[TrialSpec] = []
-        for config in self.configs:
-            spec = TrialSpec.model_validate(config.model_dump(exclude={"n_trials"}))
-            specs.extend(spec.model_copy() for _ in range(config.n_trials))
-        return specs
+        return [
+            spec.model_copy() for spec, n_trials in self.config_specs() for _ in range(n_trials)
+        ]
 
 
 # The original Oddish's names, as aliases of ours (one model each). Its TaskSweepSubmission and

@@ -1,75 +1,65 @@
 """Marks on tasks whose workflows were started, many in one statement.
 
 A submission marks its task once Temporal has taken its workflow, so that the workers never ask
-Temporal about it. Submissions side by side each paid a transaction of their own for that; here
-a mark waits for the one UPDATE that carries every mark made while the previous one ran."""
+Temporal about it. A mark is only that saving: one lost (the process ending before its UPDATE)
+costs a worker one question to Temporal. So a submission does not wait for it: its mark waits
+``LINGER_SEC`` for the marks of the submissions beside it, and one UPDATE carries them all.
+Waited for, each mark of a busy API paid a transaction of its own, as much CPU as storing the
+task's archive."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from oddish.db import records
 from oddish.db.connection import get_session
+
+log = logging.getLogger(__name__)
+
+# How long a mark waits for others to go with it: at 100 submissions a second, a fifth of a
+# second makes batches of about twenty.
+LINGER_SEC = 0.2
 
 
 class StartedMarks:
     """Marks of one process, made on its event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, linger_sec: float = LINGER_SEC) -> None:
+        self._linger_sec = linger_sec
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: list[tuple[str, asyncio.Future[None]]] = []
+        self._pending: list[str] = []
         self._flushing: asyncio.Task[None] | None = None
 
-    async def mark(self, task_id: str) -> None:
-        """Mark the task; returns once the mark is committed, raises what the database raised."""
+    def mark(self, task_id: str) -> None:
+        """Mark the task within ``linger_sec`` or so; a failure is logged, not raised."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             # A new event loop (a test's, say): what an old one left went with it.
             self._loop, self._pending, self._flushing = loop, [], None
-        marked: asyncio.Future[None] = loop.create_future()
-        self._pending.append((task_id, marked))
+        self._pending.append(task_id)
         if self._flushing is None:
             self._flushing = loop.create_task(self._flush())
-        await marked
+
+    async def flush(self) -> None:
+        """Wait until the marks made so far are written (or failed)."""
+        while self._flushing is not None and self._loop is asyncio.get_running_loop():
+            await asyncio.shield(self._flushing)
 
     async def _flush(self) -> None:
-        batch: list[tuple[str, asyncio.Future[None]]] = []
         try:
             while self._pending:
+                await asyncio.sleep(self._linger_sec)
                 batch, self._pending = self._pending, []
                 try:
                     async with get_session() as session:
-                        await records.mark_workflows_started(session, [t for t, _ in batch])
+                        await records.mark_workflows_started(session, batch)
                         await session.commit()
                 except Exception as exc:
-                    _settle(batch, exc)
-                else:
-                    _settle(batch, None)
-        except BaseException:
-            # Cancelled (the loop is closing): no waiter is left waiting.
-            _settle(batch, None, cancel=True)
-            _settle(self._pending, None, cancel=True)
-            self._pending = []
-            raise
+                    # Unmarked, each of these tasks costs a worker one question to Temporal.
+                    log.warning("could not mark %d started task(s): %s", len(batch), exc)
         finally:
             self._flushing = None
-
-
-def _settle(
-    batch: list[tuple[str, asyncio.Future[None]]],
-    error: Exception | None,
-    *,
-    cancel: bool = False,
-) -> None:
-    for _, marked in batch:
-        if marked.done():
-            continue  # its waiter was cancelled
-        if cancel:
-            marked.cancel()
-        elif error is not None:
-            marked.set_exception(error)
-        else:
-            marked.set_result(None)
 
 
 STARTED_MARKS = StartedMarks()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +29,7 @@ from helpers import (
 from oddish import queue
 from oddish.db import records
 from oddish.db.connection import get_session
+from oddish.started_marks import STARTED_MARKS
 from oddish.temporal_gateway import connect
 from oddish.worker.unstarted import BATCH as STARTER_BATCH
 
@@ -176,7 +178,7 @@ async def test_submission_while_temporal_is_down_is_kept_and_runs_later(
         server.stop()
 
 
-async def test_tasks_submitted_side_by_side_are_marked_started_by_the_time_they_are_answered(
+async def test_tasks_submitted_side_by_side_are_marked_started_together_shortly_after(
     oddish_env: dict[str, str],
     task_queue: str,
     temporal_client: Client,
@@ -184,12 +186,25 @@ async def test_tasks_submitted_side_by_side_are_marked_started_by_the_time_they_
 ) -> None:
     # On a task queue no worker serves: the workflows start and stay pending.
     reset_settings(ODDISH_TEMPORAL_TASK_QUEUE=f"{task_queue}-unserved")
+    batches: list[list[str]] = []
+    mark = records.mark_workflows_started
+
+    async def counted(session: Any, task_ids: Any) -> None:
+        batches.append(list(task_ids))
+        await mark(session, task_ids)
+
     try:
-        tasks = await asyncio.gather(
-            *(submit(temporal_client, "hello-pass", local()) for _ in range(12))
-        )
-        # Marked before each submission returned: the workers never ask Temporal about them.
+        with monkeypatch.context() as patched:
+            patched.setattr(records, "mark_workflows_started", counted)
+            tasks = await asyncio.gather(
+                *(submit(temporal_client, "hello-pass", local()) for _ in range(12))
+            )
+            await STARTED_MARKS.flush()
+        # Marked, so the workers never ask Temporal about them; side by side, several in one
+        # statement rather than one each.
         assert await unmarked(tasks) == set()
+        assert sorted(t for batch in batches for t in batch) == sorted(tasks)
+        assert len(batches) < len(tasks), [len(batch) for batch in batches]
 
         # A mark the database refuses is logged, not the submission's failure; the marks after
         # it are made again.
@@ -199,8 +214,10 @@ async def test_tasks_submitted_side_by_side_are_marked_started_by_the_time_they_
         with monkeypatch.context() as patched:
             patched.setattr(records, "mark_workflows_started", refused)
             unlucky = await submit(temporal_client, "hello-pass", local())
+            await STARTED_MARKS.flush()
         assert await unmarked([unlucky]) == {unlucky}
         later = await submit(temporal_client, "hello-pass", local())
+        await STARTED_MARKS.flush()
         assert await unmarked([later]) == set()
     finally:
         reset_settings(ODDISH_TEMPORAL_TASK_QUEUE=task_queue)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import traceback
@@ -60,6 +61,7 @@ from oddish.gc_freeze import freeze_startup_objects
 from oddish.judge.models import JudgeNotConfigured
 from oddish.request_bodies import ExperimentUpdate, LimitUpdate, SweepRequest, SweepSettings
 from oddish.schemas import MAX_TRIALS_PER_TASK, TaskSubmission
+from oddish.started_marks import STARTED_MARKS
 from oddish.statuses import TaskStatus
 from oddish.storage import StorageError, StorageUnavailable, get_storage
 from oddish.task_cache import task_dir_for
@@ -107,6 +109,7 @@ MAX_OFFSET = 1_000_000_000
 # Room for the multipart envelope around the archive.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 UPLOAD_PATH = "/tasks/upload"
+TASK_PATH = "/tasks/{task_id}"
 RUN_PATH = "/tasks/run"
 
 
@@ -158,7 +161,8 @@ def _created(task: queue.CreatedTask, request: Request) -> Any:
         "id": task.id,
         "experiment": task.experiment_id,
         "trials_count": task.trials_count,
-        "url": str(request.url_for("get_task", task_id=task.id)),
+        # request.url_for("get_task", ...) would search every route on each submission.
+        "url": f"{str(request.base_url).rstrip('/')}{TASK_PATH.format(task_id=task.id)}",
     }
     if task.not_started is None:
         return created
@@ -275,7 +279,7 @@ def build_router() -> APIRouter:
         )
 
     @router.get(
-        "/tasks/{task_id}",
+        TASK_PATH,
         summary="A task with its trials and verdict",
         response_model=views.TaskDetail,
         response_model_exclude_unset=True,
@@ -519,6 +523,9 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
             yield
         finally:
             stop.set()
+            # The last submissions' marks, so no worker needs to ask Temporal about them.
+            with contextlib.suppress(Exception):
+                await STARTED_MARKS.flush()
             await connecting
             await collecting
             if worker is not None:

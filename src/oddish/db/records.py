@@ -207,7 +207,12 @@ async def insert_submitted_task(
     params.update(ref=experiment_ref, new_id=new_experiment[0], new_name=new_experiment[1])
     for param, column in _SUBMITTED_TRIAL_COLUMNS:
         params[param] = [trial[column] for trial in trials]
-    params["trial_specs"] = [json.dumps(trial["spec"]) for trial in trials]
+    # The trials of one config share their spec's dict: each is dumped once.
+    dumped: dict[int, str] = {}
+    for trial in trials:
+        if id(trial["spec"]) not in dumped:
+            dumped[id(trial["spec"])] = json.dumps(trial["spec"])
+    params["trial_specs"] = [dumped[id(trial["spec"])] for trial in trials]
     rows = (await session.execute(_INSERT_SUBMITTED_TASK, params)).scalars().all()
     return str(rows[0])
 
