@@ -22,7 +22,7 @@ from oddish.archives import ArchiveError, extract_task_archive
 from oddish.config import get_settings
 from oddish.contracts import TaskWorkflowInput, TrialRef, TrialRetryPolicy
 from oddish.db import records, slots, stats
-from oddish.db.connection import get_session
+from oddish.db.connection import autocommit_connection, get_session
 from oddish.db.models import (
     AnalysisModel,
     ExperimentModel,
@@ -294,11 +294,10 @@ async def _record(
         "workflow_id": workflow_id_for_task(task_id),
     }
     trials = trial_values(task_id, submission)
-    async with get_session() as session:
+    async with autocommit_connection() as conn:
         task["experiment_id"] = await records.insert_submitted_task(
-            session, task, trials, experiment_ref=ref, new_experiment=new_experiment
+            conn, task, trials, experiment_ref=ref, new_experiment=new_experiment
         )
-        await session.commit()
     # Known as inserted, without reading them back: for the workflow's input.
     return InsertedTask(
         **{field.name: task[field.name] for field in dataclasses.fields(InsertedTask)}

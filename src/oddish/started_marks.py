@@ -13,7 +13,7 @@ import asyncio
 import logging
 
 from oddish.db import records
-from oddish.db.connection import get_session
+from oddish.db.connection import autocommit_connection
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,8 @@ class StartedMarks:
                 await asyncio.sleep(self._linger_sec)
                 batch, self._pending = self._pending, []
                 try:
-                    async with get_session() as session:
-                        await records.mark_workflows_started(session, batch)
-                        await session.commit()
+                    async with autocommit_connection() as conn:
+                        await records.mark_workflows_started(conn, batch)
                 except Exception as exc:
                     # Unmarked, each of these tasks costs a worker one question to Temporal.
                     log.warning("could not mark %d started task(s): %s", len(batch), exc)

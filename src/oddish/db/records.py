@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import defer, selectinload
 
 from oddish.db import slots
@@ -192,7 +192,7 @@ _SUBMITTED_TRIAL_COLUMNS = (
 
 
 async def insert_submitted_task(
-    session: AsyncSession,
+    conn: AsyncConnection,
     task: dict[str, Any],
     trials: list[dict[str, Any]],
     *,
@@ -202,7 +202,7 @@ async def insert_submitted_task(
     """Insert a new task (``SUBMITTED_TASK_COLUMNS``) and its trials (at least one), in the
     experiment ``experiment_ref`` names: its id, else the newest of that name, else made now as
     ``new_experiment`` (id, name). Returns the experiment's id. IntegrityError when the task's
-    submission key is taken."""
+    submission key is taken. One statement: on an autocommit connection, its own transaction."""
     params: dict[str, Any] = {column: task[column] for column in SUBMITTED_TASK_COLUMNS}
     params.update(ref=experiment_ref, new_id=new_experiment[0], new_name=new_experiment[1])
     for param, column in _SUBMITTED_TRIAL_COLUMNS:
@@ -213,7 +213,7 @@ async def insert_submitted_task(
         if id(trial["spec"]) not in dumped:
             dumped[id(trial["spec"])] = json.dumps(trial["spec"])
     params["trial_specs"] = [dumped[id(trial["spec"])] for trial in trials]
-    rows = (await session.execute(_INSERT_SUBMITTED_TASK, params)).scalars().all()
+    rows = (await conn.execute(_INSERT_SUBMITTED_TASK, params)).scalars().all()
     return str(rows[0])
 
 
@@ -489,11 +489,13 @@ async def settle_abandoned_task(session: AsyncSession, task_id: str) -> None:
     )
 
 
-async def mark_workflows_started(session: AsyncSession, task_ids: Iterable[str]) -> None:
+async def mark_workflows_started(
+    conn: AsyncConnection | AsyncSession, task_ids: Iterable[str]
+) -> None:
     ids = list(task_ids)
     if not ids:
         return
-    await session.execute(
+    await conn.execute(
         update(TaskModel)
         .where(TaskModel.id.in_(ids), TaskModel.workflow_started_at.is_(None))
         .values(workflow_started_at=func.now())
