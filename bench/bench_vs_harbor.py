@@ -1,7 +1,8 @@
 """N trials of a sleep task through oddish and through Harbor's own job runner.
 
 Both use the same task, the same concurrency and the ``local`` environment. Prints both wall
-times, their ratio, oddish's slot utilisation (ideal makespan / actual), and for both the gap
+times, their ratio, the slot utilisation of both (ideal makespan / actual, and busy slot time
+while trials wait: from the first start to the last), and for both the gap
 from a trial's end to the start of the trial that takes its slot while trials still wait (the
 k-th end hands its slot to the (concurrency + k)-th start), p50 and p95.
 
@@ -34,6 +35,20 @@ def handover_gaps(spans: list[tuple[datetime, datetime]], concurrency: int) -> l
     return [
         (starts[concurrency + k] - ends[k]).total_seconds() for k in range(len(spans) - concurrency)
     ]
+
+
+def saturated_utilisation(spans: list[tuple[datetime, datetime]], concurrency: int) -> float:
+    """Busy slot time over slot time from the first start to the last: the stretch in which
+    trials wait for a slot throughout, so every idle slot is the runner's hand-over. The whole
+    run's figure also counts the start-up, the last round (half full when the trials are not a
+    multiple of the limit) and the end."""
+    first = min(start for start, _ in spans)
+    last = max(start for start, _ in spans)
+    window = (last - first).total_seconds()
+    busy = sum(
+        max(0.0, (min(end, last) - max(start, first)).total_seconds()) for start, end in spans
+    )
+    return busy / (concurrency * window) if window > 0 else float("nan")
 
 
 def own_cpu_sec() -> float:
@@ -121,6 +136,8 @@ async def run_harbor(
         if r.started_at is not None and r.finished_at is not None
     ]
     busy = sum((end - start).total_seconds() for start, end in spans)
+    waiting = saturated_utilisation(spans, concurrency)
+    print(f"harbor: slot utilisation while trials wait {waiting:.3f}")
     return wall, (busy / concurrency) / wall, handover_gaps(spans, concurrency)
 
 
@@ -176,6 +193,10 @@ async def run_oddish(
             + " of CPU per trial"
         )
         busy = sum((end - start).total_seconds() for start, end in spans)
+        print(
+            "oddish: slot utilisation while trials wait "
+            f"{saturated_utilisation(spans, concurrency):.3f}"
+        )
         first = (min(start for start, _ in spans) - submitted_at).total_seconds()
         last = wall - (max(end for _, end in spans) - submitted_at).total_seconds()
         print(
