@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, cast
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -82,46 +82,10 @@ def retry_policy_from_settings() -> TrialRetryPolicy:
     )
 
 
-class TaskFields(Protocol):
-    """What a workflow's input reads of a task: a row loaded, or the values just inserted."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def experiment_id(self) -> str: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def priority(self) -> int: ...
-    @property
-    def run_analysis(self) -> bool: ...
-
-
-class TrialFields(Protocol):
-    """What a workflow's input reads of a trial."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def index(self) -> int: ...
-    @property
-    def agent(self) -> str: ...
-    @property
-    def model(self) -> str | None: ...
-    @property
-    def queue_key(self) -> str: ...
-    @property
-    def environment(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def run_number(self) -> int: ...
-
-
 @dataclasses.dataclass(frozen=True)
 class InsertedTask:
-    """A task as just inserted: its workflow's input is made of these, not of ORM objects, whose
-    construction cost a submission more than the rest of its bookkeeping."""
+    """A task as just inserted, as its workflow's input reads it: building ORM objects instead
+    cost a submission more than the rest of its bookkeeping."""
 
     id: str
     experiment_id: str
@@ -143,7 +107,10 @@ class InsertedTrial:
 
 
 def workflow_input(
-    task: TaskFields, trials: Sequence[TrialFields], *, rerun: set[str] | None = None
+    task: TaskModel | InsertedTask,
+    trials: Sequence[TrialModel | InsertedTrial],
+    *,
+    rerun: set[str] | None = None,
 ) -> TaskWorkflowInput:
     """The workflow's input; with ``rerun``, a new run for those trials, the others settled."""
     rerun_trials = [t for t in trials if rerun is not None and t.id in rerun]
@@ -235,8 +202,8 @@ async def submit_prepared(
     found when the insert breaks the key's unique constraint, not looked up first: a resent
     request is rare, a first one pays no extra round trip."""
     task_id = new_id("task")
-    task: TaskFields
-    trials: Sequence[TrialFields]
+    task: TaskModel | InsertedTask
+    trials: Sequence[TrialModel | InsertedTrial]
     try:
         submission, stored = await _to_thread_to_the_end(prepare, task_id)
         judge = judge_models(get_settings()) if submission.run_analysis else None
@@ -414,7 +381,9 @@ async def _discard_archives(task_id: str) -> None:
 
 
 async def _start_recorded(
-    client: Client | None, task: TaskFields, trials: Sequence[TrialFields]
+    client: Client | None,
+    task: TaskModel | InsertedTask,
+    trials: Sequence[TrialModel | InsertedTrial],
 ) -> None:
     """Start the workflow of a recorded task (again, for a resent submission: a no-op then)."""
     try:
