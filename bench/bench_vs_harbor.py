@@ -136,8 +136,9 @@ async def run_harbor(
         if r.started_at is not None and r.finished_at is not None
     ]
     busy = sum((end - start).total_seconds() for start, end in spans)
-    waiting = saturated_utilisation(spans, concurrency)
-    print(f"harbor: slot utilisation while trials wait {waiting:.3f}")
+    if spans:
+        waiting = saturated_utilisation(spans, concurrency)
+        print(f"harbor: slot utilisation while trials wait {waiting:.3f}")
     return wall, (busy / concurrency) / wall, handover_gaps(spans, concurrency)
 
 

@@ -179,6 +179,8 @@ async def create_task(submission: TaskSubmission, *, client: Client | None) -> s
     created = await submit_task(submission, client=client)
     if created.not_started is not None:
         raise created.not_started
+    # A library caller's event loop may end right after: its mark is written before returning.
+    await STARTED_MARKS.flush()
     return created.id
 
 
@@ -266,9 +268,14 @@ async def _record(
             conn, task, trials, experiment_ref=ref, new_experiment=new_experiment
         )
     # Known as inserted, without reading them back: for the workflow's input.
-    return InsertedTask(
-        **{field.name: task[field.name] for field in dataclasses.fields(InsertedTask)}
-    ), [
+    inserted = InsertedTask(
+        id=task_id,
+        experiment_id=task["experiment_id"],
+        name=submission.task_name,
+        priority=submission.priority,
+        run_analysis=submission.run_analysis,
+    )
+    return inserted, [
         InsertedTrial(**{field.name: values[field.name] for field in _TRIAL_FIELDS})
         for values in trials
     ]

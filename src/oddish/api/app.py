@@ -110,6 +110,8 @@ MAX_OFFSET = 1_000_000_000
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 UPLOAD_PATH = "/tasks/upload"
 TASK_PATH = "/tasks/{task_id}"
+# How long the API, shutting down, waits for the last started marks to be written.
+MARKS_FLUSH_TIMEOUT_SEC = 5.0
 RUN_PATH = "/tasks/run"
 
 
@@ -523,9 +525,10 @@ def create_app(*, run_workers: bool = False, n_concurrent: dict[str, int] | None
             yield
         finally:
             stop.set()
-            # The last submissions' marks, so no worker needs to ask Temporal about them.
+            # The last submissions' marks, so no worker needs to ask Temporal about them; not
+            # for long (the database may be down): a lost mark only costs a worker a question.
             with contextlib.suppress(Exception):
-                await STARTED_MARKS.flush()
+                await asyncio.wait_for(STARTED_MARKS.flush(), MARKS_FLUSH_TIMEOUT_SEC)
             await connecting
             await collecting
             if worker is not None:
