@@ -138,7 +138,7 @@ def workflow_input(
 def trial_values(task_id: str, submission: TaskSubmission) -> list[dict[str, Any]]:
     """The trial rows of a submission, as column values, numbered in the order of its specs.
     The trials of one config share its spec's dict (read only): a sweep of thousands of trials
-    validates and dumps each config once."""
+    dumps each config's spec once."""
     values: list[dict[str, Any]] = []
     for spec, n_trials in submission.config_specs():
         dumped = spec.model_dump(mode="json")
@@ -240,7 +240,7 @@ async def submit_prepared(
 async def _record(
     submission: TaskSubmission, task_id: str, stored: StoredArchive, judge: JudgeModels | None
 ) -> tuple[InsertedTask, list[InsertedTrial]]:
-    """Insert the task and its trials (and its experiment, if new) in one transaction."""
+    """Insert the task and its trials (and its experiment, if new) in one statement."""
     # A name given where an id goes joins the experiment of that name.
     ref = submission.experiment_id
     new_experiment = (
