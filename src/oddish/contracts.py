@@ -69,6 +69,9 @@ class SlotGrant:
     trial_id: str
     slot: int
     run_number: int = 1
+    # Attempts of this run the trial already spent in a slot lane (``RunTrialInput.lane``): a
+    # trial whose attempt failed there, to be tried again, goes on in an activity of its own.
+    attempts_spent: int = 0
 
 
 @dataclass
@@ -93,6 +96,13 @@ class RunTrialInput:
     # The workflow takes a grant from the trial's outcome (``TrialOutcome.next_grant``): the
     # trial may hand its slot to the next trial in line of the same workflow.
     hand_over: bool = False
+    # A slot lane's id: the activity goes on, on the slot its trial gives back, to run each trial
+    # that slot is handed to (``TrialOutcome.lane``), as long as the lane's bounds allow; the
+    # attempts it opens record the id. None: the activity runs this trial only.
+    lane: str | None = None
+    # Attempts of this run spent before this activity (in a slot lane): they count towards
+    # ``max_attempts`` with the activity's own.
+    attempts_spent: int = 0
 
 
 class HasTrialOutcome(Protocol):
@@ -120,6 +130,11 @@ class TrialOutcome:
     error_message: str | None = None
     # The slot this trial gave back, handed to the workflow's next trial in line.
     next_grant: SlotGrant | None = None
+    # The run of the trial this outcome is of (reported for the trials of a slot lane).
+    run_number: int | None = None
+    # The trials the activity ran after this one, on the slot handed over (a slot lane), in
+    # order. Their errors are in the records, not here: a lane's result stays small.
+    lane: list[TrialOutcome] = field(default_factory=list)
 
     @classmethod
     def of(cls, trial_id: str, source: HasTrialOutcome) -> TrialOutcome:
@@ -141,6 +156,9 @@ class FailTrialInput:
     run_number: int
     error_type: str
     error_message: str
+    # The slot lane the trial's activity began (``RunTrialInput.lane``): the trials it ran after
+    # this one are reported too, and the one it was running is failed with it.
+    lane: str | None = None
 
 
 @dataclass

@@ -45,6 +45,9 @@ SCENARIOS = {
     # task's first step (a local activity), and as an activity of its own (more trials).
     "grant-on-request-completed",
     "grant-on-request-wide-completed",
+    # Slot lanes (SLOT_LANES_PATCH): a trial's activity runs the trials its slot is handed to.
+    "slot-lanes-completed",
+    "slot-lanes-worker-killed",
 }
 
 

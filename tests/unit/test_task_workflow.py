@@ -12,7 +12,7 @@ import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -114,6 +114,12 @@ class FakeOddish:
     failing: set[tuple[str, int]] = field(default_factory=set)
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     run_seconds: float = 0.0
+    # Whether run_trial acts as a slot lane when asked to (RunTrialInput.lane): it goes on to run
+    # the trials its slot is handed to, as the real one does.
+    lanes: bool = False
+    # Trials whose run fails in a lane for good, and whose attempt there fails to be retried.
+    failed_in_lane: set[tuple[str, int]] = field(default_factory=set)
+    retried_from_lane: set[tuple[str, int]] = field(default_factory=set)
     analysis_error: ApplicationError | None = None
     # Attempts of analyze_trial that hang without a heartbeat, as on a worker that froze.
     frozen_analysis_attempts: int = 0
@@ -241,8 +247,45 @@ class FakeOddish:
             raise
         finally:
             self.running -= 1
+        outcome = TrialOutcome(inp.trial_id, JobStatus.SUCCESS.value, "success", 1.0)
+        if inp.lane is not None and self.lanes:
+            return await self._run_lane(inp, outcome)
         await self._give_back()
-        return TrialOutcome(inp.trial_id, JobStatus.SUCCESS.value, "success", 1.0)
+        return outcome
+
+    def _hand_over(self, workflow_id: str) -> SlotGrant | None:
+        """The slot given back goes to the head of the line when it is this workflow's trial."""
+        if not self._line or self._line[0][0] != workflow_id or self._line[0][1] in self.hold:
+            return None
+        _, trial_id, run_number = self._line.pop(0)
+        self.granted.add((trial_id, run_number))
+        return SlotGrant(trial_id, next(self._slots), run_number)
+
+    async def _run_lane(self, inp: RunTrialInput, first: TrialOutcome) -> TrialOutcome:
+        workflow_id = activity.info().workflow_id
+        assert workflow_id is not None
+        grant = self._hand_over(workflow_id)
+        while grant is not None:
+            key = (grant.trial_id, grant.run_number)
+            handed = RunTrialInput(
+                inp.task_id, grant.trial_id, grant.run_number, inp.max_attempts, True, inp.lane
+            )
+            self.log.append(Call("run_trial", handed))
+            gate = self.gates.get(grant.trial_id)
+            while gate is not None and not gate.is_set():
+                activity.heartbeat()
+                await asyncio.sleep(0.05)
+            if key in self.retried_from_lane:
+                # Its slot kept, it goes on in an activity of its own.
+                first.next_grant = replace(grant, attempts_spent=1)
+                return first
+            status = JobStatus.FAILED if key in self.failed_in_lane else JobStatus.SUCCESS
+            first.lane.append(
+                TrialOutcome(grant.trial_id, status.value, None, None, run_number=grant.run_number)
+            )
+            grant = self._hand_over(workflow_id)
+        await self._give_back()
+        return first
 
     @activity.defn(name="fail_trial")
     async def fail_trial(self, inp: FailTrialInput) -> TrialOutcome:
@@ -423,8 +466,11 @@ async def test_trial_out_of_attempts_is_failed_once_and_task_still_completes(
     assert await finish(handle) == TaskStatus.COMPLETED.value
 
     assert fake.runs.count(("trial-1", 1)) == FAST_RETRIES.max_attempts
+    # The lane its activity began (none ran after it) is failed with it.
+    lanes = {r.lane for r in fake.calls("run_trial") if r.trial_id == "trial-1"}
+    assert len(lanes) == 1 and None not in lanes
     assert fake.calls("fail_trial") == [
-        FailTrialInput("trial-1", 1, "SandboxCrashed", "sandbox crashed")
+        FailTrialInput("trial-1", 1, "SandboxCrashed", "sandbox crashed", lane=lanes.pop())
     ]
     assert sorted(a.trial_id for a in fake.calls("analyze_trial")) == trial_ids(trials)
     assert fake.calls("decide_verdict") == [VerdictInput(inp.task_id)]
@@ -822,3 +868,73 @@ async def test_a_slot_request_returns_the_grants_free_at_once(harness: Harness) 
     ]
     assert len(signals) == 3 and min(signals) > first_scheduled[0]
     assert fake.violations == [] and fake.max_running <= 2
+
+
+async def test_a_slot_lane_runs_the_trials_handed_its_slot_and_the_workflow_takes_them(
+    harness: Harness,
+) -> None:
+    fake = harness.fake
+    fake.limit, fake.lanes = 1, True
+    fake.failed_in_lane = {("trial-2", 1)}
+    trials = trial_refs(4)
+    handle = await harness.start(task_input(trials))
+
+    assert await finish(handle) == TaskStatus.COMPLETED.value
+
+    runs = fake.calls("run_trial")
+    assert trial_ids(runs) == trial_ids(trials), "each trial ran once, in line order"
+    assert len({r.lane for r in runs}) == 1 and runs[0].lane is not None, "all in one lane"
+    progress = await handle.query(TaskWorkflow.progress)
+    assert progress.trial_statuses == {
+        "trial-0": "success",
+        "trial-1": "success",
+        "trial-2": "failed",
+        "trial-3": "success",
+    }
+    assert sorted(a.trial_id for a in fake.calls("analyze_trial")) == trial_ids(trials)
+    assert fake.violations == [] and fake.max_running == 1
+
+
+async def test_a_trial_failed_in_a_running_lane_can_be_retried_before_the_lane_ends(
+    harness: Harness,
+) -> None:
+    fake = harness.fake
+    fake.limit, fake.lanes = 1, True
+    fake.failed_in_lane = {("trial-1", 1)}
+    fake.gates = {"trial-2": asyncio.Event()}
+    handle = await harness.start(task_input(trial_refs(3)))
+    await until(lambda: "trial-2" in trial_ids(fake.calls("run_trial")), "the lane at trial-2")
+
+    # trial-1's failure is in the records, not yet in the workflow: the retry is taken.
+    result = await handle.execute_update(TaskWorkflow.retry_trials, RetryTrialsRequest(["trial-1"]))
+    assert result.retried == ["trial-1"]
+    fake.gates["trial-2"].set()
+
+    assert await finish(handle) == TaskStatus.COMPLETED.value
+    assert fake.runs == [("trial-0", 1), ("trial-1", 1), ("trial-2", 1), ("trial-1", 2)]
+    progress = await handle.query(TaskWorkflow.progress)
+    assert set(progress.trial_statuses.values()) == {"success"}, "run 1's failure was superseded"
+
+
+async def test_a_trial_to_retry_from_a_lane_has_only_its_remaining_attempts(
+    harness: Harness,
+) -> None:
+    fake = harness.fake
+    fake.limit, fake.lanes = 1, True
+    # Its first attempt, in trial-0's lane, fails to be retried; its activity fails again.
+    fake.retried_from_lane = {("trial-1", 1)}
+    fake.failing = {("trial-1", 1)}
+    handle = await harness.start(task_input(trial_refs(3)))
+
+    assert await finish(handle) == TaskStatus.COMPLETED.value
+
+    own = [r for r in fake.calls("run_trial") if r.trial_id == "trial-1" and r.attempts_spent]
+    assert len(own) == 1, "one attempt in the lane and one of its own: max_attempts is 2"
+    assert own[0].attempts_spent == 1 and own[0].lane is not None
+    assert [f.trial_id for f in fake.calls("fail_trial")] == ["trial-1"]
+    progress = await handle.query(TaskWorkflow.progress)
+    assert progress.trial_statuses == {
+        "trial-0": "success",
+        "trial-1": "failed",
+        "trial-2": "success",
+    }

@@ -128,7 +128,9 @@ def fake_trial(
 def run_trial_coroutine() -> Any:
     env = ActivityEnvironment()
     inp = RunTrialInput(task_id=TASK, trial_id=TRIAL, run_number=1, max_attempts=3)
-    return env.run(trial_activity._run_trial, inp, env.info, heartbeat_timeout_sec=30.0)
+    return env.run(
+        trial_activity._run_trial, inp, env.info, heartbeat_timeout_sec=30.0, attempt_in_run=1
+    )
 
 
 def stored(storage: LocalStorage) -> dict[str, bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 
@@ -20,8 +21,8 @@ from oddish.contracts import (
     TaskStatusUpdate,
     TrialOutcome,
 )
-from oddish.db import records, slots
-from oddish.db.connection import get_session
+from oddish.db import attempts, records, slots
+from oddish.db.connection import autocommit_connection, get_session
 from oddish.statuses import (
     TERMINAL_JOB_STATUSES,
     AttemptStatus,
@@ -122,9 +123,36 @@ async def fail_trial(inp: FailTrialInput) -> TrialOutcome:
     Temporal also gives up on an attempt whose worker lives but could not reach it for longer
     than the heartbeat timeout (a Temporal outage). That attempt carries on, so its trial is
     not failed while it still touches its slot row: this waits for the result it records.
+
+    When the trial's activity was a slot lane, the trials the lane ran after it are reported
+    with it (``TrialOutcome.lane``), and the one it was running is failed the same way.
     """
     alive_within = alive_within_sec(get_settings().trial_heartbeat_timeout_sec)
     deadline = time.monotonic() + STILL_RUNNING_WAIT_SEC
+    outcome = await _failed_once_stopped(inp, alive_within, deadline)
+    if inp.lane is None:
+        return outcome
+    async with autocommit_connection() as conn:
+        lane = await attempts.lane_trials(conn, first_trial_id=inp.trial_id, lane=inp.lane)
+    for trial in lane:
+        if trial.run_number != trial.lane_run_number:
+            continue  # retried since: its new run is the workflow's
+        ran = await _failed_once_stopped(
+            dataclasses.replace(
+                inp, trial_id=trial.trial_id, run_number=trial.lane_run_number, lane=None
+            ),
+            alive_within,
+            deadline,
+        )
+        ran.run_number = trial.lane_run_number
+        ran.error_type = ran.error_message = None
+        outcome.lane.append(ran)
+    return outcome
+
+
+async def _failed_once_stopped(
+    inp: FailTrialInput, alive_within: float, deadline: float
+) -> TrialOutcome:
     while True:
         outcome = await _fail_unless_running(inp, alive_within)
         if outcome is not None:

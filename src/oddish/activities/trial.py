@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
@@ -32,7 +34,7 @@ from oddish.db.connection import (
 from oddish.harbor_config import trial_config
 from oddish.outcomes import classify
 from oddish.schemas import TrialSpec
-from oddish.statuses import AttemptStatus, JobStatus
+from oddish.statuses import TERMINAL_JOB_STATUSES, AttemptStatus, JobStatus
 from oddish.storage import trial_output_prefix
 from oddish.task_cache import task_dir_for
 from oddish.temporal_gateway import grant_slot, workflow_status
@@ -200,6 +202,7 @@ async def _start(
             temporal_attempt=info.attempt,
             worker=worker_identity(),
             alive_within_sec=alive_within_sec,
+            lane=inp.lane,
         )
     if isinstance(opened, attempts.RunFinished):
         return TrialOutcome.of(inp.trial_id, opened)
@@ -212,7 +215,15 @@ async def run_trial(inp: RunTrialInput) -> TrialOutcome:
     # a database restart must look like a lost worker.
     async with heartbeating() as timeout_sec:
         try:
-            return await _run_trial(inp, activity.info(), heartbeat_timeout_sec=timeout_sec)
+            info = activity.info()
+            if inp.lane is not None:
+                return await _run_lane(inp, info, heartbeat_timeout_sec=timeout_sec)
+            return await _run_trial(
+                inp,
+                info,
+                heartbeat_timeout_sec=timeout_sec,
+                attempt_in_run=info.attempt + inp.attempts_spent,
+            )
         except records.StaleAttempt as exc:
             # Temporal has moved on to a newer attempt; whatever this one reports is ignored.
             raise ApplicationError(str(exc), type="StaleAttempt", non_retryable=True) from exc
@@ -376,8 +387,17 @@ async def _await_run(
 
 
 async def _run_trial(
-    inp: RunTrialInput, info: activity.Info, *, heartbeat_timeout_sec: float
+    inp: RunTrialInput,
+    info: activity.Info,
+    *,
+    heartbeat_timeout_sec: float,
+    attempt_in_run: int,
+    uploads: list[asyncio.Future[bool]] | None = None,
 ) -> TrialOutcome:
+    """Run one attempt of the trial and record its result. ``attempt_in_run`` counts it among
+    the run's attempts (a retryable failure is retried below ``max_attempts``). The output is
+    stored before this returns; or, given ``uploads``, the upload goes there for the caller to
+    wait for."""
     touch_interval = touch_interval_sec(heartbeat_timeout_sec)
     started = await _open_attempt(
         inp, info, alive_within_sec=alive_within_sec(heartbeat_timeout_sec)
@@ -475,6 +495,7 @@ async def _run_trial(
                     inp,
                     attempt_id,
                     fields,
+                    retry=retryable and attempt_in_run < inp.max_attempts,
                     retryable=retryable,
                     error_type=error_type,
                     error_message=error_message,
@@ -489,13 +510,127 @@ async def _run_trial(
             # Stopped (the worker shuts down): what the upload left on disk is swept up later.
             upload.cancel()
             raise
-        await _store_output_handing_over(upload, outcome.next_grant, info)
+        if uploads is None:
+            await _store_output_handing_over(upload, outcome.next_grant, info)
+        else:
+            uploads.append(upload)
         return outcome
     finally:
         touch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await touch
         await task_dir.aclose()
+
+
+# A slot lane runs at most this many trials after its first: its result (an outcome per trial)
+# stays small, and the workflow learns its trials' outcomes every so often.
+LANE_MAX_TRIALS = 50
+
+
+def _lane_goes_on(info: activity.Info, ran: int, elapsed_sec: float, longest_sec: float) -> bool:
+    """Whether the lane takes the next trial handed its slot. Not past its bound; not once
+    Temporal gave up on this attempt (it carried its trial on) or the worker shuts down (the
+    workflow then starts the trial elsewhere); and not when a trial as long as its longest yet
+    would take it past half its start-to-close timeout, which bounds the whole lane."""
+    if ran >= LANE_MAX_TRIALS:
+        return False
+    if activity.cancellation_details() is not None or activity.is_worker_shutdown():
+        return False
+    timeout = info.start_to_close_timeout
+    return timeout is None or elapsed_sec + longest_sec <= timeout.total_seconds() / 2
+
+
+async def _resume_lane(inp: RunTrialInput, lane: str, ran: list[TrialOutcome]) -> SlotGrant | None:
+    """After an attempt of the lane was lost (its worker died): the trials it ran, added to
+    ``ran`` from the records, and the grant of the one it was running (with the attempts of
+    its run spent so far), to go on with. A trial retried since is its workflow's again."""
+
+    async def read() -> list[attempts.LaneTrial]:
+        async with autocommit_connection() as conn:
+            return await attempts.lane_trials(conn, first_trial_id=inp.trial_id, lane=lane)
+
+    resumed: SlotGrant | None = None
+    for trial in await until_database_answers(read, what=f"lane {lane}: reading its trials"):
+        if trial.run_number != trial.lane_run_number:
+            continue
+        if trial.status in TERMINAL_JOB_STATUSES:
+            ran.append(
+                TrialOutcome(
+                    trial.trial_id,
+                    trial.status,
+                    trial.outcome,
+                    trial.reward,
+                    run_number=trial.lane_run_number,
+                )
+            )
+        elif resumed is None and trial.slot is not None:
+            resumed = SlotGrant(
+                trial.trial_id, trial.slot, trial.lane_run_number, attempts_spent=trial.attempts
+            )
+    return resumed
+
+
+async def _run_lane(
+    inp: RunTrialInput, info: activity.Info, *, heartbeat_timeout_sec: float
+) -> TrialOutcome:
+    """A slot lane: the trial, then each trial its slot is handed to (the next in line of the
+    same workflow), in this activity, with no round trip through the workflow between them.
+    Returns the first trial's outcome with the others' in ``lane``, and the grant of a trial
+    handed the slot that the lane did not run. Each trial counts its own attempts: one whose
+    attempt fails, to be tried again, goes on in an activity of its own."""
+    assert inp.lane is not None
+    uploads: list[asyncio.Future[bool]] = []
+    began = time.monotonic()
+    first = await _run_trial(
+        inp,
+        info,
+        heartbeat_timeout_sec=heartbeat_timeout_sec,
+        attempt_in_run=info.attempt + inp.attempts_spent,
+        uploads=uploads,
+    )
+    longest = time.monotonic() - began
+    grant, first.next_grant = first.next_grant, None
+    if grant is None and info.attempt > 1:
+        grant = await _resume_lane(inp, inp.lane, first.lane)
+    while grant is not None and _lane_goes_on(
+        info, len(first.lane), time.monotonic() - began, longest
+    ):
+        attempt_in_run = grant.attempts_spent + 1
+        handed = RunTrialInput(
+            inp.task_id,
+            grant.trial_id,
+            run_number=grant.run_number,
+            max_attempts=inp.max_attempts,
+            hand_over=True,
+            lane=inp.lane,
+        )
+        started = time.monotonic()
+        try:
+            outcome = await _run_trial(
+                handed,
+                info,
+                heartbeat_timeout_sec=heartbeat_timeout_sec,
+                attempt_in_run=attempt_in_run,
+                uploads=uploads,
+            )
+        except ApplicationError as err:
+            if err.non_retryable:
+                raise
+            # Recorded to be tried again, its slot kept: an activity of its own retries it.
+            grant = dataclasses.replace(grant, attempts_spent=attempt_in_run)
+            break
+        longest = max(longest, time.monotonic() - started)
+        grant, outcome.next_grant = outcome.next_grant, None
+        outcome.run_number = handed.run_number
+        outcome.error_type = outcome.error_message = None
+        first.lane.append(outcome)
+    first.next_grant = grant
+    await _store_output_handing_over(_all_stored(uploads), grant, info)
+    return first
+
+
+async def _all_stored(uploads: list[asyncio.Future[bool]]) -> bool:
+    return all(await asyncio.gather(*uploads))
 
 
 # A slot handed over reaches the workflow with the trial's result, once the output is stored;
@@ -507,9 +642,10 @@ HAND_OVER_MANAGER_ID = uuid.uuid4()
 
 
 async def _store_output_handing_over(
-    upload: asyncio.Future[bool], grant: SlotGrant | None, info: activity.Info
+    upload: Awaitable[bool], grant: SlotGrant | None, info: activity.Info
 ) -> None:
     if grant is not None and info.workflow_id is not None:
+        upload = asyncio.ensure_future(upload)
         done, _ = await asyncio.wait({upload}, timeout=HAND_OVER_WAIT_SEC)
         if not done:
             try:
@@ -524,10 +660,13 @@ async def _record_result(
     attempt_id: int,
     fields: records.TrialResultFields,
     *,
+    retry: bool,
     retryable: bool,
     error_type: str | None,
     error_message: str | None,
 ) -> TrialOutcome:
+    """Record the attempt's result; with ``retry``, as a failure to try again (raising the
+    ApplicationError that has Temporal retry it)."""
     info = activity.info()
     hand_over = (
         attempts.HandOver(
@@ -537,7 +676,7 @@ async def _record_result(
         else None
     )
     async with autocommit_connection() as conn:
-        if retryable and info.attempt < inp.max_attempts:
+        if retry:
             await attempts.record_retryable(
                 conn, trial_id=inp.trial_id, attempt_id=attempt_id, fields=fields
             )

@@ -115,11 +115,12 @@ touched AS (
 ),
 opened AS (
     INSERT INTO trial_attempts (
-        trial_id, number, run_number, temporal_attempt, worker, status, started_at
+        trial_id, number, run_number, temporal_attempt, worker, lane, status, started_at
     )
     SELECT CAST(:trial_id AS varchar), COALESCE(max(number), 0) + 1,
            CAST(:run_number AS integer), CAST(:temporal_attempt AS integer),
-           CAST(:worker AS varchar), 'running', CAST(:now AS timestamptz)
+           CAST(:worker AS varchar), CAST(:lane AS varchar), 'running',
+           CAST(:now AS timestamptz)
     FROM trial_attempts WHERE trial_id = CAST(:trial_id AS varchar)
     HAVING EXISTS (SELECT FROM go)
     RETURNING id, number
@@ -141,8 +142,10 @@ async def open_attempt(
     temporal_attempt: int,
     worker: str,
     alive_within_sec: float,
+    lane: str | None = None,
 ) -> OpenedAttempt | RunFinished | EarlierAttemptRuns:
-    """Open a new attempt of the trial. One statement: run it in autocommit.
+    """Open a new attempt of the trial (in the slot lane ``lane``, if any). One statement: run
+    it in autocommit.
 
     Or, when this run already finished, its result (and the slot granted again goes straight
     back); or, when an earlier attempt still runs, which one. Raises RecordNotFound for a
@@ -157,6 +160,7 @@ async def open_attempt(
         "terminal": sorted(TERMINAL_JOB_STATUSES),
         "temporal_attempt": temporal_attempt,
         "worker": worker,
+        "lane": lane,
         "now": now(),
         "lost_message": LOST_MESSAGE,
     }
@@ -174,6 +178,69 @@ async def open_attempt(
         await slots.release(conn, trial_ids=[trial_id], log_status="successful")
         return RunFinished(row.status, row.outcome, row.reward, row.error_type, row.error_message)
     return EarlierAttemptRuns(row.running_number, row.running_worker)
+
+
+@dataclass(frozen=True)
+class LaneTrial:
+    """A trial a slot lane ran (or runs), after the trial it began with."""
+
+    trial_id: str
+    # The run of the trial the lane ran, and the trial's current run (a retry moves it on).
+    lane_run_number: int
+    run_number: int
+    status: str
+    outcome: str | None
+    reward: float | None
+    # Attempts of the lane's run of the trial, in the lane or not.
+    attempts: int
+    # The slot the trial holds, while it holds one.
+    slot: int | None
+
+
+# The lane's trials in the order it took them: a lane's attempts are found by its trials, which
+# are of one task (an index), and by their lane.
+_LANE_TRIALS = text("""
+WITH lane AS (
+    SELECT a.trial_id, max(a.run_number) AS run_number, min(a.id) AS first_id
+    FROM trial_attempts a
+    JOIN trials t ON t.id = a.trial_id
+    WHERE t.task_id = (SELECT task_id FROM trials WHERE id = CAST(:first_trial_id AS varchar))
+      AND a.lane = CAST(:lane AS varchar) AND a.trial_id <> CAST(:first_trial_id AS varchar)
+    GROUP BY a.trial_id
+)
+SELECT lane.trial_id, lane.run_number AS lane_run_number, t.run_number, t.status, t.outcome,
+       t.reward, p.slot,
+       (SELECT count(*) FROM trial_attempts a
+        WHERE a.trial_id = lane.trial_id AND a.run_number = lane.run_number) AS attempts
+FROM lane
+JOIN trials t ON t.id = lane.trial_id
+LEFT JOIN pgqueuer p
+    ON p.dedupe_key = CAST(:dedupe_prefix AS text) || lane.trial_id AND p.status = 'picked'
+ORDER BY lane.first_id
+""")
+
+
+async def lane_trials(conn: AsyncConnection, *, first_trial_id: str, lane: str) -> list[LaneTrial]:
+    """The trials the slot lane ``lane``, begun by ``first_trial_id``, ran after it."""
+    parameters = {
+        "first_trial_id": first_trial_id,
+        "lane": lane,
+        "dedupe_prefix": slots.dedupe_key(""),
+    }
+    rows = await conn.execute(_LANE_TRIALS, parameters)
+    return [
+        LaneTrial(
+            r.trial_id,
+            r.lane_run_number,
+            r.run_number,
+            r.status,
+            r.outcome,
+            r.reward,
+            r.attempts,
+            r.slot,
+        )
+        for r in rows
+    ]
 
 
 _TOUCH = text("""

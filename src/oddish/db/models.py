@@ -161,6 +161,8 @@ class TrialAttemptModel(Base):
     run_number: Mapped[int] = mapped_column(Integer, nullable=False)
     temporal_attempt: Mapped[int] = mapped_column(Integer, nullable=False)
     worker: Mapped[str | None] = mapped_column(String(255))
+    # The slot lane (one run_trial activity running trial after trial on one slot) it ran in.
+    lane: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(32), nullable=False)
     reward: Mapped[float | None] = mapped_column(Float)
     rewards: Mapped[dict[str, Any] | None] = mapped_column()

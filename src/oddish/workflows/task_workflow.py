@@ -93,6 +93,12 @@ HAND_OVER_PATCH = "slot-hand-over"
 # free now for its trials at the head of their keys' lines and returns them: those trials start
 # in the workflow task that has the request's result, with no dispatcher round and no signal.
 GRANT_ON_REQUEST_PATCH = "grant-on-request"
+# From this change on, a trial's activity is a slot lane: it goes on to run each trial its slot
+# is handed to, with no round trip through the workflow between them, and reports their outcomes
+# with its own (``TrialOutcome.lane``). The workflow learns of those trials when the lane ends;
+# until then they stay in line here, and a retry of one the lane has failed is taken (the caller
+# checked its record).
+SLOT_LANES_PATCH = "slot-lanes"
 
 
 def trial_task_queue(task_queue: str) -> str:
@@ -135,6 +141,11 @@ class _TrialRunner:
         self._local_slot_requests = False
         self._hand_over = False
         self._grant_on_request = False
+        self._lanes = False
+        # Slot lanes running now: any trial in line may be running, or have run, in one.
+        self._lanes_running = 0
+        # Attempts of its run a trial granted from a slot lane spent there.
+        self._attempts_spent: dict[str, int] = {}
         # Whether trials run on the trials' task queue (TRIALS_PATCH), once asked.
         self._trial_processes: bool | None = None
         # Trials being put in line while others already run (a large task's first step).
@@ -143,6 +154,8 @@ class _TrialRunner:
     @workflow.signal(name="slot_granted")
     def slot_granted(self, grant: SlotGrant) -> None:
         self._grants[grant.trial_id] = grant.run_number
+        if grant.attempts_spent:
+            self._attempts_spent[grant.trial_id] = grant.attempts_spent
 
     @workflow.query(name="progress")
     def progress(self) -> TaskProgress:
@@ -262,6 +275,9 @@ class _TrialRunner:
         trials_queue = (
             trial_task_queue(workflow.info().task_queue) if self._trial_processes else None
         )
+        lane = str(workflow.uuid4()) if self._lanes else None
+        spent = self._attempts_spent.pop(trial.trial_id, 0)
+        self._lanes_running += lane is not None
         try:
             outcome: TrialOutcome = await workflow.execute_activity(
                 "run_trial",
@@ -271,6 +287,8 @@ class _TrialRunner:
                     run_number=run_number,
                     max_attempts=policy.max_attempts,
                     hand_over=self._hand_over,
+                    lane=lane,
+                    attempts_spent=spent,
                 ),
                 result_type=TrialOutcome,
                 start_to_close_timeout=timedelta(seconds=policy.start_to_close_timeout_sec),
@@ -278,7 +296,7 @@ class _TrialRunner:
                 retry_policy=RetryPolicy(
                     initial_interval=timedelta(seconds=policy.initial_interval_sec),
                     maximum_interval=timedelta(seconds=policy.max_interval_sec),
-                    maximum_attempts=policy.max_attempts,
+                    maximum_attempts=max(1, policy.max_attempts - spent),
                 ),
                 task_queue=trials_queue,
                 summary=f"trial {trial.index} · {trial.agent} · {trial.queue_key}"
@@ -293,15 +311,27 @@ class _TrialRunner:
             error_type, message = _error_text(err)
             outcome = await self._record(
                 "fail_trial",
-                FailTrialInput(trial.trial_id, run_number, error_type, message),
+                FailTrialInput(trial.trial_id, run_number, error_type, message, lane=lane),
                 result_type=TrialOutcome,
                 summary=f"trial {trial.index} failed",
             )
+        self._lanes_running -= lane is not None
         self._trial_status[trial.trial_id] = outcome.status
         self._to_analyze.append(trial.trial_id)
+        for ran in outcome.lane:
+            self._ran_in_lane(ran)
         if self._hand_over and outcome.next_grant is not None:
             self.slot_granted(outcome.next_grant)
         return outcome
+
+    def _ran_in_lane(self, ran: TrialOutcome) -> None:
+        """A trial a slot lane ran: out of line, finished. Unless a retry has put it back in line
+        for its next run meanwhile."""
+        if ran.run_number != self._run_numbers.get(ran.trial_id):
+            return
+        self._waiting.pop(ran.trial_id, None)
+        self._trial_status[ran.trial_id] = ran.status
+        self._to_analyze.append(ran.trial_id)
 
     async def _analyse(
         self, inp: TaskWorkflowInput, finished: list[str], judge_queue: str | None
@@ -336,6 +366,7 @@ class _TrialRunner:
         self._local_slot_requests = workflow.patched(LOCAL_SLOT_REQUESTS_PATCH)
         self._hand_over = workflow.patched(HAND_OVER_PATCH)
         self._grant_on_request = workflow.patched(GRANT_ON_REQUEST_PATCH)
+        self._lanes = workflow.patched(SLOT_LANES_PATCH) and self._hand_over
         if self._grant_on_request:
             # The first trials may now start right after a local activity's result: asked there,
             # a patch replays as unpatched. Earlier histories have it asked at the first trial.
@@ -397,10 +428,13 @@ class TaskWorkflow(_TrialRunner):
             raise ValueError(f"trials not in task {self._task_id}: {', '.join(unknown)}")
         # A batched task learns its trials' statuses when their batch ends: the caller checked
         # the records, and the batch's slot request leaves out a trial that is not retryable.
+        # Likewise a trial a slot lane ran is still in line here until the lane ends.
         busy = [
             t
             for t in request.trial_ids
-            if self._trial_status[t] not in RETRYABLE_TRIAL_STATUSES and not self._batched
+            if self._trial_status[t] not in RETRYABLE_TRIAL_STATUSES
+            and not self._batched
+            and not (self._lanes_running and t in self._waiting and t not in self._granted())
         ]
         if busy:
             raise ValueError(
