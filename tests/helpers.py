@@ -385,8 +385,9 @@ def restartable_temporal_server(directory: Path) -> TemporalDevServer:
     )
 
 
-async def open_test_attempt(trial_id: str) -> int:
-    """Open an attempt of a recorded trial (run 1) as a worker would; its id."""
+async def open_test_attempt(trial_id: str, lane: str | None = None) -> int:
+    """Open an attempt of a recorded trial (run 1) as a worker would (in slot lane ``lane``);
+    its id."""
     from oddish.db import attempts
     from oddish.db.connection import autocommit_connection
 
@@ -398,6 +399,7 @@ async def open_test_attempt(trial_id: str) -> int:
             temporal_attempt=1,
             worker="test",
             alive_within_sec=1.0,
+            lane=lane,
         )
     assert isinstance(opened, attempts.OpenedAttempt)
     return opened.attempt_id

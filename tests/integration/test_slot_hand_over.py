@@ -14,6 +14,7 @@ import uuid
 import pytest
 from sqlalchemy import text
 from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
 
 from helpers import (
     check_history,
@@ -27,6 +28,8 @@ from helpers import (
     unique_key,
     wait_for_task,
 )
+from oddish.activities.records import fail_trial
+from oddish.contracts import FailTrialInput
 from oddish.db import attempts, records, slots
 from oddish.db.connection import autocommit_connection, get_engine, get_session
 from oddish.db.models import ExperimentModel, TrialModel
@@ -212,6 +215,47 @@ async def test_no_hand_over_while_a_lowered_limit_is_exceeded(migrated: None) ->
     assert handed is not None and handed.trial_id == trials[3] and handed.slot == 1
     holding = [slot for status, slot in (await _rows(key)).values() if status == "picked"]
     assert sorted(holding) == [1, 2] and len(holding) <= 2
+
+
+async def test_a_lane_failed_for_good_reports_the_trials_it_ran_and_fails_the_one_it_ran(
+    migrated: None,
+) -> None:
+    """A slot lane ran trial 0, then 1, and was running 2 when Temporal gave up on it (every
+    attempt spent, say each worker died): the records tell its next attempt, or fail_trial,
+    which trials it ran and which it was running. fail_trial reports the finished ones and fails
+    the one that was running, giving its slot back."""
+    key = unique_key("lane-failed")
+    workflow_id, trials = await _trials(key, 3)
+    await _in_line(workflow_id, trials, key)
+    assert len(await _claim(key, limit=1)) == 1
+    lane = str(uuid.uuid4())
+    for ran, handed_to in [(trials[0], trials[1]), (trials[1], trials[2])]:
+        attempt_id = await open_test_attempt(ran, lane=lane)
+        handed = await _finish(key, ran, attempt_id, workflow_id, limit=1)
+        assert handed is not None and handed.trial_id == handed_to
+    await open_test_attempt(trials[2], lane=lane)
+    async with autocommit_connection() as conn:
+        in_lane = await attempts.lane_trials(conn, first_trial_id=trials[0], lane=lane)
+        # Its worker is gone: its slot row is no longer touched.
+        await conn.execute(
+            text("UPDATE pgqueuer SET heartbeat = now() - interval '1 hour' WHERE entrypoint = :k"),
+            {"k": key},
+        )
+    assert [(t.trial_id, t.status, t.attempts, t.slot) for t in in_lane] == [
+        (trials[1], "success", 1, None),
+        (trials[2], "running", 1, 0),
+    ]
+
+    outcome = await ActivityEnvironment().run(
+        fail_trial, FailTrialInput(trials[0], 1, "TimeoutError", "heartbeat timeout", lane=lane)
+    )
+
+    assert (outcome.trial_id, outcome.status) == (trials[0], "success")
+    assert [(t.trial_id, t.status, t.run_number) for t in outcome.lane] == [
+        (trials[1], "success", 1),
+        (trials[2], "failed", 1),
+    ]
+    assert await slot_rows(key) == 0
 
 
 async def test_a_task_at_limit_one_runs_its_trials_handing_the_slot_over(
