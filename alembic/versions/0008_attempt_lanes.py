@@ -5,6 +5,11 @@ is handed to (a slot lane). Each attempt it opens records the lane's id, so that
 next attempt, after its worker died, learns from the records which trials the lane ran and which
 one it was running; and so that a lane Temporal gave up on can be settled.
 
+``slot_lanes`` fences a lane: the latest Temporal attempt of its activity (or fail_trial, which
+settles it) enters it before reading its trials, and an earlier attempt still running somewhere
+(cut off from Temporal, say) can then no longer open a trial in it. Its trials are always those
+the reader sees.
+
 Revision ID: 0008
 Revises: 0007
 """
@@ -20,7 +25,21 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("trial_attempts", sa.Column("lane", sa.String(64), nullable=True))
+    op.create_table(
+        "slot_lanes",
+        sa.Column("id", sa.String(64), primary_key=True),
+        # Its task's: deleting the task deletes its lanes.
+        sa.Column(
+            "task_id",
+            sa.String(64),
+            sa.ForeignKey("tasks.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        ),
+        sa.Column("attempt", sa.Integer, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("slot_lanes")
     op.drop_column("trial_attempts", "lane")

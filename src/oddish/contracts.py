@@ -157,8 +157,10 @@ class FailTrialInput:
     error_type: str
     error_message: str
     # The slot lane the trial's activity began (``RunTrialInput.lane``): the trials it ran after
-    # this one are reported too, and the one it was running is failed with it.
+    # this one are reported too. The one it was running is handed back to the workflow with its
+    # slot when it has attempts left (of ``max_attempts``), else failed with it.
     lane: str | None = None
+    max_attempts: int = 0
 
 
 @dataclass
@@ -206,7 +208,9 @@ class JudgeAgainInput:
 
 @dataclass
 class TaskProgress:
-    """What the workflow's ``progress`` query answers."""
+    """What the workflow's ``progress`` query answers: the trials as the workflow knows them. A
+    trial a slot lane runs counts as waiting until the lane reports it; the records (and every
+    view made of them) follow each trial as it goes."""
 
     task_id: str
     status: str

@@ -29,7 +29,7 @@ from helpers import (
     wait_for_task,
 )
 from oddish.activities.records import fail_trial
-from oddish.contracts import FailTrialInput
+from oddish.contracts import FailTrialInput, SlotGrant
 from oddish.db import attempts, records, slots
 from oddish.db.connection import autocommit_connection, get_engine, get_session
 from oddish.db.models import ExperimentModel, TrialModel
@@ -255,7 +255,73 @@ async def test_a_lane_failed_for_good_reports_the_trials_it_ran_and_fails_the_on
         (trials[1], "success", 1),
         (trials[2], "failed", 1),
     ]
+    assert outcome.next_grant is None
     assert await slot_rows(key) == 0
+
+
+async def test_a_lane_failed_for_good_hands_back_the_trial_it_ran_with_attempts_left(
+    migrated: None,
+) -> None:
+    """The lane's Temporal attempts were spent on its first trial and on others: the trial it
+    was running had one attempt of its own, and goes back to the workflow with its slot."""
+    key = unique_key("lane-hand-back")
+    workflow_id, trials = await _trials(key, 2)
+    await _in_line(workflow_id, trials, key)
+    assert len(await _claim(key, limit=1)) == 1
+    lane = str(uuid.uuid4())
+    attempt_id = await open_test_attempt(trials[0], lane=lane)
+    assert await _finish(key, trials[0], attempt_id, workflow_id, limit=1) is not None
+    async with autocommit_connection() as conn:
+        assert await attempts.enter_lane(conn, lane=lane, trial_id=trials[0], attempt=1)
+    await open_test_attempt(trials[1], lane=lane)
+
+    outcome = await ActivityEnvironment().run(
+        fail_trial,
+        FailTrialInput(
+            trials[0], 1, "TimeoutError", "heartbeat timeout", lane=lane, max_attempts=3
+        ),
+    )
+
+    assert outcome.lane == []
+    assert outcome.next_grant == SlotGrant(trials[1], 0, 1, attempts_spent=1)
+    assert (await _rows(key))[trials[1]] == ("picked", 0), "it keeps its slot"
+
+
+async def test_a_lane_entered_by_a_later_attempt_opens_no_trial_for_an_earlier_one(
+    migrated: None,
+) -> None:
+    """An attempt of a lane's activity that Temporal gave up on may still run (cut off from
+    Temporal): once a later attempt has entered the lane to read its trials, the earlier one
+    opens no more trials in it, and the slot it was handed stays unsignalled for the
+    dispatchers to tell the workflow of."""
+    key = unique_key("lane-fence")
+    workflow_id, trials = await _trials(key, 2)
+    await _in_line(workflow_id, trials, key)
+    assert len(await _claim(key, limit=1)) == 1
+    lane = str(uuid.uuid4())
+    attempt_id = await open_test_attempt(trials[0], lane=lane)
+    assert await _finish(key, trials[0], attempt_id, workflow_id, limit=1) is not None
+    async with autocommit_connection() as conn:
+        assert await attempts.enter_lane(conn, lane=lane, trial_id=trials[0], attempt=1)
+        assert await attempts.enter_lane(conn, lane=lane, trial_id=trials[0], attempt=2)
+        assert not await attempts.enter_lane(conn, lane=lane, trial_id=trials[0], attempt=1)
+
+        def opening(lane_attempt: int):
+            return attempts.open_attempt(
+                conn,
+                trial_id=trials[1],
+                run_number=1,
+                temporal_attempt=lane_attempt,
+                worker="test",
+                alive_within_sec=1.0,
+                lane=lane,
+                lane_attempt=lane_attempt,
+            )
+
+        assert isinstance(await opening(1), attempts.LaneFenced)
+        unsignalled = await slots.unsignalled_holders(conn, older_than_sec=0)
+        assert trials[1] in {c.trial_id for c in unsignalled}
+        assert isinstance(await opening(2), attempts.OpenedAttempt)
 
 
 async def test_a_task_at_limit_one_runs_its_trials_handing_the_slot_over(

@@ -37,20 +37,25 @@ async def test_limit_holds_across_two_workers_and_other_keys_run(
     start_worker("--n-concurrent", limits)
     start_worker("--n-concurrent", limits)
     sleep = {"ODDISH_SLEEP_SECONDS": "1"}
-    limited_task = await submit(
-        temporal_client, "sleep", local(n_trials=20, model=limited, agent_env=sleep)
-    )
+    # Ten tasks: a task's trials may all run in the slot lanes of one worker's activities, and
+    # ten tasks' lanes go to both workers (all ten to one had odds of about 1 in 500).
+    limited_tasks = [
+        await submit(temporal_client, "sleep", local(n_trials=2, model=limited, agent_env=sleep))
+        for _ in range(10)
+    ]
     other_task = await submit(
         temporal_client, "sleep", local(n_trials=8, model=other, agent_env=sleep)
     )
-    first, second = await asyncio.gather(
-        wait_for_task(temporal_client, limited_task), wait_for_task(temporal_client, other_task)
+    *firsts, second = await asyncio.gather(
+        *(wait_for_task(temporal_client, t) for t in limited_tasks),
+        wait_for_task(temporal_client, other_task),
     )
+    limited_trials = [t for task in firsts for t in task["trials"]]
 
-    assert all(t["status"] == "success" and t["reward"] == 1.0 for t in first["trials"])
-    spans = intervals(first)
+    assert all(t["status"] == "success" and t["reward"] == 1.0 for t in limited_trials)
+    spans = intervals({"trials": limited_trials})
     assert max_overlap(spans) == 2, "never more than the limit, and the limit is used"
-    workers = {t["attempts"][0]["worker"] for t in first["trials"]}
+    workers = {t["attempts"][0]["worker"] for t in limited_trials}
     assert len(workers) == 2, "both worker processes ran trials of the limited key"
 
     # The limited key at its limit did not hold the other key back.

@@ -470,7 +470,9 @@ async def test_trial_out_of_attempts_is_failed_once_and_task_still_completes(
     lanes = {r.lane for r in fake.calls("run_trial") if r.trial_id == "trial-1"}
     assert len(lanes) == 1 and None not in lanes
     assert fake.calls("fail_trial") == [
-        FailTrialInput("trial-1", 1, "SandboxCrashed", "sandbox crashed", lane=lanes.pop())
+        FailTrialInput(
+            "trial-1", 1, "SandboxCrashed", "sandbox crashed", lane=lanes.pop(), max_attempts=2
+        )
     ]
     assert sorted(a.trial_id for a in fake.calls("analyze_trial")) == trial_ids(trials)
     assert fake.calls("decide_verdict") == [VerdictInput(inp.task_id)]

@@ -125,7 +125,10 @@ async def fail_trial(inp: FailTrialInput) -> TrialOutcome:
     not failed while it still touches its slot row: this waits for the result it records.
 
     When the trial's activity was a slot lane, the trials the lane ran after it are reported
-    with it (``TrialOutcome.lane``), and the one it was running is failed the same way.
+    with it (``TrialOutcome.lane``). The one it was running has spent only its own attempts: it
+    goes back to the workflow with its slot (``next_grant``) while it has some left, else it is
+    failed the same way. The lane is settled first: no attempt of its activity still running
+    somewhere opens another trial in it.
     """
     alive_within = alive_within_sec(get_settings().trial_heartbeat_timeout_sec)
     deadline = time.monotonic() + STILL_RUNNING_WAIT_SEC
@@ -133,10 +136,23 @@ async def fail_trial(inp: FailTrialInput) -> TrialOutcome:
     if inp.lane is None:
         return outcome
     async with autocommit_connection() as conn:
+        await attempts.enter_lane(
+            conn, lane=inp.lane, trial_id=inp.trial_id, attempt=attempts.SETTLED_LANE
+        )
         lane = await attempts.lane_trials(conn, first_trial_id=inp.trial_id, lane=inp.lane)
     for trial in lane:
         if trial.run_number != trial.lane_run_number:
             continue  # retried since: its new run is the workflow's
+        if (
+            trial.status not in TERMINAL_JOB_STATUSES
+            and trial.slot is not None
+            and trial.attempts < inp.max_attempts
+            and outcome.next_grant is None
+        ):
+            outcome.next_grant = SlotGrant(
+                trial.trial_id, trial.slot, trial.lane_run_number, attempts_spent=trial.attempts
+            )
+            continue
         ran = await _failed_once_stopped(
             dataclasses.replace(
                 inp, trial_id=trial.trial_id, run_number=trial.lane_run_number, lane=None
@@ -173,7 +189,8 @@ async def _fail_unless_running(inp: FailTrialInput, alive_within: float) -> Tria
         # Locked: an attempt finishing meanwhile must not be read as still running by one
         # query and gone by the next, and so be failed over its recorded result.
         trial = await records.get_trial(session, inp.trial_id, lock=True)
-        if trial.run_number == inp.run_number and trial.status in TERMINAL_JOB_STATUSES:
+        # Another run of the trial (a retry put it back in line) is not this one's to fail.
+        if trial.run_number != inp.run_number or trial.status in TERMINAL_JOB_STATUSES:
             return TrialOutcome.of(trial.id, trial)
         running = [a for a in trial.attempts if a.status == AttemptStatus.RUNNING]
         if running and await slots.heard_from_within(

@@ -189,11 +189,17 @@ async def _record_cancelled(
         )
 
 
+class LaneTakenOver(Exception):
+    """A later attempt of the slot lane's activity entered the lane (or it was settled): this
+    attempt opens no more trials in it."""
+
+
 async def _start(
-    inp: RunTrialInput, info: activity.Info, *, alive_within_sec: float
+    inp: RunTrialInput, info: activity.Info, *, alive_within_sec: float, in_lane: bool
 ) -> TrialOutcome | attempts.EarlierAttemptRuns | attempts.OpenedAttempt:
     """Open the attempt; or, when this run of the trial already finished, its recorded outcome;
-    or, when an earlier attempt is still running (its slot row touched lately), say so."""
+    or, when an earlier attempt is still running (its slot row touched lately), say so. A trial
+    handed to a slot lane (``in_lane``) is opened only while this attempt holds the lane."""
     async with autocommit_connection() as conn:
         opened = await attempts.open_attempt(
             conn,
@@ -203,7 +209,10 @@ async def _start(
             worker=worker_identity(),
             alive_within_sec=alive_within_sec,
             lane=inp.lane,
+            lane_attempt=info.attempt if in_lane else None,
         )
+    if isinstance(opened, attempts.LaneFenced):
+        raise LaneTakenOver(f"lane {inp.lane}: a later attempt of its activity took it over")
     if isinstance(opened, attempts.RunFinished):
         return TrialOutcome.of(inp.trial_id, opened)
     return opened
@@ -230,7 +239,7 @@ async def run_trial(inp: RunTrialInput) -> TrialOutcome:
 
 
 async def _open_attempt(
-    inp: RunTrialInput, info: activity.Info, *, alive_within_sec: float
+    inp: RunTrialInput, info: activity.Info, *, alive_within_sec: float, in_lane: bool = False
 ) -> TrialOutcome | attempts.OpenedAttempt:
     """Open this attempt, once no earlier one still runs. An earlier attempt that Temporal gave
     up on while its worker lived (Temporal was unreachable for longer than the heartbeat
@@ -241,7 +250,7 @@ async def _open_attempt(
     while True:
         # A Postgres restart must not spend the trial's attempts: wait for it to answer.
         opened = await until_database_answers(
-            lambda: _start(inp, info, alive_within_sec=alive_within_sec),
+            lambda: _start(inp, info, alive_within_sec=alive_within_sec, in_lane=in_lane),
             what=f"trial {inp.trial_id}: opening its attempt",
         )
         if not isinstance(opened, attempts.EarlierAttemptRuns):
@@ -393,14 +402,16 @@ async def _run_trial(
     heartbeat_timeout_sec: float,
     attempt_in_run: int,
     uploads: list[asyncio.Future[bool]] | None = None,
+    in_lane: bool = False,
 ) -> TrialOutcome:
     """Run one attempt of the trial and record its result. ``attempt_in_run`` counts it among
     the run's attempts (a retryable failure is retried below ``max_attempts``). The output is
     stored before this returns; or, given ``uploads``, the upload goes there for the caller to
-    wait for."""
+    wait for. ``in_lane``: a trial handed to the slot lane, opened only while this attempt of
+    the lane's activity holds the lane (else LaneTakenOver)."""
     touch_interval = touch_interval_sec(heartbeat_timeout_sec)
     started = await _open_attempt(
-        inp, info, alive_within_sec=alive_within_sec(heartbeat_timeout_sec)
+        inp, info, alive_within_sec=alive_within_sec(heartbeat_timeout_sec), in_lane=in_lane
     )
     if isinstance(started, TrialOutcome):
         return started
@@ -540,6 +551,19 @@ def _lane_goes_on(info: activity.Info, ran: int, elapsed_sec: float, longest_sec
     return timeout is None or elapsed_sec + longest_sec <= timeout.total_seconds() / 2
 
 
+async def _enter_lane(inp: RunTrialInput, lane: str, info: activity.Info) -> bool:
+    """Enter the lane as this attempt of its activity (before reading its trials or opening
+    one); whether no later attempt has."""
+
+    async def enter() -> bool:
+        async with autocommit_connection() as conn:
+            return await attempts.enter_lane(
+                conn, lane=lane, trial_id=inp.trial_id, attempt=info.attempt
+            )
+
+    return await until_database_answers(enter, what=f"lane {lane}: entering it")
+
+
 async def _resume_lane(inp: RunTrialInput, lane: str, ran: list[TrialOutcome]) -> SlotGrant | None:
     """After an attempt of the lane was lost (its worker died): the trials it ran, added to
     ``ran`` from the records, and the grant of the one it was running (with the attempts of
@@ -577,55 +601,75 @@ async def _run_lane(
     same workflow), in this activity, with no round trip through the workflow between them.
     Returns the first trial's outcome with the others' in ``lane``, and the grant of a trial
     handed the slot that the lane did not run. Each trial counts its own attempts: one whose
-    attempt fails, to be tried again, goes on in an activity of its own."""
+    attempt fails, to be tried again, goes on in an activity of its own.
+
+    A later attempt of the activity (this one's worker died, or Temporal gave up on it) enters
+    the lane before it reads which trials the lane ran: this attempt then opens no trial in it,
+    and a grant it was handed is signalled to the workflow by the dispatchers."""
     assert inp.lane is not None
     uploads: list[asyncio.Future[bool]] = []
-    began = time.monotonic()
-    first = await _run_trial(
-        inp,
-        info,
-        heartbeat_timeout_sec=heartbeat_timeout_sec,
-        attempt_in_run=info.attempt + inp.attempts_spent,
-        uploads=uploads,
-    )
-    longest = time.monotonic() - began
-    grant, first.next_grant = first.next_grant, None
-    if grant is None and info.attempt > 1:
-        grant = await _resume_lane(inp, inp.lane, first.lane)
-    while grant is not None and _lane_goes_on(
-        info, len(first.lane), time.monotonic() - began, longest
-    ):
-        attempt_in_run = grant.attempts_spent + 1
-        handed = RunTrialInput(
-            inp.task_id,
-            grant.trial_id,
-            run_number=grant.run_number,
-            max_attempts=inp.max_attempts,
-            hand_over=True,
-            lane=inp.lane,
+    try:
+        began = time.monotonic()
+        first = await _run_trial(
+            inp,
+            info,
+            heartbeat_timeout_sec=heartbeat_timeout_sec,
+            attempt_in_run=info.attempt + inp.attempts_spent,
+            uploads=uploads,
         )
-        started = time.monotonic()
-        try:
-            outcome = await _run_trial(
-                handed,
-                info,
-                heartbeat_timeout_sec=heartbeat_timeout_sec,
-                attempt_in_run=attempt_in_run,
-                uploads=uploads,
+        longest = time.monotonic() - began
+        grant, first.next_grant = first.next_grant, None
+        holds_lane = (grant is None and info.attempt == 1) or await _enter_lane(inp, inp.lane, info)
+        if holds_lane and grant is None and info.attempt > 1:
+            grant = await _resume_lane(inp, inp.lane, first.lane)
+        while (
+            holds_lane
+            and grant is not None
+            and _lane_goes_on(info, len(first.lane), time.monotonic() - began, longest)
+        ):
+            attempt_in_run = grant.attempts_spent + 1
+            handed = RunTrialInput(
+                inp.task_id,
+                grant.trial_id,
+                run_number=grant.run_number,
+                max_attempts=inp.max_attempts,
+                hand_over=True,
+                lane=inp.lane,
             )
-        except ApplicationError as err:
-            if err.non_retryable:
-                raise
-            # Recorded to be tried again, its slot kept: an activity of its own retries it.
-            grant = dataclasses.replace(grant, attempts_spent=attempt_in_run)
-            break
-        longest = max(longest, time.monotonic() - started)
-        grant, outcome.next_grant = outcome.next_grant, None
-        outcome.run_number = handed.run_number
-        outcome.error_type = outcome.error_message = None
-        first.lane.append(outcome)
+            started = time.monotonic()
+            try:
+                outcome = await _run_trial(
+                    handed,
+                    info,
+                    heartbeat_timeout_sec=heartbeat_timeout_sec,
+                    attempt_in_run=attempt_in_run,
+                    uploads=uploads,
+                    in_lane=True,
+                )
+            except LaneTakenOver:
+                log.warning("lane %s: taken over by a later attempt; it stops", inp.lane)
+                break
+            except ApplicationError as err:
+                if err.non_retryable:
+                    raise
+                # Recorded to be tried again, its slot kept: an activity of its own retries it.
+                grant = dataclasses.replace(grant, attempts_spent=attempt_in_run)
+                break
+            longest = max(longest, time.monotonic() - started)
+            grant, outcome.next_grant = outcome.next_grant, None
+            outcome.run_number = handed.run_number
+            outcome.error_type = outcome.error_message = None
+            first.lane.append(outcome)
+    except BaseException:
+        # Stopped: what the earlier trials' uploads left on disk is swept up later.
+        for upload in uploads:
+            upload.cancel()
+        raise
     first.next_grant = grant
-    await _store_output_handing_over(_all_stored(uploads), grant, info)
+    # A trial handed back to be retried waits for the outputs (a retry waits anyway): told by a
+    # signal, it could start before a lost lane's next attempt has looked for it.
+    signalled = grant if grant is not None and not grant.attempts_spent else None
+    await _store_output_handing_over(_all_stored(uploads), signalled, info)
     return first
 
 

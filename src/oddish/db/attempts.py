@@ -49,6 +49,12 @@ class EarlierAttemptRuns:
 
 
 @dataclass(frozen=True)
+class LaneFenced:
+    """The slot lane was entered by a later attempt of its activity (or settled): this one may
+    open no more trials in it."""
+
+
+@dataclass(frozen=True)
 class OpenedAttempt:
     attempt_id: int
     number: int
@@ -69,14 +75,20 @@ class OpenedAttempt:
 # statement's snapshot: its number is taken again (a unique violation), and the statement is
 # run once more, seeing it.
 _OPEN_ATTEMPT = text("""
-WITH trial AS (
+WITH fence AS (
+    SELECT FROM slot_lanes
+    WHERE id = CAST(:lane AS varchar) AND attempt = CAST(:lane_attempt AS integer)
+    FOR SHARE
+),
+trial AS (
     SELECT t.run_number, t.status, t.outcome, t.reward, t.error_type, t.error_message, t.spec,
            k.task_path, k.archive_sha256, r.number AS running_number, r.worker AS running_worker,
            EXISTS (
                SELECT FROM pgqueuer p
                WHERE p.dedupe_key = CAST(:dedupe_key AS text) AND p.status = 'picked'
                  AND p.heartbeat > now() - make_interval(secs => CAST(:alive_sec AS float8))
-           ) AS heard
+           ) AS heard,
+           (CAST(:lane_attempt AS integer) IS NULL OR EXISTS (SELECT FROM fence)) AS unfenced
     FROM trials t
     JOIN tasks k ON k.id = t.task_id
     LEFT JOIN LATERAL (
@@ -89,7 +101,7 @@ WITH trial AS (
 ),
 go AS (
     SELECT FROM trial
-    WHERE NOT (run_number = CAST(:run_number AS integer)
+    WHERE unfenced AND NOT (run_number = CAST(:run_number AS integer)
                AND status = ANY(CAST(:terminal AS varchar[])))
       AND NOT (running_number IS NOT NULL AND heard)
 ),
@@ -143,9 +155,11 @@ async def open_attempt(
     worker: str,
     alive_within_sec: float,
     lane: str | None = None,
-) -> OpenedAttempt | RunFinished | EarlierAttemptRuns:
+    lane_attempt: int | None = None,
+) -> OpenedAttempt | RunFinished | EarlierAttemptRuns | LaneFenced:
     """Open a new attempt of the trial (in the slot lane ``lane``, if any). One statement: run
-    it in autocommit.
+    it in autocommit. With ``lane_attempt``, only while that attempt of the lane's activity is
+    the one that entered the lane last (``enter_lane``), else LaneFenced.
 
     Or, when this run already finished, its result (and the slot granted again goes straight
     back); or, when an earlier attempt still runs, which one. Raises RecordNotFound for a
@@ -161,6 +175,7 @@ async def open_attempt(
         "temporal_attempt": temporal_attempt,
         "worker": worker,
         "lane": lane,
+        "lane_attempt": lane_attempt,
         "now": now(),
         "lost_message": LOST_MESSAGE,
     }
@@ -170,6 +185,8 @@ async def open_attempt(
         row = (await conn.execute(_OPEN_ATTEMPT, params)).one_or_none()
     if row is None:
         raise RecordNotFound(f"no trial {trial_id!r}")
+    if not row.unfenced:
+        return LaneFenced()
     if row.attempt_id is not None:
         return OpenedAttempt(
             row.attempt_id, row.attempt_number, row.spec, row.task_path, row.archive_sha256
@@ -178,6 +195,29 @@ async def open_attempt(
         await slots.release(conn, trial_ids=[trial_id], log_status="successful")
         return RunFinished(row.status, row.outcome, row.reward, row.error_type, row.error_message)
     return EarlierAttemptRuns(row.running_number, row.running_worker)
+
+
+# The lane's row is locked (an UPDATE), so an opening of an earlier attempt that holds it
+# (FOR SHARE) is committed first, and seen by whatever reads the lane next.
+_ENTER_LANE = text("""
+INSERT INTO slot_lanes (id, task_id, attempt)
+SELECT CAST(:lane AS varchar), task_id, CAST(:attempt AS integer)
+FROM trials WHERE id = CAST(:trial_id AS varchar)
+ON CONFLICT (id) DO UPDATE SET attempt = GREATEST(slot_lanes.attempt, EXCLUDED.attempt)
+RETURNING attempt
+""")
+# Entered by this to settle a lane: no attempt of its activity opens a trial in it after.
+SETTLED_LANE = 2**31 - 1
+
+
+async def enter_lane(conn: AsyncConnection, *, lane: str, trial_id: str, attempt: int) -> bool:
+    """Enter the slot lane begun by ``trial_id`` as its activity's Temporal ``attempt`` (before
+    reading its trials): an earlier attempt opens no trial in it from then on. Whether this
+    attempt is still the latest to have entered. One statement: run it in autocommit."""
+    entered = await conn.execute(
+        _ENTER_LANE, {"lane": lane, "trial_id": trial_id, "attempt": attempt}
+    )
+    return entered.scalar_one() == attempt
 
 
 @dataclass(frozen=True)

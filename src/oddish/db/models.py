@@ -177,6 +177,18 @@ class TrialAttemptModel(Base):
     trial: Mapped[TrialModel] = relationship(back_populates="attempts")
 
 
+class SlotLaneModel(Base):
+    """A slot lane's fence: the Temporal attempt of its activity that may open trials in it."""
+
+    __tablename__ = "slot_lanes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task_id: Mapped[str] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
 class AnalysisModel(Base):
     __tablename__ = "analyses"
 

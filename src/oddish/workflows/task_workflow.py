@@ -144,8 +144,10 @@ class _TrialRunner:
         self._lanes = False
         # Slot lanes running now: any trial in line may be running, or have run, in one.
         self._lanes_running = 0
-        # Attempts of its run a trial granted from a slot lane spent there.
-        self._attempts_spent: dict[str, int] = {}
+        # Attempts a trial granted from a slot lane spent there: (the run, how many).
+        self._attempts_spent: dict[str, tuple[int, int]] = {}
+        # Trials a retry put back in line, not started or reported since: not in a lane's hands.
+        self._requeued: set[str] = set()
         # Whether trials run on the trials' task queue (TRIALS_PATCH), once asked.
         self._trial_processes: bool | None = None
         # Trials being put in line while others already run (a large task's first step).
@@ -155,7 +157,7 @@ class _TrialRunner:
     def slot_granted(self, grant: SlotGrant) -> None:
         self._grants[grant.trial_id] = grant.run_number
         if grant.attempts_spent:
-            self._attempts_spent[grant.trial_id] = grant.attempts_spent
+            self._attempts_spent[grant.trial_id] = (grant.run_number, grant.attempts_spent)
 
     @workflow.query(name="progress")
     def progress(self) -> TaskProgress:
@@ -261,6 +263,7 @@ class _TrialRunner:
             )
             for trial_id in self._granted():
                 trial = self._waiting.pop(trial_id)
+                self._requeued.discard(trial_id)
                 self._trial_tasks[trial_id] = asyncio.create_task(
                     self._run_trial(inp, trial, self._run_numbers[trial_id])
                 )
@@ -276,7 +279,9 @@ class _TrialRunner:
             trial_task_queue(workflow.info().task_queue) if self._trial_processes else None
         )
         lane = str(workflow.uuid4()) if self._lanes else None
-        spent = self._attempts_spent.pop(trial.trial_id, 0)
+        spent_run, spent = self._attempts_spent.pop(trial.trial_id, (run_number, 0))
+        if spent_run != run_number:
+            spent = 0
         self._lanes_running += lane is not None
         try:
             outcome: TrialOutcome = await workflow.execute_activity(
@@ -311,7 +316,14 @@ class _TrialRunner:
             error_type, message = _error_text(err)
             outcome = await self._record(
                 "fail_trial",
-                FailTrialInput(trial.trial_id, run_number, error_type, message, lane=lane),
+                FailTrialInput(
+                    trial.trial_id,
+                    run_number,
+                    error_type,
+                    message,
+                    lane=lane,
+                    max_attempts=policy.max_attempts,
+                ),
                 result_type=TrialOutcome,
                 summary=f"trial {trial.index} failed",
             )
@@ -330,6 +342,7 @@ class _TrialRunner:
         if ran.run_number != self._run_numbers.get(ran.trial_id):
             return
         self._waiting.pop(ran.trial_id, None)
+        self._requeued.discard(ran.trial_id)
         self._trial_status[ran.trial_id] = ran.status
         self._to_analyze.append(ran.trial_id)
 
@@ -407,6 +420,8 @@ class TaskWorkflow(_TrialRunner):
         """Run failed trials of this (still running) workflow again, each as a new attempt."""
         for trial_id in request.trial_ids:
             self._run_numbers[trial_id] += 1
+            if self._lanes:
+                self._requeued.add(trial_id)
         retried = [self._trials[t] for t in request.trial_ids]
         if self._batched and self._inp is not None:
             # In a batch of their own: the batch that ran them may still be running others.
@@ -428,13 +443,19 @@ class TaskWorkflow(_TrialRunner):
             raise ValueError(f"trials not in task {self._task_id}: {', '.join(unknown)}")
         # A batched task learns its trials' statuses when their batch ends: the caller checked
         # the records, and the batch's slot request leaves out a trial that is not retryable.
-        # Likewise a trial a slot lane ran is still in line here until the lane ends.
+        # Likewise a trial a running slot lane may have run is still in line here until the lane
+        # ends (the caller checked its record); not one a retry has put back in line since.
         busy = [
             t
             for t in request.trial_ids
             if self._trial_status[t] not in RETRYABLE_TRIAL_STATUSES
             and not self._batched
-            and not (self._lanes_running and t in self._waiting and t not in self._granted())
+            and not (
+                self._lanes_running
+                and t in self._waiting
+                and t not in self._requeued
+                and t not in self._granted()
+            )
         ]
         if busy:
             raise ValueError(
