@@ -534,8 +534,10 @@ async def _run_trial(
 
 
 # A slot lane runs at most this many trials after its first: its result (an outcome per trial)
-# stays small, and the workflow learns its trials' outcomes every so often.
-LANE_MAX_TRIALS = 50
+# stays small, the workflow learns its trials' outcomes every so often, and a lane's slot comes
+# back to Temporal's dispatch (to whichever worker asks first) now and then, so that workers
+# started later, or less loaded, get their share.
+LANE_MAX_TRIALS = 20
 
 
 def _lane_goes_on(info: activity.Info, ran: int, elapsed_sec: float, longest_sec: float) -> bool:
