@@ -5,10 +5,11 @@ is handed to (a slot lane). Each attempt it opens records the lane's id, so that
 next attempt, after its worker died, learns from the records which trials the lane ran and which
 one it was running; and so that a lane Temporal gave up on can be settled.
 
-``slot_lanes`` fences a lane: the latest Temporal attempt of its activity (or fail_trial, which
-settles it) enters it before reading its trials, and an earlier attempt still running somewhere
-(cut off from Temporal, say) can then no longer open a trial in it. Its trials are always those
-the reader sees.
+``slot_lanes`` fences a lane: the latest attempt of its activity (or fail_trial, which settles
+it) enters it before reading its trials, under the time that attempt was scheduled (later for
+every attempt, a reset's too), and an earlier attempt still running somewhere (cut off from
+Temporal, say) can then no longer open a trial in it. Its trials are always those the reader
+sees. A row stays until its task is deleted: an earlier attempt must find it to be fenced.
 
 Revision ID: 0008
 Revises: 0007
@@ -36,7 +37,8 @@ def upgrade() -> None:
             nullable=False,
             index=True,
         ),
-        sa.Column("attempt", sa.Integer, nullable=False),
+        # The scheduled time of the attempt holding it, in microseconds since the epoch.
+        sa.Column("holder", sa.BigInteger, nullable=False),
     )
 
 

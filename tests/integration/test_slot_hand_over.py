@@ -272,7 +272,7 @@ async def test_a_lane_failed_for_good_hands_back_the_trial_it_ran_with_attempts_
     attempt_id = await open_test_attempt(trials[0], lane=lane)
     assert await _finish(key, trials[0], attempt_id, workflow_id, limit=1) is not None
     async with autocommit_connection() as conn:
-        assert await attempts.enter_lane(conn, lane=lane, trial_id=trials[0], attempt=1)
+        assert await attempts.enter_lane(conn, lane=lane, trial_id=trials[0], holder=1)
     await open_test_attempt(trials[1], lane=lane)
 
     outcome = await ActivityEnvironment().run(
@@ -302,20 +302,20 @@ async def test_a_lane_entered_by_a_later_attempt_opens_no_trial_for_an_earlier_o
     attempt_id = await open_test_attempt(trials[0], lane=lane)
     assert await _finish(key, trials[0], attempt_id, workflow_id, limit=1) is not None
     async with autocommit_connection() as conn:
-        assert await attempts.enter_lane(conn, lane=lane, trial_id=trials[0], attempt=1)
-        assert await attempts.enter_lane(conn, lane=lane, trial_id=trials[0], attempt=2)
-        assert not await attempts.enter_lane(conn, lane=lane, trial_id=trials[0], attempt=1)
+        assert await attempts.enter_lane(conn, lane=lane, trial_id=trials[0], holder=1)
+        assert await attempts.enter_lane(conn, lane=lane, trial_id=trials[0], holder=2)
+        assert not await attempts.enter_lane(conn, lane=lane, trial_id=trials[0], holder=1)
 
-        def opening(lane_attempt: int):
+        def opening(lane_holder: int):
             return attempts.open_attempt(
                 conn,
                 trial_id=trials[1],
                 run_number=1,
-                temporal_attempt=lane_attempt,
+                temporal_attempt=1,
                 worker="test",
                 alive_within_sec=1.0,
                 lane=lane,
-                lane_attempt=lane_attempt,
+                lane_holder=lane_holder,
             )
 
         assert isinstance(await opening(1), attempts.LaneFenced)

@@ -910,6 +910,11 @@ async def test_a_trial_failed_in_a_running_lane_can_be_retried_before_the_lane_e
     # trial-1's failure is in the records, not yet in the workflow: the retry is taken.
     result = await handle.execute_update(TaskWorkflow.retry_trials, RetryTrialsRequest(["trial-1"]))
     assert result.retried == ["trial-1"]
+    # Put back in line by that retry, it is not taken for a lane's any more: a second retry (its
+    # caller read the record before the first one's request) is refused.
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(TaskWorkflow.retry_trials, RetryTrialsRequest(["trial-1"]))
+    assert "trial-1 is queued" in str(refused.value.cause)
     fake.gates["trial-2"].set()
 
     assert await finish(handle) == TaskStatus.COMPLETED.value

@@ -137,7 +137,7 @@ async def fail_trial(inp: FailTrialInput) -> TrialOutcome:
         return outcome
     async with autocommit_connection() as conn:
         await attempts.enter_lane(
-            conn, lane=inp.lane, trial_id=inp.trial_id, attempt=attempts.SETTLED_LANE
+            conn, lane=inp.lane, trial_id=inp.trial_id, holder=attempts.SETTLED_LANE
         )
         lane = await attempts.lane_trials(conn, first_trial_id=inp.trial_id, lane=inp.lane)
     for trial in lane:

@@ -189,6 +189,18 @@ async def _record_cancelled(
         )
 
 
+class RecordedOutcome(TrialOutcome):
+    """The outcome of a run recorded before this attempt (by an earlier attempt of the
+    activity, or another activity of the trial)."""
+
+
+def lane_holder(info: activity.Info) -> int:
+    """This attempt of a slot lane's activity, as the lane's fence knows it: the time it was
+    scheduled, which is later for every attempt (also after an activity reset, which numbers
+    attempts from 1 again)."""
+    return int(info.current_attempt_scheduled_time.timestamp() * 1_000_000)
+
+
 class LaneTakenOver(Exception):
     """A later attempt of the slot lane's activity entered the lane (or it was settled): this
     attempt opens no more trials in it."""
@@ -209,12 +221,12 @@ async def _start(
             worker=worker_identity(),
             alive_within_sec=alive_within_sec,
             lane=inp.lane,
-            lane_attempt=info.attempt if in_lane else None,
+            lane_holder=lane_holder(info) if in_lane else None,
         )
     if isinstance(opened, attempts.LaneFenced):
         raise LaneTakenOver(f"lane {inp.lane}: a later attempt of its activity took it over")
     if isinstance(opened, attempts.RunFinished):
-        return TrialOutcome.of(inp.trial_id, opened)
+        return RecordedOutcome.of(inp.trial_id, opened)
     return opened
 
 
@@ -560,7 +572,7 @@ async def _enter_lane(inp: RunTrialInput, lane: str, info: activity.Info) -> boo
     async def enter() -> bool:
         async with autocommit_connection() as conn:
             return await attempts.enter_lane(
-                conn, lane=lane, trial_id=inp.trial_id, attempt=info.attempt
+                conn, lane=lane, trial_id=inp.trial_id, holder=lane_holder(info)
             )
 
     return await until_database_answers(enter, what=f"lane {lane}: entering it")
@@ -621,8 +633,11 @@ async def _run_lane(
         )
         longest = time.monotonic() - began
         grant, first.next_grant = first.next_grant, None
-        holds_lane = (grant is None and info.attempt == 1) or await _enter_lane(inp, inp.lane, info)
-        if holds_lane and grant is None and info.attempt > 1:
+        # An earlier attempt of this activity may have run the lane on: its first trial's result
+        # was recorded before this attempt.
+        resumable = grant is None and (info.attempt > 1 or isinstance(first, RecordedOutcome))
+        holds_lane = (grant is None and not resumable) or await _enter_lane(inp, inp.lane, info)
+        if holds_lane and resumable:
             grant = await _resume_lane(inp, inp.lane, first.lane)
         while (
             holds_lane
@@ -663,9 +678,16 @@ async def _run_lane(
             outcome.error_type = outcome.error_message = None
             first.lane.append(outcome)
     except BaseException:
-        # Stopped: what the earlier trials' uploads left on disk is swept up later.
-        for upload in uploads:
-            upload.cancel()
+        details = activity.cancellation_details()
+        if activity.is_worker_shutdown() or (details is not None and details.cancel_requested):
+            # Stopped, and a cancel must end soon: what the earlier trials' uploads left on disk
+            # is swept up later.
+            for upload in uploads:
+                upload.cancel()
+        else:
+            # Their trials are recorded finished: their outputs are stored before their
+            # analyses may read them.
+            await asyncio.shield(asyncio.gather(*uploads, return_exceptions=True))
         raise
     first.next_grant = grant
     # A trial handed back to be retried waits for the outputs (a retry waits anyway): told by a

@@ -77,7 +77,7 @@ class OpenedAttempt:
 _OPEN_ATTEMPT = text("""
 WITH fence AS (
     SELECT FROM slot_lanes
-    WHERE id = CAST(:lane AS varchar) AND attempt = CAST(:lane_attempt AS integer)
+    WHERE id = CAST(:lane AS varchar) AND holder = CAST(:lane_holder AS bigint)
     FOR SHARE
 ),
 trial AS (
@@ -88,7 +88,7 @@ trial AS (
                WHERE p.dedupe_key = CAST(:dedupe_key AS text) AND p.status = 'picked'
                  AND p.heartbeat > now() - make_interval(secs => CAST(:alive_sec AS float8))
            ) AS heard,
-           (CAST(:lane_attempt AS integer) IS NULL OR EXISTS (SELECT FROM fence)) AS unfenced
+           (CAST(:lane_holder AS bigint) IS NULL OR EXISTS (SELECT FROM fence)) AS unfenced
     FROM trials t
     JOIN tasks k ON k.id = t.task_id
     LEFT JOIN LATERAL (
@@ -155,11 +155,11 @@ async def open_attempt(
     worker: str,
     alive_within_sec: float,
     lane: str | None = None,
-    lane_attempt: int | None = None,
+    lane_holder: int | None = None,
 ) -> OpenedAttempt | RunFinished | EarlierAttemptRuns | LaneFenced:
     """Open a new attempt of the trial (in the slot lane ``lane``, if any). One statement: run
-    it in autocommit. With ``lane_attempt``, only while that attempt of the lane's activity is
-    the one that entered the lane last (``enter_lane``), else LaneFenced.
+    it in autocommit. With ``lane_holder``, only while the attempt of the lane's activity it
+    names holds the lane (``enter_lane``), else LaneFenced.
 
     Or, when this run already finished, its result (and the slot granted again goes straight
     back); or, when an earlier attempt still runs, which one. Raises RecordNotFound for a
@@ -175,7 +175,7 @@ async def open_attempt(
         "temporal_attempt": temporal_attempt,
         "worker": worker,
         "lane": lane,
-        "lane_attempt": lane_attempt,
+        "lane_holder": lane_holder,
         "now": now(),
         "lost_message": LOST_MESSAGE,
     }
@@ -200,24 +200,25 @@ async def open_attempt(
 # The lane's row is locked (an UPDATE), so an opening of an earlier attempt that holds it
 # (FOR SHARE) is committed first, and seen by whatever reads the lane next.
 _ENTER_LANE = text("""
-INSERT INTO slot_lanes (id, task_id, attempt)
-SELECT CAST(:lane AS varchar), task_id, CAST(:attempt AS integer)
+INSERT INTO slot_lanes (id, task_id, holder)
+SELECT CAST(:lane AS varchar), task_id, CAST(:holder AS bigint)
 FROM trials WHERE id = CAST(:trial_id AS varchar)
-ON CONFLICT (id) DO UPDATE SET attempt = GREATEST(slot_lanes.attempt, EXCLUDED.attempt)
-RETURNING attempt
+ON CONFLICT (id) DO UPDATE SET holder = GREATEST(slot_lanes.holder, EXCLUDED.holder)
+RETURNING holder
 """)
 # Entered by this to settle a lane: no attempt of its activity opens a trial in it after.
-SETTLED_LANE = 2**31 - 1
+SETTLED_LANE = 2**63 - 1
 
 
-async def enter_lane(conn: AsyncConnection, *, lane: str, trial_id: str, attempt: int) -> bool:
-    """Enter the slot lane begun by ``trial_id`` as its activity's Temporal ``attempt`` (before
-    reading its trials): an earlier attempt opens no trial in it from then on. Whether this
-    attempt is still the latest to have entered. One statement: run it in autocommit."""
+async def enter_lane(conn: AsyncConnection, *, lane: str, trial_id: str, holder: int) -> bool:
+    """Enter the slot lane begun by ``trial_id`` as the attempt of its activity named ``holder``
+    (a number later attempts exceed; before reading the lane's trials): an earlier attempt opens
+    no trial in it from then on. Whether this one still holds it. One statement: run it in
+    autocommit."""
     entered = await conn.execute(
-        _ENTER_LANE, {"lane": lane, "trial_id": trial_id, "attempt": attempt}
+        _ENTER_LANE, {"lane": lane, "trial_id": trial_id, "holder": holder}
     )
-    return entered.scalar_one() == attempt
+    return entered.scalar_one() == holder
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,8 @@ class TrialAttemptModel(Base):
 
 
 class SlotLaneModel(Base):
-    """A slot lane's fence: the Temporal attempt of its activity that may open trials in it."""
+    """A slot lane's fence: the attempt of its activity that may open trials in it (by the time
+    it was scheduled, in microseconds since the epoch)."""
 
     __tablename__ = "slot_lanes"
 
@@ -186,7 +187,7 @@ class SlotLaneModel(Base):
     task_id: Mapped[str] = mapped_column(
         ForeignKey("tasks.id", ondelete="CASCADE"), index=True, nullable=False
     )
-    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    holder: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
 class AnalysisModel(Base):
