@@ -217,6 +217,20 @@ async def test_no_hand_over_while_a_lowered_limit_is_exceeded(migrated: None) ->
     assert sorted(holding) == [1, 2] and len(holding) <= 2
 
 
+async def _lane_ran(key: str, *, n_trials: int, ran: int) -> tuple[list[str], str]:
+    """A task's trials in line at limit 1, the first ``ran`` of them run one after the other in
+    one slot lane, each handing the slot to the next: the trial ids and the lane's id."""
+    workflow_id, trials = await _trials(key, n_trials)
+    await _in_line(workflow_id, trials, key)
+    assert len(await _claim(key, limit=1)) == 1
+    lane = str(uuid.uuid4())
+    for index in range(ran):
+        attempt_id = await open_test_attempt(trials[index], lane=lane)
+        handed = await _finish(key, trials[index], attempt_id, workflow_id, limit=1)
+        assert handed is not None and handed.trial_id == trials[index + 1]
+    return trials, lane
+
+
 async def test_a_lane_failed_for_good_reports_the_trials_it_ran_and_fails_the_one_it_ran(
     migrated: None,
 ) -> None:
@@ -225,14 +239,7 @@ async def test_a_lane_failed_for_good_reports_the_trials_it_ran_and_fails_the_on
     which trials it ran and which it was running. fail_trial reports the finished ones and fails
     the one that was running, giving its slot back."""
     key = unique_key("lane-failed")
-    workflow_id, trials = await _trials(key, 3)
-    await _in_line(workflow_id, trials, key)
-    assert len(await _claim(key, limit=1)) == 1
-    lane = str(uuid.uuid4())
-    for ran, handed_to in [(trials[0], trials[1]), (trials[1], trials[2])]:
-        attempt_id = await open_test_attempt(ran, lane=lane)
-        handed = await _finish(key, ran, attempt_id, workflow_id, limit=1)
-        assert handed is not None and handed.trial_id == handed_to
+    trials, lane = await _lane_ran(key, n_trials=3, ran=2)
     await open_test_attempt(trials[2], lane=lane)
     async with autocommit_connection() as conn:
         in_lane = await attempts.lane_trials(conn, first_trial_id=trials[0], lane=lane)
@@ -265,12 +272,7 @@ async def test_a_lane_failed_for_good_hands_back_the_trial_it_ran_with_attempts_
     """The lane's Temporal attempts were spent on its first trial and on others: the trial it
     was running had one attempt of its own, and goes back to the workflow with its slot."""
     key = unique_key("lane-hand-back")
-    workflow_id, trials = await _trials(key, 2)
-    await _in_line(workflow_id, trials, key)
-    assert len(await _claim(key, limit=1)) == 1
-    lane = str(uuid.uuid4())
-    attempt_id = await open_test_attempt(trials[0], lane=lane)
-    assert await _finish(key, trials[0], attempt_id, workflow_id, limit=1) is not None
+    trials, lane = await _lane_ran(key, n_trials=2, ran=1)
     async with autocommit_connection() as conn:
         assert await attempts.enter_lane(conn, lane=lane, trial_id=trials[0], holder=1)
     await open_test_attempt(trials[1], lane=lane)
@@ -295,12 +297,7 @@ async def test_a_lane_entered_by_a_later_attempt_opens_no_trial_for_an_earlier_o
     opens no more trials in it, and the slot it was handed stays unsignalled for the
     dispatchers to tell the workflow of."""
     key = unique_key("lane-fence")
-    workflow_id, trials = await _trials(key, 2)
-    await _in_line(workflow_id, trials, key)
-    assert len(await _claim(key, limit=1)) == 1
-    lane = str(uuid.uuid4())
-    attempt_id = await open_test_attempt(trials[0], lane=lane)
-    assert await _finish(key, trials[0], attempt_id, workflow_id, limit=1) is not None
+    trials, lane = await _lane_ran(key, n_trials=2, ran=1)
     async with autocommit_connection() as conn:
         assert await attempts.enter_lane(conn, lane=lane, trial_id=trials[0], holder=1)
         assert await attempts.enter_lane(conn, lane=lane, trial_id=trials[0], holder=2)
