@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from oddish.activities.trial import alive_within_sec
+from oddish.activities.trial import alive_within_sec, lane_trial_grant, lane_trial_outcome
 from oddish.config import get_settings
 from oddish.contracts import (
     FailTrialInput,
@@ -141,26 +141,21 @@ async def fail_trial(inp: FailTrialInput) -> TrialOutcome:
         )
         lane = await attempts.lane_trials(conn, first_trial_id=inp.trial_id, lane=inp.lane)
     for trial in lane:
-        if trial.run_number != trial.lane_run_number:
-            continue  # retried since: its new run is the workflow's
-        if (
-            trial.status not in TERMINAL_JOB_STATUSES
-            and trial.slot is not None
-            and trial.attempts < inp.max_attempts
-            and outcome.next_grant is None
-        ):
-            outcome.next_grant = SlotGrant(
-                trial.trial_id, trial.slot, trial.lane_run_number, attempts_spent=trial.attempts
-            )
+        if trial.status in TERMINAL_JOB_STATUSES:
+            outcome.lane.append(lane_trial_outcome(trial))
+            continue
+        grant = lane_trial_grant(trial)
+        if grant is not None and trial.attempts < inp.max_attempts and outcome.next_grant is None:
+            outcome.next_grant = grant
             continue
         ran = await _failed_once_stopped(
             dataclasses.replace(
-                inp, trial_id=trial.trial_id, run_number=trial.lane_run_number, lane=None
+                inp, trial_id=trial.trial_id, run_number=trial.run_number, lane=None
             ),
             alive_within,
             deadline,
         )
-        ran.run_number = trial.lane_run_number
+        ran.run_number = trial.run_number
         ran.error_type = ran.error_message = None
         outcome.lane.append(ran)
     return outcome

@@ -578,10 +578,24 @@ async def _enter_lane(inp: RunTrialInput, lane: str, info: activity.Info) -> boo
     return await until_database_answers(enter, what=f"lane {lane}: entering it")
 
 
+def lane_trial_outcome(trial: attempts.LaneTrial) -> TrialOutcome:
+    """A finished trial of a lane as the lane reports it (its errors stay in the records)."""
+    return TrialOutcome(
+        trial.trial_id, trial.status, trial.outcome, trial.reward, run_number=trial.run_number
+    )
+
+
+def lane_trial_grant(trial: attempts.LaneTrial) -> SlotGrant | None:
+    """The grant to go on with a lane's unfinished trial, which holds its slot, with the
+    attempts of its run spent so far; None for a finished one or one holding no slot."""
+    if trial.status in TERMINAL_JOB_STATUSES or trial.slot is None:
+        return None
+    return SlotGrant(trial.trial_id, trial.slot, trial.run_number, attempts_spent=trial.attempts)
+
+
 async def _resume_lane(inp: RunTrialInput, lane: str, ran: list[TrialOutcome]) -> SlotGrant | None:
     """After an attempt of the lane was lost (its worker died): the trials it ran, added to
-    ``ran`` from the records, and the grant of the one it was running (with the attempts of
-    its run spent so far), to go on with. A trial retried since is its workflow's again."""
+    ``ran`` from the records, and the grant of the one it was running, to go on with."""
 
     async def read() -> list[attempts.LaneTrial]:
         async with autocommit_connection() as conn:
@@ -589,22 +603,10 @@ async def _resume_lane(inp: RunTrialInput, lane: str, ran: list[TrialOutcome]) -
 
     resumed: SlotGrant | None = None
     for trial in await until_database_answers(read, what=f"lane {lane}: reading its trials"):
-        if trial.run_number != trial.lane_run_number:
-            continue
         if trial.status in TERMINAL_JOB_STATUSES:
-            ran.append(
-                TrialOutcome(
-                    trial.trial_id,
-                    trial.status,
-                    trial.outcome,
-                    trial.reward,
-                    run_number=trial.lane_run_number,
-                )
-            )
-        elif resumed is None and trial.slot is not None:
-            resumed = SlotGrant(
-                trial.trial_id, trial.slot, trial.lane_run_number, attempts_spent=trial.attempts
-            )
+            ran.append(lane_trial_outcome(trial))
+        elif resumed is None:
+            resumed = lane_trial_grant(trial)
     return resumed
 
 

@@ -223,11 +223,10 @@ async def enter_lane(conn: AsyncConnection, *, lane: str, trial_id: str, holder:
 
 @dataclass(frozen=True)
 class LaneTrial:
-    """A trial a slot lane ran (or runs), after the trial it began with."""
+    """A trial a slot lane ran (or runs), after the trial it began with, in the run the lane
+    ran."""
 
     trial_id: str
-    # The run of the trial the lane ran, and the trial's current run (a retry moves it on).
-    lane_run_number: int
     run_number: int
     status: str
     outcome: str | None
@@ -239,7 +238,8 @@ class LaneTrial:
 
 
 # The lane's trials in the order it took them: a lane's attempts are found by its trials, which
-# are of one task (an index), and by their lane.
+# are of one task (an index), and by their lane. A trial retried since (its run moved on) is its
+# workflow's again, not the lane's.
 _LANE_TRIALS = text("""
 WITH lane AS (
     SELECT a.trial_id, max(a.run_number) AS run_number, min(a.id) AS first_id
@@ -249,12 +249,11 @@ WITH lane AS (
       AND a.lane = CAST(:lane AS varchar) AND a.trial_id <> CAST(:first_trial_id AS varchar)
     GROUP BY a.trial_id
 )
-SELECT lane.trial_id, lane.run_number AS lane_run_number, t.run_number, t.status, t.outcome,
-       t.reward, p.slot,
+SELECT lane.trial_id, lane.run_number, t.status, t.outcome, t.reward, p.slot,
        (SELECT count(*) FROM trial_attempts a
         WHERE a.trial_id = lane.trial_id AND a.run_number = lane.run_number) AS attempts
 FROM lane
-JOIN trials t ON t.id = lane.trial_id
+JOIN trials t ON t.id = lane.trial_id AND t.run_number = lane.run_number
 LEFT JOIN pgqueuer p
     ON p.dedupe_key = CAST(:dedupe_prefix AS text) || lane.trial_id AND p.status = 'picked'
 ORDER BY lane.first_id
@@ -262,7 +261,8 @@ ORDER BY lane.first_id
 
 
 async def lane_trials(conn: AsyncConnection, *, first_trial_id: str, lane: str) -> list[LaneTrial]:
-    """The trials the slot lane ``lane``, begun by ``first_trial_id``, ran after it."""
+    """The trials the slot lane ``lane``, begun by ``first_trial_id``, ran after it (but those
+    retried since)."""
     parameters = {
         "first_trial_id": first_trial_id,
         "lane": lane,
@@ -272,7 +272,6 @@ async def lane_trials(conn: AsyncConnection, *, first_trial_id: str, lane: str) 
     return [
         LaneTrial(
             r.trial_id,
-            r.lane_run_number,
             r.run_number,
             r.status,
             r.outcome,
